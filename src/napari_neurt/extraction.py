@@ -1,0 +1,315 @@
+"""Per-neuron traces from a movie and ROI labels, in one streaming pass.
+
+The movie is read once, in chunks of frames, so memory stays bounded by the chunk size whatever
+the movie's length: a TIFF memmap larger than RAM streams through. Each chunk is reduced for all
+neurons at once by one sparse (ROI x pixel) matrix product; there is no Python loop over neurons.
+
+Neuropil follows suite2p's convention: each ROI gets an annulus of pixels around it that belong
+to no ROI (nor to a small gap around any ROI), grown until it holds enough pixels, and the
+corrected trace is ``F - coefficient * F_neuropil`` with a coefficient of 0.7 by default.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, sparse
+
+from .progress import Progress, StopFlag, Steps, run_steps
+from .recording import label_ids
+
+#: Bytes of movie read per chunk when no chunk size is given.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Extraction:
+    """What one extraction pass measured.
+
+    `raw` is the mean fluorescence inside each ROI, `neuropil` the mean of its annulus (None when
+    neuropil was not asked for); rows follow `neuron_ids` (ascending label values).
+    """
+
+    neuron_ids: np.ndarray
+    raw: np.ndarray
+    neuropil: np.ndarray | None
+    neuropil_coefficient: float
+
+    @property
+    def traces(self) -> np.ndarray:
+        """Neuropil-corrected traces when neuropil was measured, else the raw ROI means."""
+        if self.neuropil is None:
+            return self.raw
+        return self.raw - np.float32(self.neuropil_coefficient) * self.neuropil
+
+
+# -- input checks ----------------------------------------------------------------------------------
+def check_labels(labels: np.ndarray, frame_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Return `labels` as a non-negative integer (H, W) array, or raise a ValueError that says why not."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D (height, width) image; got shape {labels.shape}")
+    if frame_shape is not None and labels.shape != tuple(frame_shape):
+        raise ValueError(
+            f"labels shape {labels.shape} differs from the movie's frame shape {tuple(frame_shape)}; "
+            "the ROI image must be drawn on the same field of view (crop or resample one of them)"
+        )
+    if labels.dtype == bool:
+        labels = labels.astype(np.int32)
+    elif np.issubdtype(labels.dtype, np.floating):
+        finite = np.isfinite(labels)
+        if not finite.all() or not np.array_equal(labels, np.round(labels)):
+            raise ValueError(
+                "labels are floating point with non-integer or non-finite values; a label image holds "
+                "one integer id per ROI (0 = background): convert it with np.round/astype(int) "
+                "only if that is what it means"
+            )
+        labels = labels.astype(np.int64)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer image; got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels contain negative values; ids must be >= 0 (0 = background)")
+    if not labels.any():
+        raise ValueError("labels are empty (all background): draw or load at least one ROI")
+    return labels
+
+
+def check_movie(movie) -> tuple[int, int, int]:
+    """Shape (T, H, W) of a movie-like array, or a ValueError that says what is wrong."""
+    shape = tuple(getattr(movie, "shape", ()))
+    if len(shape) == 2:
+        raise ValueError(
+            f"got a single 2-D frame of shape {shape} where a movie is expected; "
+            "a movie is (frames, height, width): for one frame use frame[None]"
+        )
+    if len(shape) != 3:
+        raise ValueError(f"a movie must be 3-D (frames, height, width); got shape {shape or type(movie)}")
+    if 0 in shape:
+        raise ValueError(f"the movie is empty: shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+# -- ROI and neuropil weights ----------------------------------------------------------------------
+def neuropil_masks(
+    labels: np.ndarray,
+    *,
+    inner_radius: float = 2.0,
+    min_pixels: int = 350,
+    max_radius: float = 50.0,
+) -> list[np.ndarray]:
+    """Flat pixel indices of the neuropil annulus of each ROI (ascending label order).
+
+    A pixel qualifies when it lies farther than `inner_radius` from every ROI. Each ROI takes the
+    qualifying pixels nearest to it, out to the distance that gives `min_pixels` of them (ties at
+    that distance included), but never beyond `max_radius` pixels from the ROI. This mirrors
+    suite2p's defaults (gap of 2 px, at least 350 pixels).
+    """
+    labels = check_labels(labels)
+    height, width = labels.shape
+    near_any_roi = ndimage.distance_transform_edt(labels == 0) <= inner_radius
+    ids = label_ids(labels)
+    boxes = ndimage.find_objects(labels)
+    reach = int(np.ceil(max_radius))
+    masks = []
+    for roi_id in ids:  # once per ROI at set-up, never per frame
+        rows, cols = boxes[roi_id - 1]
+        y0, y1 = max(rows.start - reach, 0), min(rows.stop + reach, height)
+        x0, x1 = max(cols.start - reach, 0), min(cols.stop + reach, width)
+        local = labels[y0:y1, x0:x1] == roi_id
+        distance = ndimage.distance_transform_edt(~local)
+        allowed = ~near_any_roi[y0:y1, x0:x1] & (distance <= max_radius)
+        candidates = distance[allowed]
+        if candidates.size > min_pixels:
+            cutoff = np.partition(candidates, min_pixels - 1)[min_pixels - 1]
+            allowed &= distance <= cutoff
+        yy, xx = np.nonzero(allowed)
+        masks.append((yy + y0) * width + (xx + x0))
+    return masks
+
+
+def roi_weight_matrix(labels: np.ndarray, *, neuropil: bool = False, **neuropil_options):
+    """Sparse averaging weights: rows are ROIs (then their neuropil annuli), columns used pixels.
+
+    Returns ``(neuron_ids, pixels, weights)`` where `pixels` are the flat indices of the frame that
+    any row uses and `weights` is a float32 CSR matrix of shape (rows, len(pixels)) whose rows sum
+    to 1, so that ``weights @ frames[:, pixels].T`` gives the mean of each ROI (and annulus).
+    """
+    labels = check_labels(labels)
+    flat = labels.ravel()
+    ids = label_ids(labels)
+    in_roi = np.flatnonzero(flat)
+    rows = [np.searchsorted(ids, flat[in_roi])]
+    cols = [in_roi]
+    if neuropil:
+        annuli = neuropil_masks(labels, **neuropil_options)
+        empty = [int(i) for i, a in zip(ids, annuli) if a.size == 0]
+        if empty:
+            raise ValueError(
+                f"ROIs {empty[:10]} have no neuropil pixels within max_radius: "
+                "raise max_radius or extract without neuropil"
+            )
+        rows.append(np.repeat(np.arange(len(ids)) + len(ids), [a.size for a in annuli]))
+        cols.append(np.concatenate(annuli))
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    pixels, columns = np.unique(cols_all, return_inverse=True)
+    n_rows = len(ids) * (2 if neuropil else 1)
+    counts = np.bincount(rows_all, minlength=n_rows).astype(np.float32)
+    weights = sparse.csr_matrix(
+        (1.0 / counts[rows_all], (rows_all, columns)), shape=(n_rows, len(pixels)), dtype=np.float32
+    )
+    return ids, pixels, weights
+
+
+# -- extraction ------------------------------------------------------------------------------------
+def iter_extract(
+    movie,
+    labels: np.ndarray,
+    *,
+    neuropil: bool = False,
+    neuropil_coefficient: float = 0.7,
+    chunk_size: int | None = None,
+    **neuropil_options,
+) -> Steps[Extraction]:
+    """Step generator behind `extract_traces`: yields `Progress` after each chunk of frames.
+
+    See `napari_neurt.progress` for how to drive it (``run_steps``, or ``yield from`` in a worker).
+    """
+    n_frames, height, width = check_movie(movie)
+    ids, pixels, weights = roi_weight_matrix(
+        check_labels(labels, (height, width)), neuropil=neuropil, **neuropil_options
+    )
+    if chunk_size is None:
+        frame_bytes = height * width * np.dtype(getattr(movie, "dtype", np.float32)).itemsize
+        chunk_size = max(1, DEFAULT_CHUNK_BYTES // frame_bytes)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 frame; got {chunk_size}")
+    out = np.empty((weights.shape[0], n_frames), dtype=np.float32)
+    for start in range(0, n_frames, chunk_size):
+        stop = min(start + chunk_size, n_frames)
+        block = movie[start:stop]
+        frames = np.asarray(block).reshape(stop - start, height * width)
+        used = frames[:, pixels].astype(np.float32)
+        out[:, start:stop] = weights @ used.T
+        _release_pages(block)
+        yield Progress(stop, n_frames, "extracting traces")
+    n = len(ids)
+    return Extraction(
+        neuron_ids=ids,
+        raw=out[:n] if neuropil else out,
+        neuropil=out[n:] if neuropil else None,
+        neuropil_coefficient=neuropil_coefficient,
+    )
+
+
+def extract_traces(
+    movie,
+    labels: np.ndarray,
+    *,
+    neuropil: bool = False,
+    neuropil_coefficient: float = 0.7,
+    chunk_size: int | None = None,
+    progress: Callable[[Progress], object] | None = None,
+    stop: StopFlag | Callable[[], bool] | None = None,
+    **neuropil_options,
+) -> np.ndarray:
+    """Mean fluorescence of each ROI in every frame: float32 (N, T), rows in ascending label order.
+
+    Parameters
+    ----------
+    movie
+        (T, H, W) array-like that can be sliced along time: numpy, a TIFF memmap, zarr, dask.
+    labels
+        (H, W) integer ROI image; 0 is background, each other value one neuron.
+    neuropil
+        Subtract ``neuropil_coefficient`` x the mean of an annulus around each ROI (see
+        `neuropil_masks` for the annulus and its options `inner_radius`, `min_pixels`, `max_radius`).
+    chunk_size
+        Frames read at once (default: about 64 MiB of movie). Memory is bounded by it.
+    progress, stop
+        Called with a `Progress` after each chunk / checked after each chunk: a set stop flag
+        raises `napari_neurt.Cancelled`.
+    """
+    steps = iter_extract(
+        movie,
+        labels,
+        neuropil=neuropil,
+        neuropil_coefficient=neuropil_coefficient,
+        chunk_size=chunk_size,
+        **neuropil_options,
+    )
+    return run_steps(steps, progress, stop).traces
+
+
+def _release_pages(block) -> None:
+    """Unmap the pages of a chunk read through a read-only or shared numpy memmap.
+
+    The file stays in the page cache, but the pages leave this process's resident memory, so a
+    movie larger than RAM streams through with memory bounded by the chunk size.
+    """
+    mapping = getattr(block, "_mmap", None)
+    if mapping is None or getattr(block, "mode", "c") == "c" or not hasattr(mapping, "madvise"):
+        return  # not a memmap, or a private copy-on-write one whose changes must not be dropped
+    try:
+        base = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    except (TypeError, ValueError, BufferError):
+        return
+    start = block.ctypes.data - base
+    aligned = start - start % mmap.PAGESIZE
+    mapping.madvise(mmap.MADV_DONTNEED, aligned, start + block.nbytes - aligned)
+
+
+# -- dF/F ------------------------------------------------------------------------------------------
+def delta_f_over_f(
+    traces: np.ndarray,
+    frame_rate: float,
+    *,
+    window_s: float = 60.0,
+    percentile: float = 8.0,
+) -> np.ndarray:
+    """dF/F = (F - F0) / F0 with F0 a running percentile of F.
+
+    F0 at frame t is the `percentile`-th percentile of F over the `window_s` seconds centred on t
+    (edges use the nearest full window), which tracks slow drift and bleaching while ignoring
+    transients that last much less than the window. The percentile is computed exactly every
+    ``window / 32`` frames and linearly interpolated in between (see `running_percentile`). The defaults (8th percentile over 60 s) are
+    common choices for GCaMP data. Where F0 is not positive (for example after a large neuropil
+    subtraction) it is floored at 1 % of the trace's absolute mean so that dF/F stays finite.
+    """
+    traces = np.asarray(traces, dtype=np.float32)
+    if traces.ndim != 2:
+        raise ValueError(f"traces must be (neurons, frames); got shape {traces.shape}")
+    if not frame_rate > 0:
+        raise ValueError(f"frame_rate must be positive (Hz); got {frame_rate}")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be within [0, 100]; got {percentile}")
+    baseline = running_percentile(traces, int(round(window_s * frame_rate)), percentile)
+    floor = 0.01 * np.abs(traces).mean(axis=1, keepdims=True) + np.finfo(np.float32).tiny
+    baseline = np.maximum(baseline, floor)
+    return ((traces - baseline) / baseline).astype(np.float32)
+
+
+def running_percentile(traces: np.ndarray, window: int, percentile: float, *, points_per_window: int = 32):
+    """Running `percentile` of each row over a centred `window` of frames.
+
+    The exact percentile is evaluated every ``window // points_per_window`` frames and interpolated
+    linearly in between: a baseline varies on the scale of the window, so this keeps it faithful at
+    a small fraction of the cost of a full percentile filter. Near the edges the window is clipped
+    to the recording (it is shifted inwards, keeping its length).
+    """
+    traces = np.asarray(traces, dtype=np.float32)
+    n_rows, n_frames = traces.shape
+    window = int(np.clip(window, 1, n_frames))
+    stride = max(1, window // points_per_window)
+    centres = np.unique(np.r_[np.arange(0, n_frames, stride), n_frames - 1])
+    starts = np.clip(centres - window // 2, 0, n_frames - window)
+    windows = np.lib.stride_tricks.sliding_window_view(traces, window, axis=1)  # a view, no copy
+    out = np.empty((n_rows, n_frames), dtype=np.float32)
+    rows_per_block = max(1, 2**25 // (len(centres) * window))  # bound the copy to ~128 MiB
+    for r0 in range(0, n_rows, rows_per_block):
+        block = np.percentile(windows[r0 : r0 + rows_per_block, starts], percentile, axis=-1)
+        for i, row in enumerate(block):
+            out[r0 + i] = np.interp(np.arange(n_frames), centres, row)
+    return out

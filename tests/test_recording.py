@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from napari_neurt import Recording
+
+
+def make_labels():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:7] = 7
+    labels[10:14, 20:24] = 2
+    return labels
+
+
+def test_from_labels_orders_ids_and_computes_centroids():
+    rec = Recording.from_labels(np.zeros((2, 5)), make_labels(), frame_rate=30)
+    np.testing.assert_array_equal(rec.neuron_ids, [2, 7])
+    np.testing.assert_allclose(rec.centroids, [[11.5, 21.5], [3.5, 4.5]])
+    assert rec.traces.dtype == np.float32
+    assert rec.duration_s == pytest.approx(5 / 30)
+
+
+def test_select_keeps_labels_consistent():
+    rec = Recording.from_labels(np.arange(10).reshape(2, 5), make_labels(), frame_rate=10)
+    one = rec.select(np.array([False, True]))
+    np.testing.assert_array_equal(one.neuron_ids, [7])
+    np.testing.assert_array_equal(np.unique(one.labels), [0, 7])
+    np.testing.assert_array_equal(one.traces, [[5, 6, 7, 8, 9]])
+    assert rec.n_neurons == 2, "select must not change the original"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(traces=np.zeros(5)), "2-D"),
+        (dict(neuron_ids=[1]), "neuron_ids"),
+        (dict(neuron_ids=[1, 1]), "unique"),
+        (dict(centroids=np.zeros((3, 2))), "centroids"),
+        (dict(frame_rate=0), "frame_rate"),
+        (dict(pixel_size_um=-1), "pixel_size_um"),
+        (dict(labels=np.zeros((4, 4), float)), "integer"),
+    ],
+)
+def test_invalid_fields_are_refused(kwargs, message):
+    fields = dict(traces=np.zeros((2, 5)), neuron_ids=[1, 2], centroids=np.zeros((2, 2)), frame_rate=30)
+    fields.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        Recording(**fields)
