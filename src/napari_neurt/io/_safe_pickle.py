@@ -1,0 +1,161 @@
+"""Read pickled ``.npy`` files (suite2p's ``stat.npy`` and ``ops.npy``) without running their code.
+
+``np.load(..., allow_pickle=True)`` executes whatever a pickle asks for, so a crafted ``stat.npy``
+could run any command on the machine of whoever opens it. Here the ``.npy`` header is parsed with
+numpy's own functions and the pickled payload is read by an unpickler that resolves only an
+explicit allow-list of globals: numpy's array and scalar reconstruction, dtypes, plain Python
+containers and scalars, dates and paths. Anything else is refused before it is imported, let alone
+called.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import datetime
+import io
+import os
+import pathlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+__all__ = ["UnsafePickleError", "load_pickled_npy"]
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global outside the allow-list; nothing of it was executed."""
+
+
+def _numpy_internals() -> dict[str, Any]:
+    """numpy's pickle helpers, taken from numpy itself so they match the installed version."""
+    try:
+        from numpy._core.numeric import _frombuffer  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.numeric import _frombuffer
+    return {
+        "_reconstruct": np.empty(0).__reduce__()[0],
+        "scalar": np.float64(0).__reduce__()[0],
+        "_frombuffer": _frombuffer,
+    }
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    internals = _numpy_internals()
+    # Files written with numpy 1.x name numpy.core, with numpy 2.x numpy._core.
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = internals["_reconstruct"]
+        allowed[(f"{package}.multiarray", "scalar")] = internals["scalar"]
+        allowed[(f"{package}.numeric", "_frombuffer")] = internals["_frombuffer"]
+    # numpy >= 2 may pickle a dtype through its class in numpy.dtypes (e.g. StringDType).
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        for name in dir(dtypes):
+            candidate = getattr(dtypes, name)
+            if isinstance(candidate, type) and issubclass(candidate, np.dtype):
+                allowed[("numpy.dtypes", name)] = candidate
+    plain_builtins = (
+        "bool", "int", "float", "complex", "str", "bytes", "bytearray",
+        "list", "tuple", "dict", "set", "frozenset", "slice", "range",
+    )  # fmt: skip
+    for name in plain_builtins:
+        allowed[("builtins", name)] = getattr(builtins, name)
+        allowed[("__builtin__", name)] = getattr(builtins, name)  # Python 2 pickles
+    allowed[("collections", "OrderedDict")] = collections.OrderedDict
+    for name in ("date", "time", "datetime", "timedelta", "timezone"):
+        allowed[("datetime", name)] = getattr(datetime, name)
+    # Paths are data here: concrete paths become pure ones, which never touch the file system
+    # (and a WindowsPath pickled on Windows still loads on Linux).
+    for module in ("pathlib", "pathlib._local"):
+        for name, pure in (
+            ("PurePath", pathlib.PurePath),
+            ("PurePosixPath", pathlib.PurePosixPath),
+            ("PureWindowsPath", pathlib.PureWindowsPath),
+            ("Path", pathlib.PurePath),
+            ("PosixPath", pathlib.PurePosixPath),
+            ("WindowsPath", pathlib.PureWindowsPath),
+        ):
+            allowed[(module, name)] = pure
+    return allowed
+
+
+_ALLOWED = _allowed_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in `_ALLOWED`; refuses everything else by name."""
+
+    def __init__(self, file: io.BufferedIOBase, source: str, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._source} tries to load '{module}.{name}'; only numpy arrays and plain Python "
+                "data are allowed. The file was not read; if you trust it and it really comes from "
+                "suite2p, re-save it with a current suite2p version."
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self._source} uses persistent pickle ids; refusing to read it")
+
+
+def load_pickled_npy(path: str | os.PathLike) -> np.ndarray:
+    """Load a ``.npy`` file, unpickling an object array only through the allow-list.
+
+    Parameters
+    ----------
+    path
+        A ``.npy`` file written by ``np.save`` (typically an object array of dicts).
+
+    Returns
+    -------
+    numpy.ndarray
+        The stored array. Use ``.item()`` on a 0-d object array (such as ``ops.npy``).
+
+    Raises
+    ------
+    UnsafePickleError
+        If the pickle refers to anything but numpy arrays and plain Python data.
+    ValueError
+        If the file is not a valid ``.npy`` file.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        try:
+            version = npy_format.read_magic(file)
+            if version == (1, 0):
+                shape, fortran_order, dtype = npy_format.read_array_header_1_0(file)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = npy_format.read_array_header_2_0(file)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except ValueError as error:
+            raise ValueError(f"{path} is not a valid .npy file: {error}") from None
+        if not dtype.hasobject:
+            file.seek(0)
+            return np.load(file, allow_pickle=False)
+        try:
+            # latin1 lets arrays pickled by Python 2 (old suite2p) decode their raw bytes.
+            array = _RestrictedUnpickler(file, path.name, encoding="latin1").load()
+        except UnsafePickleError:
+            raise
+        except Exception as error:  # a damaged pickle raises anything from EOFError to TypeError
+            raise ValueError(f"{path} holds a damaged pickle ({type(error).__name__}: {error})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{path}: the pickle holds a {type(array).__name__}, not a numpy array")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{path}: the header says shape {shape} but the pickle holds {array.shape}")
+    if fortran_order and array.ndim > 1:
+        array = np.asfortranarray(array)
+    return array
