@@ -11,7 +11,7 @@ from napari_neurt.extraction import (
     delta_f_over_f,
     iter_extract,
     neuropil_masks,
-    roi_weight_matrix,
+    pixel_groups,
     running_percentile,
 )
 
@@ -100,10 +100,18 @@ def test_neuropil_subtraction_removes_a_shared_background():
     np.testing.assert_allclose(default, cells + 0.3 * background, atol=1e-4)
 
 
-def test_weight_rows_average():
-    ids, pixels, weights = roi_weight_matrix(grid_labels(), neuropil=True, min_pixels=50)
-    np.testing.assert_allclose(np.asarray(weights.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
-    assert weights.shape == (2 * len(ids), len(pixels))
+def test_pixel_groups_list_each_roi_then_its_annulus():
+    labels = grid_labels()
+    ids, pixels, starts, rows = pixel_groups(labels, neuropil=True, min_pixels=50)
+    assert starts.size == 2 * len(ids)
+    np.testing.assert_array_equal(np.sort(rows), np.arange(2 * len(ids)))
+    bounds = np.r_[starts, pixels.size]
+    group_of_row = np.argsort(rows)
+    for i, roi in enumerate(ids):
+        g = group_of_row[i]
+        np.testing.assert_array_equal(np.sort(pixels[bounds[g] : bounds[g + 1]]), np.flatnonzero(labels == roi))
+        g = group_of_row[len(ids) + i]
+        assert bounds[g + 1] - bounds[g] >= 50
 
 
 def test_reports_progress_and_cancels_between_chunks():

@@ -2,7 +2,7 @@
 
 The movie is read once, in chunks of frames, so memory stays bounded by the chunk size whatever
 the movie's length: a TIFF memmap larger than RAM streams through. Each chunk is reduced for all
-neurons at once by one sparse (ROI x pixel) matrix product; there is no Python loop over neurons.
+neurons at once (one gather of the ROI pixels, one segmented sum): no Python loop over neurons.
 
 Neuropil follows suite2p's convention: each ROI gets an annulus of pixels around it that belong
 to no ROI (nor to a small gap around any ROI), grown until it holds enough pixels, and the
@@ -12,11 +12,13 @@ corrected trace is ``F - coefficient * F_neuropil`` with a coefficient of 0.7 by
 from __future__ import annotations
 
 import mmap
+import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import ndimage
 
 from .progress import Progress, StopFlag, Steps, run_steps
 from .recording import label_ids
@@ -130,19 +132,28 @@ def neuropil_masks(
     return masks
 
 
-def roi_weight_matrix(labels: np.ndarray, *, neuropil: bool = False, **neuropil_options):
-    """Sparse averaging weights: rows are ROIs (then their neuropil annuli), columns used pixels.
+def pixel_groups(labels: np.ndarray, *, neuropil: bool = False, **neuropil_options):
+    """The pixels to average for each ROI (and then for each neuropil annulus), as one flat list.
 
-    Returns ``(neuron_ids, pixels, weights)`` where `pixels` are the flat indices of the frame that
-    any row uses and `weights` is a float32 CSR matrix of shape (rows, len(pixels)) whose rows sum
-    to 1, so that ``weights @ frames[:, pixels].T`` gives the mean of each ROI (and annulus).
+    Returns ``(neuron_ids, pixels, starts, rows)``: group ``g`` is ``pixels[starts[g]:starts[g+1]]``
+    (flat indices into a frame) and its mean belongs in output row ``rows[g]``; rows are the ROIs
+    in ascending label order, then, with `neuropil`, their annuli in the same order. Groups are
+    laid out in the order the ROIs appear in the frame, so that the gather reads memory almost
+    sequentially (about 1.5x faster than label order). Annuli may share pixels.
     """
     labels = check_labels(labels)
     flat = labels.ravel()
     ids = label_ids(labels)
     in_roi = np.flatnonzero(flat)
-    rows = [np.searchsorted(ids, flat[in_roi])]
-    cols = [in_roi]
+    roi_of_pixel = np.searchsorted(ids, flat[in_roi])
+    first_pixel = np.full(len(ids), flat.size)
+    np.minimum.at(first_pixel, roi_of_pixel, in_roi)
+    scan_order = np.argsort(first_pixel, kind="stable")  # ROI index of each group, in frame order
+    rank = np.empty_like(scan_order)
+    rank[scan_order] = np.arange(len(ids))
+    groups = [in_roi[np.argsort(rank[roi_of_pixel], kind="stable")]]
+    sizes = [np.bincount(roi_of_pixel, minlength=len(ids))[scan_order]]
+    rows = [scan_order]
     if neuropil:
         annuli = neuropil_masks(labels, **neuropil_options)
         empty = [int(i) for i, a in zip(ids, annuli) if a.size == 0]
@@ -151,16 +162,11 @@ def roi_weight_matrix(labels: np.ndarray, *, neuropil: bool = False, **neuropil_
                 f"ROIs {empty[:10]} have no neuropil pixels within max_radius: "
                 "raise max_radius or extract without neuropil"
             )
-        rows.append(np.repeat(np.arange(len(ids)) + len(ids), [a.size for a in annuli]))
-        cols.append(np.concatenate(annuli))
-    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
-    pixels, columns = np.unique(cols_all, return_inverse=True)
-    n_rows = len(ids) * (2 if neuropil else 1)
-    counts = np.bincount(rows_all, minlength=n_rows).astype(np.float32)
-    weights = sparse.csr_matrix(
-        (1.0 / counts[rows_all], (rows_all, columns)), shape=(n_rows, len(pixels)), dtype=np.float32
-    )
-    return ids, pixels, weights
+        groups += [annuli[i] for i in scan_order]
+        sizes.append([annuli[i].size for i in scan_order])
+        rows.append(scan_order + len(ids))
+    starts = np.r_[0, np.cumsum(np.concatenate(sizes))[:-1]].astype(np.intp)
+    return ids, np.concatenate(groups).astype(np.intp), starts, np.concatenate(rows)
 
 
 # -- extraction ------------------------------------------------------------------------------------
@@ -178,22 +184,23 @@ def iter_extract(
     See `napari_neurt.progress` for how to drive it (``run_steps``, or ``yield from`` in a worker).
     """
     n_frames, height, width = check_movie(movie)
-    ids, pixels, weights = roi_weight_matrix(
+    ids, pixels, starts, rows = pixel_groups(
         check_labels(labels, (height, width)), neuropil=neuropil, **neuropil_options
     )
+    sizes = np.diff(np.r_[starts, pixels.size]).astype(np.float32)
     if chunk_size is None:
         frame_bytes = height * width * np.dtype(getattr(movie, "dtype", np.float32)).itemsize
         chunk_size = max(1, DEFAULT_CHUNK_BYTES // frame_bytes)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 frame; got {chunk_size}")
-    out = np.empty((weights.shape[0], n_frames), dtype=np.float32)
+    out = np.empty((starts.size, n_frames), dtype=np.float32)
+    read_frames = _frame_reader(movie, chunk_size)
     for start in range(0, n_frames, chunk_size):
         stop = min(start + chunk_size, n_frames)
-        block = movie[start:stop]
-        frames = np.asarray(block).reshape(stop - start, height * width)
-        used = frames[:, pixels].astype(np.float32)
-        out[:, start:stop] = weights @ used.T
-        _release_pages(block)
+        frames = read_frames(start, stop).reshape(stop - start, height * width)
+        # np.take + reduceat over contiguous groups: faster than a sparse matrix product here
+        used = np.take(frames, pixels, axis=1).astype(np.float32, copy=False)
+        out[rows, start:stop] = (np.add.reduceat(used, starts, axis=1) / sizes).T
         yield Progress(stop, n_frames, "extracting traces")
     n = len(ids)
     return Extraction(
@@ -243,22 +250,35 @@ def extract_traces(
     return run_steps(steps, progress, stop).traces
 
 
-def _release_pages(block) -> None:
-    """Unmap the pages of a chunk read through a read-only or shared numpy memmap.
+def _frame_reader(movie, chunk_size: int) -> Callable[[int, int], np.ndarray]:
+    """A function ``read(start, stop)`` returning frames ``movie[start:stop]`` as a numpy array.
 
-    The file stays in the page cache, but the pages leave this process's resident memory, so a
-    movie larger than RAM streams through with memory bounded by the chunk size.
+    A C-contiguous numpy memmap (what `tifffile.memmap` gives) is read with ``os.preadv`` into one
+    reusable buffer instead of through its mapping: the file's pages then never enter this process's
+    resident memory (a mapping keeps every page it touched), and copying from the page cache is
+    cheaper than faulting the pages in. Anything else is sliced and converted with `np.asarray`.
     """
-    mapping = getattr(block, "_mmap", None)
-    if mapping is None or getattr(block, "mode", "c") == "c" or not hasattr(mapping, "madvise"):
-        return  # not a memmap, or a private copy-on-write one whose changes must not be dropped
-    try:
-        base = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
-    except (TypeError, ValueError, BufferError):
-        return
-    start = block.ctypes.data - base
-    aligned = start - start % mmap.PAGESIZE
-    mapping.madvise(mmap.MADV_DONTNEED, aligned, start + block.nbytes - aligned)
+    if not (isinstance(movie, np.memmap) and movie.flags.c_contiguous and getattr(movie, "_mmap", None)):
+        return lambda start, stop: np.asarray(movie[start:stop])
+    # the mapping starts at the memmap's offset rounded down to the allocation granularity; a view
+    # shares that mapping, so its file position follows from its address inside the mapping
+    mapping_start = movie.offset - movie.offset % mmap.ALLOCATIONGRANULARITY
+    mapping_address = np.frombuffer(movie._mmap, dtype=np.uint8, count=1).ctypes.data
+    file_position = mapping_start + movie.ctypes.data - mapping_address
+    frame_bytes = movie[0].nbytes
+    buffer = np.empty((chunk_size, *movie.shape[1:]), dtype=movie.dtype)
+    handle = open(movie.filename, "rb")  # noqa: SIM115 - closed by the finaliser below
+    weakref.finalize(buffer, handle.close)
+
+    def read(start: int, stop: int) -> np.ndarray:
+        frames = buffer[: stop - start]
+        wanted = frames.nbytes
+        got = os.preadv(handle.fileno(), [memoryview(frames).cast("B")], file_position + start * frame_bytes)
+        if got != wanted:
+            raise ValueError(f"{movie.filename} ended early: frames {start}-{stop} are missing (truncated file?)")
+        return frames
+
+    return read
 
 
 # -- dF/F ------------------------------------------------------------------------------------------
