@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as error:  # bad input: one clear line, no traceback
+    except (FileNotFoundError, ValueError, RuntimeError) as error:  # bad input: one clear line, no traceback
         print(f"neurt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

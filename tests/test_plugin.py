@@ -1,0 +1,85 @@
+"""The napari side: manifest, sample data, the trace plot and the demo (under Xvfb)."""
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_neurt import Recording  # noqa: E402
+from napari_neurt.plugin.viewer import TRACE_DOCK_NAME, add_recording  # noqa: E402
+from napari_neurt.plugin.widgets import TracePlotWidget  # noqa: E402
+
+
+def test_manifest_validates_and_imports_every_command():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-neurt")
+    manifest.validate_imports()
+    commands = {c.id for c in manifest.contributions.commands}
+    assert {"napari-neurt.sample_two_photon", "napari-neurt.get_suite2p_reader"} <= commands
+
+
+def small_recording(n_frames=200):
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:10, 5:10] = 3
+    labels[20:26, 20:26] = 8
+    t = np.arange(n_frames)
+    traces = np.stack([np.sin(t / 10), np.cos(t / 7)]).astype(np.float32)
+    return Recording.from_labels(traces, labels, frame_rate=10.0, metadata={"trace_kind": "dF/F"})
+
+
+def test_selecting_a_label_updates_the_trace_plot(make_napari_viewer):
+    viewer = make_napari_viewer()
+    recording = small_recording()
+    viewer.add_image(np.zeros((recording.n_frames, 40, 40), np.float32), name="movie")
+    layer = add_recording(viewer, recording)
+    plot = viewer.window.dock_widgets[TRACE_DOCK_NAME]
+    assert isinstance(plot, TracePlotWidget)
+    layer.selected_label = 8
+    np.testing.assert_allclose(plot.trace_line.get_ydata(), recording.traces[1])
+    layer.selected_label = 3
+    np.testing.assert_allclose(plot.trace_line.get_ydata(), recording.traces[0])
+    np.testing.assert_allclose(plot.trace_line.get_xdata(), recording.times)
+    layer.selected_label = 5  # not a neuron: the plot empties instead of showing a stale trace
+    assert len(plot.trace_line.get_ydata()) == 0
+
+
+def test_frame_line_follows_the_slider_and_clicks_move_it(make_napari_viewer):
+    viewer = make_napari_viewer()
+    recording = small_recording()
+    viewer.add_image(np.zeros((recording.n_frames, 40, 40), np.float32), name="movie")
+    add_recording(viewer, recording)
+    plot = viewer.window.dock_widgets[TRACE_DOCK_NAME]
+    viewer.dims.set_current_step(0, 50)
+    assert plot.frame_line.get_xdata()[0] == pytest.approx(50 / recording.frame_rate)
+
+    class Click:  # what matplotlib passes to a button_press_event handler
+        inaxes, xdata = plot.axes, 12.34
+
+    plot._on_click(Click)
+    assert viewer.dims.current_step[0] == 123
+
+
+def test_sample_data_open_as_image_and_labels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-neurt", "two_photon")
+    kinds = sorted(type(layer).__name__ for layer in viewer.layers)
+    assert kinds == ["Image", "Labels"]
+    movie = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
+    labels = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels))
+    assert movie.data.ndim == 3 and movie.data.shape[1:] == labels.data.shape
+    assert labels.data.max() > 10
+
+
+def test_demo_screenshot_shows_the_coloured_neurons(tmp_path, qapp):
+    from napari_neurt.cli import main
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--screenshot", str(out)]) == 0
+    from skimage.io import imread
+
+    image = imread(out)[..., :3].astype(int)
+    assert image.shape[0] > 400 and image.shape[1] > 600
+    saturation = image.max(axis=-1) - image.min(axis=-1)
+    # napari's chrome is grey; coloured label pixels and the blue trace are not
+    assert (saturation > 80).mean() > 0.005, "screenshot shows no coloured labels or trace"
