@@ -161,12 +161,42 @@ def _roi_description(roi, index: int) -> str:
 
 
 def _fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (rows, cols) whose centres lie inside the polygon with corner coordinates `xy`."""
-    from skimage.draw import polygon
+    """Pixels (rows, cols) whose centres lie inside the polygon with corner coordinates `xy`.
 
-    # Pixel (r, c) has its centre at (c + 0.5, r + 0.5) in ImageJ's corner coordinates; shifting
-    # the vertices by -0.5 lets skimage test pixel centres at whole numbers.
-    return polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape)
+    Even-odd scanline fill at pixel centres. A centre exactly on the outline counts as inside
+    only on a left or top edge (Java's and thus ImageJ's insideness rule), so that two ROIs
+    sharing an edge never both claim the pixels along it.
+    """
+    x0, y0 = xy[:, 0], xy[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    sloped = y0 != y1  # horizontal edges never cross a scanline
+    x0, y0, x1, y1 = x0[sloped], y0[sloped], x1[sloped], y1[sloped]
+    if len(x0) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    first = max(int(np.floor(y0.min() - 0.5)), 0)
+    last = min(int(np.ceil(y0.max() + 0.5)), shape[0])
+    rows = np.arange(first, last)
+    centre_y = rows[:, None] + 0.5
+    # Half-open in y: an edge crosses the scanline at its lower end, not its upper one.
+    crosses = (np.minimum(y0, y1) <= centre_y) & (centre_y < np.maximum(y0, y1))
+    crossing_x = np.where(crosses, x0 + (centre_y - y0) * (x1 - x0) / (y1 - y0), np.inf)
+    crossing_x.sort(axis=1)
+    n_crossings = crosses.sum(axis=1)
+    span_rows, span_starts, span_stops = [], [], []
+    for k in range(0, int(n_crossings.max(initial=0)) - 1, 2):
+        has_span = n_crossings >= k + 2
+        span_rows.append(rows[has_span])
+        # Centres c + 0.5 in [left, right): columns ceil(left - 0.5) .. ceil(right - 0.5) - 1.
+        span_starts.append(np.ceil(crossing_x[has_span, k] - 0.5))
+        span_stops.append(np.ceil(crossing_x[has_span, k + 1] - 0.5))
+    if not span_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    span_rows = np.concatenate(span_rows)
+    starts = np.clip(np.concatenate(span_starts), 0, shape[1]).astype(np.int64)
+    stops = np.clip(np.concatenate(span_stops), 0, shape[1]).astype(np.int64)
+    lengths = np.maximum(stops - starts, 0)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(span_rows, lengths), np.repeat(starts, lengths) + offsets
 
 
 def _fill_oval(roi, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

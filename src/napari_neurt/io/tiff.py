@@ -215,9 +215,10 @@ class ConcatenatedMovie:
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key[1:]) or (key and key[0] is Ellipsis):
-            key = (slice(None), *[k for k in key if k is not Ellipsis])
-        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if not key or key[0] is Ellipsis:
+            first, rest = slice(None), key  # each file's frames then take the same key
+        else:
+            first, rest = key[0], key[1:]
         frames = np.arange(self.shape[0])[first]
         if np.ndim(frames) == 0:
             movie = int(np.searchsorted(self._starts, frames, side="right")) - 1

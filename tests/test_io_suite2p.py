@@ -1,0 +1,251 @@
+"""suite2p folders, and the restricted unpickler that reads their stat.npy / ops.npy."""
+
+from __future__ import annotations
+
+import builtins
+import datetime
+import os
+import pickle
+import shutil
+from pathlib import PurePosixPath
+
+import numpy as np
+import pytest
+from numpy.lib import format as npy_format
+
+from napari_neurt.io import UnsafePickleError, load_pickled_npy, read_suite2p
+
+# -- restricted unpickler --------------------------------------------------------------------------
+
+
+class _Payload:
+    """Pickles as a call to `function(*arguments)`, run by whoever unpickles it."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+def _write_object_npy(path, pickled_object) -> None:
+    """A .npy file whose header announces a 1-element object array, followed by any pickle."""
+    with open(path, "wb") as file:
+        npy_format.write_array_header_1_0(file, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+        pickle.dump(pickled_object, file, protocol=3)
+
+
+MALICIOUS = {
+    "os.system": lambda marker: _Payload(os.system, f"touch {marker}"),
+    "builtins.exec": lambda marker: _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+    "builtins.eval": lambda marker: _Payload(builtins.eval, f"open({str(marker)!r}, 'w')"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALICIOUS))
+def test_malicious_stat_npy_is_refused_and_its_code_never_runs(tmp_path, kind):
+    # The payload works: unrestricted loading really runs it.
+    proof = tmp_path / "proof"
+    _write_object_npy(tmp_path / "proof.npy", np.array([MALICIOUS[kind](proof)], dtype=object))
+    np.load(tmp_path / "proof.npy", allow_pickle=True)
+    assert proof.exists()
+
+    marker = tmp_path / "marker"
+    _write_object_npy(tmp_path / "stat.npy", np.array([MALICIOUS[kind](marker)], dtype=object))
+    forbidden = "posix.system" if kind == "os.system" else kind
+    with pytest.raises(UnsafePickleError, match=rf"stat\.npy tries to load '{forbidden}'; only numpy"):
+        load_pickled_npy(tmp_path / "stat.npy")
+    assert not marker.exists()
+
+
+def test_malicious_stat_npy_in_a_suite2p_folder(tmp_path):
+    marker = tmp_path / "marker"
+    _write_suite2p_folder(tmp_path, *_synthetic_rois())
+    _write_object_npy(tmp_path / "stat.npy", np.array([MALICIOUS["os.system"](marker)], dtype=object))
+    with pytest.raises(UnsafePickleError, match="posix.system"):
+        read_suite2p(tmp_path)
+    assert not marker.exists()
+
+
+def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
+    ops = {
+        "fs": 30.0,
+        "nframes": np.int64(500),
+        "meanImg": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "block_size": (128, 128),
+        "filelist": ["a.tif", "b.tif"],
+        "flags": {True, False},
+        "date_proc": datetime.datetime(2021, 7, 26, 17, 6, 43),
+        "save_path0": PurePosixPath("/data/suite2p"),
+        "complex": 1 + 2j,
+        "none": None,
+        "bytes": b"\x00\x01",
+        "masks": np.array([b"a"], dtype="S1"),
+        "records": np.zeros(2, dtype=[("x", "<i4"), ("y", "<f8")]),
+    }
+    np.save(tmp_path / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    loaded = load_pickled_npy(tmp_path / "ops.npy").item()
+    assert loaded.keys() == ops.keys()
+    for key, value in ops.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(loaded[key], value)
+            assert loaded[key].dtype == value.dtype
+        else:
+            assert loaded[key] == value, key
+
+
+def test_numeric_npy_and_damaged_pickles(tmp_path):
+    np.save(tmp_path / "F.npy", np.eye(3, dtype=np.float32))
+    np.testing.assert_array_equal(load_pickled_npy(tmp_path / "F.npy"), np.eye(3))
+    np.save(tmp_path / "stat.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    data = (tmp_path / "stat.npy").read_bytes()
+    (tmp_path / "stat.npy").write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="damaged pickle"):
+        load_pickled_npy(tmp_path / "stat.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="not a valid .npy"):
+        load_pickled_npy(tmp_path / "junk.npy")
+
+
+# -- synthetic suite2p folder: overlap rules -------------------------------------------------------
+
+
+def _synthetic_rois():
+    """Three 4x4 ROIs on a 10 x 12 plane. ROI 0 and 1 share pixels (1's weight larger there on the
+    left column, equal on the right column); ROI 2 is not a cell and overlaps ROI 1."""
+
+    def square(y, x, weight):
+        yy, xx = np.mgrid[y : y + 4, x : x + 4]
+        return {"ypix": yy.ravel(), "xpix": xx.ravel(), "lam": np.full(16, weight, np.float32)}
+
+    rois = [square(1, 1, 1.0), square(3, 3, 1.0), square(5, 5, 5.0)]
+    # In the shared 2x2 block, column x=3 is equal (tie), column x=4 is heavier for ROI 1.
+    heavier = (rois[1]["xpix"] == 4) & (rois[1]["ypix"] <= 4)
+    rois[1]["lam"][heavier] = 2.0
+    for roi in rois:
+        roi["med"] = [int(np.median(roi["ypix"])), int(np.median(roi["xpix"]))]
+        roi["overlap"] = np.zeros(16, bool)
+    iscell = np.array([[1, 0.9], [1, 0.8], [0, 0.1]])
+    return rois, iscell
+
+
+def _write_suite2p_folder(folder, rois, iscell, n_frames=50):
+    rng = np.random.default_rng(1)
+    n = len(rois)
+    np.save(folder / "F.npy", rng.random((n, n_frames), dtype=np.float32))
+    np.save(folder / "Fneu.npy", rng.random((n, n_frames), dtype=np.float32))
+    np.save(folder / "spks.npy", rng.random((n, n_frames), dtype=np.float32))
+    np.save(folder / "iscell.npy", iscell)
+    np.save(folder / "stat.npy", np.array(rois, dtype=object), allow_pickle=True)
+    ops = {"fs": 15.0, "Ly": 10, "Lx": 12, "meanImg": rng.random((10, 12)), "neucoeff": 0.7}
+    np.save(folder / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+
+
+def test_overlap_goes_to_the_larger_weight_and_ties_to_the_lower_index(tmp_path):
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    everything = read_suite2p(tmp_path, cells_only=False)
+    labels = everything.labels
+    assert labels[3, 3] == 1 and labels[4, 3] == 1  # tie: lower index keeps it
+    assert labels[3, 4] == 2 and labels[4, 4] == 2  # ROI 1 is heavier there
+    assert labels[5, 5] == 3 and labels[6, 6] == 3  # ROI 2 (lam 5) beats ROI 1 (lam 1)
+    cells = read_suite2p(tmp_path, cells_only=True)
+    assert list(cells.neuron_ids) == [1, 2]
+    assert cells.labels[5, 5] == 2 and 3 not in cells.labels  # a non-cell takes no pixel from a cell
+
+
+def test_synthetic_folder_metadata(tmp_path):
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    recording = read_suite2p(tmp_path)
+    assert recording.frame_rate == 15.0
+    np.testing.assert_array_equal(recording.metadata["iscell"], [0.9, 0.8])
+    np.testing.assert_array_equal(recording.metadata["neuropil"], np.load(tmp_path / "Fneu.npy")[:2])
+    np.testing.assert_array_equal(recording.metadata["spikes"], np.load(tmp_path / "spks.npy")[:2])
+    np.testing.assert_array_equal(recording.centroids, [[2, 2], [4, 4]])
+
+
+def test_folder_without_f_npy_says_what_a_plane_folder_holds(tmp_path):
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    (tmp_path / "F.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no F\.npy; a suite2p plane folder .* stat\.npy"):
+        read_suite2p(tmp_path)
+    with pytest.raises(FileNotFoundError, match="suite2p folder not found"):
+        read_suite2p(tmp_path / "absent")
+
+
+def test_inconsistent_folder_is_refused(tmp_path):
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    np.save(tmp_path / "F.npy", np.zeros((2, 50), np.float32))
+    with pytest.raises(ValueError, match="one dict per ROI of F.npy"):
+        read_suite2p(tmp_path)
+
+
+def test_no_cells(tmp_path):
+    rois, iscell = _synthetic_rois()
+    iscell[:, 0] = 0
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    with pytest.raises(ValueError, match="none of its 3 ROIs as a cell; .*cells_only=False"):
+        read_suite2p(tmp_path)
+    assert read_suite2p(tmp_path, cells_only=False).n_neurons == 3
+
+
+# -- the real fissa suite2p output -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def suite2p_folder(test_data):
+    return test_data / "fissa_suite2p_outputs"
+
+
+@pytest.mark.parametrize("cells_only", [True, False])
+def test_real_suite2p_traces_and_labels(suite2p_folder, cells_only):
+    recording = read_suite2p(suite2p_folder, cells_only=cells_only)
+    F = np.load(suite2p_folder / "F.npy")
+    iscell = np.load(suite2p_folder / "iscell.npy")
+    stat = load_pickled_npy(suite2p_folder / "stat.npy")
+    expected_rows = np.flatnonzero(iscell[:, 0] == 1) if cells_only else np.arange(23)
+    assert recording.n_neurons == (21 if cells_only else 23)
+    np.testing.assert_array_equal(recording.metadata["suite2p_index"], expected_rows)
+    np.testing.assert_array_equal(recording.neuron_ids, expected_rows + 1)
+    np.testing.assert_array_equal(recording.traces, F[expected_rows])  # exactly F.npy's rows
+    # Every kept ROI keeps some pixels in this data set: one label per ROI.
+    assert set(np.unique(recording.labels)) == {0, *recording.neuron_ids}
+
+    labelled_elsewhere = 0
+    for neuron_id in recording.neuron_ids:
+        roi = stat[neuron_id - 1]
+        own = np.zeros(recording.labels.shape, bool)
+        own[roi["ypix"], roi["xpix"]] = True
+        overlap = np.zeros_like(own)
+        overlap[roi["ypix"][roi["overlap"]], roi["xpix"][roi["overlap"]]] = True
+        labelled = recording.labels == neuron_id
+        assert not (labelled & ~own).any()  # a label never reaches outside its ROI
+        lost = own & ~labelled
+        assert not (lost & ~overlap).any()  # only pixels suite2p marks as overlapping are lost
+        labelled_elsewhere += lost.sum()
+    assert labelled_elsewhere > 0  # this data set does have overlaps
+
+
+def test_real_suite2p_metadata(suite2p_folder):
+    recording = read_suite2p(suite2p_folder)
+    ops = load_pickled_npy(suite2p_folder / "ops.npy").item()
+    rows = recording.metadata["suite2p_index"]
+    assert recording.frame_rate == 1.0 and recording.metadata["frame_rate_from"] == "ops.fs"
+    assert recording.labels.shape == (176, 156)
+    np.testing.assert_allclose(recording.mean_image, ops["meanImg"], rtol=1e-6)
+    np.testing.assert_array_equal(recording.metadata["neuropil"], np.load(suite2p_folder / "Fneu.npy")[rows])
+    np.testing.assert_array_equal(recording.metadata["iscell"], np.load(suite2p_folder / "iscell.npy")[rows, 1])
+    assert recording.metadata["trace_kind"] == "F"
+    stat = load_pickled_npy(suite2p_folder / "stat.npy")
+    np.testing.assert_array_equal(recording.centroids, [stat[i]["med"] for i in rows])
+
+
+def test_real_folder_copy_without_iscell(suite2p_folder, tmp_path):
+    for name in ("F.npy", "stat.npy", "ops.npy"):
+        shutil.copy(suite2p_folder / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no iscell.npy.*cells_only=False"):
+        read_suite2p(tmp_path)
+    assert read_suite2p(tmp_path, cells_only=False).n_neurons == 23
