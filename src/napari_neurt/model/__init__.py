@@ -1,0 +1,45 @@
+"""NEuRT in napari-neurt: the network, its tokens, its weights and whole-recording inference.
+
+    >>> import napari_neurt
+    >>> model = napari_neurt.load_model("neurt-microns")          # doctest: +SKIP
+    >>> tokens = model.tokens_for(recording)                      # doctest: +SKIP
+    >>> reconstruction = model.reconstruct(tokens, hide)          # doctest: +SKIP
+
+This package never imports Qt or napari.
+"""
+
+from .checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from .inference import ClassificationResult, NeurtModel, load_model, window_starts, window_taper
+from .neurt import Neurt, NeurtConfig
+from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
+from .tokens import (
+    DEFAULT_DELTA_UM,
+    FEATURES,
+    NeighborhoodTokens,
+    neighborhood_tokens,
+    normalise_traces,
+    span_mask,
+)
+
+__all__ = [
+    "DEFAULT_DELTA_UM",
+    "FEATURES",
+    "PUBLISHED",
+    "Checkpoint",
+    "ClassificationResult",
+    "NeighborhoodTokens",
+    "Neurt",
+    "NeurtConfig",
+    "NeurtModel",
+    "WeightsNotAvailable",
+    "fetch_published",
+    "load_model",
+    "neighborhood_tokens",
+    "normalise_traces",
+    "read_checkpoint",
+    "read_published",
+    "save_checkpoint",
+    "span_mask",
+    "window_starts",
+    "window_taper",
+]

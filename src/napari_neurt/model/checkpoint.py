@@ -1,0 +1,160 @@
+"""napari-neurt checkpoints: a folder with `model.safetensors` and `config.json`. Never pickle.
+
+`config.json` holds everything needed to use the weights correctly:
+
+    {"format": "napari-neurt checkpoint", "format_version": 1,
+     "model": {...NeurtConfig...},
+     "class_names": ["wild type", "5xFAD"],
+     "tokens": {...how tokens were built for training...},
+     "frame_rate_hz": 20.0 or null (not known),
+     "provenance": {...where the weights come from...}}
+
+Loading checks that the config and the tensors agree and names every difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..io.atomic import atomic_path
+from .neurt import Neurt, NeurtConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "napari-neurt checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """Weights and everything that goes with them, in memory."""
+
+    config: NeurtConfig
+    state_dict: dict[str, torch.Tensor]
+    class_names: tuple[str, ...] = ()
+    tokens: dict[str, Any] = field(default_factory=dict)
+    frame_rate_hz: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Neurt:
+        """A `Neurt` module holding these weights (after checking that they fit the config)."""
+        check_state_dict(self.config, self.state_dict, where=self.provenance.get("path", "checkpoint"))
+        module = Neurt(self.config)
+        module.load_state_dict(self.state_dict, strict=True)
+        return module.eval()
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    module: Neurt,
+    *,
+    class_names: tuple[str, ...] | list[str] = (),
+    tokens: dict[str, Any] | None = None,
+    frame_rate_hz: float | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write `module` as a checkpoint folder (created if needed) and return the folder."""
+    folder = Path(folder)
+    config = module.config
+    class_names = tuple(str(name) for name in class_names)
+    if config.n_classes and len(class_names) != config.n_classes:
+        raise ValueError(f"the model has {config.n_classes} classes but {len(class_names)} class names")
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "class_names": list(class_names),
+        "tokens": dict(tokens or {}),
+        "frame_rate_hz": None if frame_rate_hz is None else float(frame_rate_hz),
+        "provenance": dict(provenance or {}),
+    }
+    with atomic_path(folder / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+def checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder for `path`: the folder itself, or the folder of its config/weights file."""
+    path = Path(path)
+    folder = path.parent if path.name in (CONFIG_NAME, WEIGHTS_NAME) else path
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a napari-neurt checkpoint: expected a folder holding {CONFIG_NAME} and "
+            f"{WEIGHTS_NAME}"
+        )
+    return folder
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint folder (or its config.json / model.safetensors) and check it."""
+    folder = checkpoint_folder(path)
+    try:
+        document = json.loads((folder / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{folder / CONFIG_NAME} is not a napari-neurt checkpoint config")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{folder} was written by a newer napari-neurt (format {document['format_version']}); "
+            "update napari-neurt to read it"
+        )
+    config = NeurtConfig.from_dict(document["model"])
+    weights = folder / WEIGHTS_NAME
+    try:
+        state_dict = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights} is not a readable safetensors file: {error}") from None
+    check_state_dict(config, state_dict, where=str(folder))
+    provenance = dict(document.get("provenance") or {})
+    provenance.update(path=str(folder), weights_sha256=sha256_of(weights))
+    return Checkpoint(
+        config=config,
+        state_dict=state_dict,
+        class_names=tuple(document.get("class_names") or ()),
+        tokens=dict(document.get("tokens") or {}),
+        frame_rate_hz=document.get("frame_rate_hz"),
+        provenance=provenance,
+    )
+
+
+def check_state_dict(config: NeurtConfig, state_dict: dict[str, torch.Tensor], where: str = "") -> None:
+    """Raise a ValueError that lists every tensor missing, unexpected or of the wrong shape."""
+    with torch.device("meta"):  # shapes only: allocates nothing
+        expected = {name: tuple(t.shape) for name, t in Neurt(config).state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state_dict.items()}
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append("missing tensors: " + ", ".join(missing))
+    if unexpected:
+        problems.append("tensors the config has no place for: " + ", ".join(unexpected))
+    for name in sorted(set(expected) & set(found)):
+        if expected[name] != found[name]:
+            problems.append(f"{name}: the config needs shape {expected[name]}, the weights have {found[name]}")
+    if problems:
+        raise ValueError(
+            f"{where or 'checkpoint'}: the model config does not match the weights "
+            f"(config: {config}):\n  " + "\n  ".join(problems)
+        )
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,514 @@
+"""NEuRT over whole recordings: sliding windows, batching, devices, progress and cancellation.
+
+`load_model` returns a `NeurtModel`: the network plus what is needed to use it right (class names,
+token settings, provenance). Its long methods exist twice, the Progress protocol way
+(`napari_neurt.progress`): ``iter_reconstruct`` / ``iter_classify`` are generators that yield a
+`Progress` after each batch and return the result; ``reconstruct`` / ``classify`` drive them with
+`run_steps` (optional progress callback and stop flag).
+
+A recording of T frames is cut into windows of ``seq_len`` frames that overlap by ``overlap``
+frames, the last one ending on the last frame; a recording shorter than ``seq_len`` is one window
+of its own length. Per-frame outputs of overlapping windows are averaged with a Hann taper
+(`window_taper`), so that each window counts least near its edges, where it sees the least
+context, and the result has no seams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..progress import Progress, Steps, run_steps
+from ..recording import Recording
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
+from .neurt import Neurt, NeurtConfig
+from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
+from .tokens import NeighborhoodTokens, neighborhood_tokens, token_settings
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("default", *PUBLISHED)
+CHANNELS = ("all", "own")
+DEFAULT_BATCH_SIZE = 64
+TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge of a window
+
+
+@dataclass
+class ClassificationResult:
+    """What `NeurtModel.classify` says about one recording.
+
+    Attributes
+    ----------
+    class_names
+        Names of the classes; probabilities are of class 1 (``class_names[1]``).
+    neuron_probability
+        (N,) mean over each neuron's windows of the class-1 probability.
+    class_probability
+        (N, n_classes) the same for every class.
+    temporal_attention
+        (N, T) the classifier's pooling weights over time, stitched over windows (each window's
+        weights sum to 1, so values are about 1 / seq_len where attention is even).
+    neuron_attention
+        (N,) weight of each neuron in the recording's decision, summing to 1.
+    recording_probability
+        Probability that the recording is of class 1.
+    recording_head
+        True when the model has a recording head (gated-attention pooling over neurons).
+    recording_rule
+        How `recording_probability` and `neuron_attention` were obtained, in words.
+    neuron_embedding
+        (N, n_embd) each neuron's time-pooled embedding, averaged over its windows.
+    """
+
+    class_names: tuple[str, ...]
+    neuron_probability: np.ndarray
+    class_probability: np.ndarray
+    temporal_attention: np.ndarray
+    neuron_attention: np.ndarray
+    recording_probability: float
+    recording_head: bool
+    recording_rule: str
+    neuron_embedding: np.ndarray = field(repr=False)
+
+
+def window_starts(n_frames: int, length: int, overlap: int) -> np.ndarray:
+    """First frame of each window of `length` frames overlapping by `overlap`; the last ends at T."""
+    if n_frames <= length:
+        return np.zeros(1, dtype=np.int64)
+    stride = length - overlap
+    starts = np.arange(0, n_frames - length + 1, stride, dtype=np.int64)
+    if starts[-1] != n_frames - length:
+        starts = np.append(starts, n_frames - length)
+    return starts
+
+
+def window_taper(length: int) -> np.ndarray:
+    """Hann weights over a window (float32, highest in the middle), floored above 0."""
+    phase = (np.arange(length) + 0.5) / length
+    return np.maximum(np.sin(np.pi * phase) ** 2, TAPER_FLOOR).astype(np.float32)
+
+
+class NeurtModel:
+    """A NEuRT network ready for inference on recordings of any length, on any device."""
+
+    def __init__(
+        self,
+        module: Neurt,
+        *,
+        class_names: tuple[str, ...] | list[str] = (),
+        tokens: dict[str, Any] | None = None,
+        frame_rate_hz: float | None = None,
+        provenance: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+    ):
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.class_names = tuple(class_names)
+        self.token_settings = dict(tokens or token_settings())
+        self.frame_rate_hz = frame_rate_hz
+        self.provenance = dict(provenance or {})
+        # bf16 autocast on CUDA only: there it is 2-3x faster and the outputs move ~1e-2; CPU and
+        # MPS stay float32 (exact parity with the published model).
+        self.bf16 = self.device.type == "cuda"
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "auto") -> NeurtModel:
+        return cls(
+            checkpoint.build(),
+            class_names=checkpoint.class_names,
+            tokens=checkpoint.tokens,
+            frame_rate_hz=checkpoint.frame_rate_hz,
+            provenance=checkpoint.provenance,
+            device=device,
+        )
+
+    @property
+    def config(self) -> NeurtConfig:
+        return self.module.config
+
+    def __repr__(self) -> str:
+        source = self.provenance.get("source") or self.provenance.get("path", "?")
+        return f"NeurtModel({source}, {self.config}, device={self.device})"
+
+    def to(self, device: str | torch.device) -> NeurtModel:
+        """Move to another device ("auto", "cpu", "cuda:1", ...); returns self."""
+        self.device = resolve_device(device)
+        self.module.to(self.device)
+        self.bf16 = self.device.type == "cuda"
+        return self
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write this model as a napari-neurt checkpoint folder (safetensors + config.json)."""
+        provenance = {k: v for k, v in self.provenance.items() if k not in ("path", "weights_sha256")}
+        if "weights_sha256" in self.provenance:
+            provenance["derived_from_sha256"] = self.provenance["weights_sha256"]
+        return save_checkpoint(
+            folder,
+            self.module,
+            class_names=self.class_names,
+            tokens=self.token_settings,
+            frame_rate_hz=self.frame_rate_hz,
+            provenance=provenance,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description of the model (for results files)."""
+        return {
+            "config": self.config.to_dict(),
+            "class_names": list(self.class_names),
+            "tokens": self.token_settings,
+            "frame_rate_hz": self.frame_rate_hz,
+            "provenance": self.provenance,
+            "device": str(self.device),
+            "bf16": self.bf16,
+        }
+
+    # --- tokens -----------------------------------------------------------------------------
+    def tokens_for(self, recording: Recording, delta: float | None = None) -> NeighborhoodTokens:
+        """Tokens of `recording`; `delta` in um when it has a pixel size, else in pixels.
+
+        Without `delta`, the model's own training radius is used when it is known in a usable
+        unit, else the default rule of `neighborhood_tokens`.
+        """
+        if delta is None:
+            if recording.pixel_size_um and self.token_settings.get("delta_um"):
+                delta = float(self.token_settings["delta_um"])
+            elif not recording.pixel_size_um and self.token_settings.get("delta_px"):
+                delta = float(self.token_settings["delta_px"])
+        if self.frame_rate_hz and abs(recording.frame_rate / self.frame_rate_hz - 1) > 0.1:
+            warnings.warn(
+                f"{recording.source or 'the recording'} is at {recording.frame_rate:g} Hz; this model "
+                f"was trained at {self.frame_rate_hz:g} Hz, so its time scale differs",
+                stacklevel=2,
+            )
+        return neighborhood_tokens(
+            recording.traces, recording.centroids, delta, pixel_size_um=recording.pixel_size_um
+        )
+
+    # --- reconstruction ---------------------------------------------------------------------
+    def reconstruct(
+        self,
+        tokens,
+        hide=None,
+        *,
+        channels: str = "all",
+        overlap: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress=None,
+        stop=None,
+    ) -> np.ndarray:
+        """The model's reconstruction, float32 (N, T, F), of `tokens` (N, T, F).
+
+        `hide` is a bool (N, T) array of time steps hidden from the model: with ``channels="all"``
+        all features of a hidden step are set to 0 (as in the published pretraining); with
+        ``channels="own"`` only the neuron's own trace (feature 0) is, and the neighbourhood stays
+        visible. `overlap` is the overlap of consecutive windows in frames (default seq_len // 2).
+        `progress` is called with a `Progress` after each batch; `stop` (an Event or a callable)
+        cancels between batches by raising `napari_neurt.Cancelled`.
+        """
+        steps = self.iter_reconstruct(
+            tokens, hide, channels=channels, overlap=overlap, batch_size=batch_size
+        )
+        return run_steps(steps, progress=progress, stop=stop)
+
+    def iter_reconstruct(
+        self,
+        tokens,
+        hide=None,
+        *,
+        channels: str = "all",
+        overlap: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Steps[np.ndarray]:
+        """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
+        x = self._check_tokens(tokens)
+        hidden = self._check_hide(hide, x.shape[:2], channels)
+        n, n_frames, n_features = x.shape
+        plan = _WindowPlan(n, n_frames, self.config.seq_len, self._check_overlap(overlap))
+        total = torch.zeros((n, n_frames, n_features), dtype=torch.float32)
+        taper = torch.from_numpy(plan.taper)[None, :, None]
+
+        def step(first: int, last: int) -> None:
+            neurons, frames = plan.indices(first, last)
+            batch = _hide(x[neurons, frames], hidden[neurons, frames], channels)
+            with self._inference():
+                out = self.module(batch.to(self.device))
+            total.index_put_((neurons, frames), out.float().cpu() * taper, accumulate=True)
+
+        yield from self._batches(plan.n_windows, batch_size, "reconstruct", step)
+        total /= torch.from_numpy(plan.weight_sum)[None, :, None]
+        return total.numpy()
+
+    # --- classification ---------------------------------------------------------------------
+    def classify(
+        self,
+        tokens,
+        *,
+        overlap: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress=None,
+        stop=None,
+    ) -> ClassificationResult:
+        """Classify each neuron's windows and the recording as a whole; see `ClassificationResult`.
+
+        Without a recording head (the published classifier) the recording's probability is the
+        published session rule, the fraction of all windows called class 1, and every neuron
+        weighs the same (1 / N).
+        """
+        steps = self.iter_classify(tokens, overlap=overlap, batch_size=batch_size)
+        return run_steps(steps, progress=progress, stop=stop)
+
+    def iter_classify(
+        self, tokens, *, overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Steps[ClassificationResult]:
+        """`classify` as a generator of `Progress` that returns the `ClassificationResult`."""
+        config = self.config
+        if self.module.time_pool is None:
+            raise ValueError("this model has no classifier: it was trained for reconstruction only")
+        if config.n_classes < 2:
+            raise ValueError("classification needs a model with at least 2 classes")
+        x = self._check_tokens(tokens)
+        n, n_frames, _ = x.shape
+        if n == 0:
+            raise ValueError("cannot classify a recording without neurons")
+        plan = _WindowPlan(n, n_frames, config.seq_len, self._check_overlap(overlap))
+        probabilities = torch.zeros((plan.n_windows, config.n_classes))
+        pooled = torch.zeros((plan.n_windows, config.n_embd))
+        attention = torch.zeros((n, n_frames))
+        taper = torch.from_numpy(plan.taper)[None, :]
+
+        def step(first: int, last: int) -> None:
+            neurons, frames = plan.indices(first, last)
+            with self._inference():
+                logits, weights, embedding = self.module.classify_windows(x[neurons, frames].to(self.device))
+            probabilities[first:last] = logits.float().softmax(dim=-1).cpu()
+            pooled[first:last] = embedding.float().cpu()
+            attention.index_put_((neurons, frames), weights.float().cpu() * taper, accumulate=True)
+
+        yield from self._batches(plan.n_windows, batch_size, "classify", step)
+        attention /= torch.from_numpy(plan.weight_sum)[None, :]
+        class_probability = probabilities.view(n, plan.n_starts, -1).mean(dim=1)
+        neuron_embedding = pooled.view(n, plan.n_starts, -1).mean(dim=1)
+
+        if self.module.recording_head is not None:
+            with self._inference():
+                logits, weights = self.module.classify_recording(neuron_embedding.to(self.device))
+            recording_probability = float(logits.float().softmax(dim=-1)[1])
+            neuron_attention = weights.float().cpu().numpy()
+            rule = "recording head: gated-attention pooling over neurons (Ilse et al. 2018)"
+        else:
+            recording_probability = float((probabilities.argmax(dim=-1) == 1).float().mean())
+            neuron_attention = np.full(n, 1.0 / n, dtype=np.float32)
+            rule = (
+                "no recording head: published session rule, the fraction of all windows called "
+                f"{self.class_names[1] if len(self.class_names) > 1 else 'class 1'}; "
+                "every neuron weighs the same"
+            )
+        return ClassificationResult(
+            class_names=self.class_names,
+            neuron_probability=class_probability[:, 1].numpy(),
+            class_probability=class_probability.numpy(),
+            temporal_attention=attention.numpy(),
+            neuron_attention=neuron_attention,
+            recording_probability=recording_probability,
+            recording_head=self.module.recording_head is not None,
+            recording_rule=rule,
+            neuron_embedding=neuron_embedding.numpy(),
+        )
+
+    # --- attention maps ---------------------------------------------------------------------
+    def attention_maps(self, tokens, *, start: int = 0, hide=None, channels: str = "all") -> np.ndarray:
+        """Self-attention of one window of one neuron: float32 (n_layer, n_head, W, W).
+
+        `tokens` is one neuron's (T, F) tokens (or (1, T, F)); the window is frames
+        [start, start + W) with W = min(seq_len, T). Row q of a map is how much time step q
+        attends to each time step. `hide` / `channels` as in `reconstruct`.
+        """
+        x = torch.as_tensor(np.asarray(tokens.tokens if isinstance(tokens, NeighborhoodTokens) else tokens))
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[0] != 1:
+            raise ValueError(f"attention_maps takes one neuron's tokens (T, F); got shape {tuple(x.shape)}")
+        x = self._check_tokens(x)
+        hidden = self._check_hide(hide, x.shape[:2], channels)
+        n_frames = x.shape[1]
+        width = min(self.config.seq_len, n_frames)
+        if not 0 <= start <= n_frames - width:
+            raise ValueError(f"start must be in [0, {n_frames - width}] for {n_frames} frames; got {start}")
+        window = _hide(x[:, start : start + width], hidden[:, start : start + width], channels)
+        with torch.inference_mode():  # float32 even on CUDA: maps are for reading, not for speed
+            _, maps = self.module.encode(window.to(self.device), exact=True)
+        return torch.stack([m[0] for m in maps]).float().cpu().numpy()
+
+    # --- machinery --------------------------------------------------------------------------
+    def _inference(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.bf16 and self.device.type == "cuda":
+            stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        return stack
+
+    def _batches(self, n_windows: int, batch_size: int, stage: str, step) -> Steps[None]:
+        """Run `step(first, last)` over window batches; on out-of-memory halve the batch and retry."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        done = 0
+        while done < n_windows:
+            size = min(batch_size, n_windows - done)
+            try:
+                step(done, done + size)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                batch_size = size // 2
+                log.warning("out of memory with %d windows per batch; retrying with %d", size, batch_size)
+                continue
+            done += size
+            yield Progress(done, n_windows, stage)
+        self.last_batch_size = batch_size
+
+    def _check_tokens(self, tokens) -> torch.Tensor:
+        if isinstance(tokens, NeighborhoodTokens):
+            tokens = tokens.tokens
+        x = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, torch.Tensor) else tokens)
+        n_features = self.config.n_features
+        if x.ndim != 3 or x.shape[-1] != n_features:
+            raise ValueError(
+                f"tokens must be (neurons, frames, {n_features}); got shape {tuple(x.shape)}. "
+                "Build them with napari_neurt.neighborhood_tokens."
+            )
+        if x.shape[1] == 0:
+            raise ValueError("tokens have no frames")
+        x = x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("tokens contain NaN or infinite values; neighborhood_tokens fills them")
+        return x
+
+    def _check_hide(self, hide, shape: tuple[int, int], channels: str) -> torch.Tensor:
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {', '.join(map(repr, CHANNELS))}; got {channels!r}")
+        if hide is None:
+            return torch.zeros(shape, dtype=torch.bool)
+        hide = hide if isinstance(hide, torch.Tensor) else torch.as_tensor(np.asarray(hide))
+        if hide.dtype != torch.bool:
+            raise ValueError(f"hide must be a boolean array; got dtype {hide.dtype}")
+        if tuple(hide.shape) != tuple(shape):
+            raise ValueError(f"hide must have the shape of the tokens' (neurons, frames) {tuple(shape)}; got {tuple(hide.shape)}")
+        return hide.to("cpu")
+
+    def _check_overlap(self, overlap: int | None) -> int:
+        seq_len = self.config.seq_len
+        if overlap is None:
+            return seq_len // 2
+        if not 0 <= int(overlap) < seq_len:
+            raise ValueError(f"overlap must be in [0, {seq_len - 1}] frames; got {overlap}")
+        return int(overlap)
+
+
+class _WindowPlan:
+    """Windows of every neuron, neuron-major: window w is neuron w // n_starts at start w % n_starts."""
+
+    def __init__(self, n_neurons: int, n_frames: int, seq_len: int, overlap: int):
+        self.length = min(seq_len, n_frames)
+        self.starts = window_starts(n_frames, self.length, overlap)
+        self.n_starts = len(self.starts)
+        self.n_windows = n_neurons * self.n_starts
+        self.taper = window_taper(self.length)
+        weight_sum = np.zeros(n_frames, dtype=np.float32)
+        for start in self.starts:  # one pass over starts (not windows): a few hundred at most
+            weight_sum[start : start + self.length] += self.taper
+        self.weight_sum = weight_sum
+        self._offsets = torch.arange(self.length)
+        self._starts = torch.from_numpy(self.starts)
+
+    def indices(self, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index tensors (b, 1) neurons and (b, length) frames for windows [first, last)."""
+        window = torch.arange(first, last)
+        neurons = (window // self.n_starts)[:, None]
+        frames = self._starts[window % self.n_starts][:, None] + self._offsets
+        return neurons, frames
+
+
+def _hide(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> torch.Tensor:
+    """Zero the hidden time steps of gathered windows (a copy), in all features or feature 0 only."""
+    if not hidden.any():
+        return windows
+    if channels == "all":
+        return windows.masked_fill(hidden[..., None], 0.0)
+    own = windows[..., :1].masked_fill(hidden[..., None], 0.0)
+    return torch.cat([own, windows[..., 1:]], dim=-1)
+
+
+# --- loading ------------------------------------------------------------------------------------
+def load_model(source: str | os.PathLike = "default", device: str | torch.device = "auto") -> NeurtModel:
+    """Load NEuRT weights for inference.
+
+    `source` is one of:
+
+    - ``"default"``: the weights that ship with napari-neurt;
+    - ``"neurt-microns"``: the published model pretrained on MICrONS for reconstruction;
+    - ``"neurt-5xfad"``: the published classifier, wild type vs 5xFAD;
+    - a path to a napari-neurt checkpoint folder (or its config.json / model.safetensors), or to
+      a published-format ``.pth`` state dict.
+
+    Published weights are taken from $NEURT_WEIGHTS_DIR when set (laid out as the repository's
+    ``models/`` folder), else downloaded once into the cache ($NEURT_CACHE_DIR or the user cache
+    folder) and checked against their published sha256. `device` is "auto" (CUDA, then MPS, then
+    CPU), "cpu", "cuda", "cuda:1" or "mps".
+    """
+    device = resolve_device(device)  # fail on a bad device before any download
+    return NeurtModel.from_checkpoint(_read_source(source), device=device)
+
+
+def _read_source(source: str | os.PathLike) -> Checkpoint:
+    if isinstance(source, str) and source == "default":
+        folder = files("napari_neurt.model") / "weights" / "default"
+        if not (folder / CONFIG_NAME).is_file():
+            raise WeightsNotAvailable(
+                "napari-neurt does not ship its own NEuRT weights yet (they come with the training "
+                f"work). Use one of the published models for now: {', '.join(map(repr, PUBLISHED))}, "
+                "or the path to a checkpoint."
+            )
+        return read_checkpoint(Path(str(folder)))
+    if isinstance(source, str) and source in PUBLISHED:
+        return read_published(fetch_published(source))
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{str(source)!r} is neither a known model ({', '.join(map(repr, SOURCES))}) nor an "
+            "existing checkpoint folder or .pth file"
+        )
+    if path.is_dir() or path.name in (CONFIG_NAME, WEIGHTS_NAME) or path.suffix == ".safetensors":
+        return read_checkpoint(path if path.suffix != ".safetensors" else path.parent)
+    if path.suffix in (".pth", ".pt"):
+        return read_published(path)
+    raise ValueError(
+        f"{path}: not a model file; give a napari-neurt checkpoint folder or a published .pth"
+    )
+
+
+def n_windows(n_frames: int, seq_len: int, overlap: int) -> int:
+    """Number of windows per neuron for a recording of `n_frames` frames."""
+    return len(window_starts(n_frames, min(seq_len, n_frames), overlap))
+
+
+__all__ = [
+    "ClassificationResult",
+    "NeurtModel",
+    "load_model",
+    "window_starts",
+    "window_taper",
+    "n_windows",
+]

@@ -1,0 +1,230 @@
+"""The NEuRT network in one file: config, encoder blocks, reconstruction and classification heads.
+
+NEuRT (Raev et al., 2026) is a BERT-style encoder over one neuron's window of activity. Each time
+step is a token of `n_features` numbers (the neuron's own trace and summaries of its neighbours,
+see `tokens.py`). The maths is that of the published model, so its weights load unchanged
+(`checkpoint.import_published`):
+
+    x      = LayerNorm(Linear(tokens) + position[t])
+    block  : h = LayerNorm(x + proj(attention(x)));  x = LayerNorm(h + fc2(relu(fc1(h))))   (post-LN)
+    recon  = Linear(x_last)                                        one value per feature and time step
+    window = softmax_t(query . x_last[t]);  logits = Linear(sum_t window[t] x_last[t])
+
+Our one addition is the recording head: gated-attention multiple-instance pooling (Ilse et al.,
+2018) over the neurons of a recording, which gives one decision per recording and one weight per
+neuron.
+
+Two paths compute the same function. The fast path (default) uses
+`F.scaled_dot_product_attention` and fused LayerNorm kernels and never builds the (T, T) attention
+maps. The exact path (``exact=True``) repeats the published arithmetic operation for operation
+(explicit softmax(q k^T / sqrt(d)), TF-style LayerNorm) and returns the maps; it reproduces the
+published model's numbers bit for bit on CPU. Their outputs agree to about 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class NeurtConfig:
+    """Shape of a NEuRT network. The defaults are those of the published model."""
+
+    seq_len: int = 512  # longest window, and number of learned positions
+    n_features: int = 5  # numbers per time step
+    n_embd: int = 128
+    n_head: int = 4
+    n_layer: int = 4
+    n_ff: int = 512  # width of the feed-forward layer
+    n_classes: int = 0  # 0: no window classifier
+    mil_hidden: int = 0  # 0: no recording head; else width of its gated attention
+    norm_eps: float = 1e-12  # the published LayerNorm puts 1e-12 inside the square root, as torch does
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"NeurtConfig.{name} must be at least 1; got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.n_classes < 0 or self.mil_hidden < 0:
+            raise ValueError("n_classes and mil_hidden must be 0 (absent) or positive")
+        if self.mil_hidden and not self.n_classes:
+            raise ValueError("a recording head (mil_hidden > 0) needs classes (n_classes > 0)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NeurtConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown NeurtConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose exact path spells out the published TF-style formula.
+
+    Same function (epsilon inside the square root); the fused kernel rounds differently, and the
+    deep post-LN stack amplifies that to ~1e-4 in the hidden states, so parity uses the formula.
+    """
+
+    def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        if not exact:
+            return super().forward(x)
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = centred.pow(2).mean(dim=-1, keepdim=True)
+        return self.weight * (centred / torch.sqrt(variance + self.eps)) + self.bias
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor, exact: bool = False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if exact:  # explicit path: the (B, H, T, T) maps are materialised and returned
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+            att = att.softmax(dim=-1)
+            y = att @ v
+        else:  # fused kernel (flash / memory-efficient / CPU flash); never builds the maps
+            att = None
+            y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y), att
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.n_ff)
+        self.proj = nn.Linear(config.n_ff, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.relu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Post-LN encoder block, as in BERT and the published model."""
+
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.norm_eps)
+        self.mlp = MLP(config)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.norm_eps)
+
+    def forward(self, x: torch.Tensor, exact: bool = False):
+        a, att = self.attn(x, exact)
+        x = self.ln_1(x + a, exact)
+        x = self.ln_2(x + self.mlp(x), exact)
+        return x, att
+
+
+class TimePool(nn.Module):
+    """Window classifier: attention pooling over time with one learned query, then a linear layer."""
+
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(config.n_embd))
+        self.head = nn.Linear(config.n_embd, config.n_classes)
+
+    def forward(self, h: torch.Tensor):
+        """h (B, T, C) -> logits (B, n_classes), weights over time (B, T), pooled (B, C)."""
+        weights = (h @ self.query).softmax(dim=-1)
+        pooled = (weights.unsqueeze(1) @ h).squeeze(1)
+        return self.head(pooled), weights, pooled
+
+
+class RecordingHead(nn.Module):
+    """Gated-attention multiple-instance pooling over neurons (Ilse, Tomczak & Welling, 2018).
+
+    score_i = w . (tanh(V z_i) * sigmoid(U z_i)); weight = softmax over neurons; the recording is
+    classified from sum_i weight_i z_i. The weights say how much each neuron drove the decision.
+    """
+
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.value = nn.Linear(config.n_embd, config.mil_hidden)
+        self.gate = nn.Linear(config.n_embd, config.mil_hidden)
+        self.score = nn.Linear(config.mil_hidden, 1)
+        self.head = nn.Linear(config.n_embd, config.n_classes)
+
+    def forward(self, z: torch.Tensor):
+        """z (..., N, C) neurons' embeddings -> logits (..., n_classes), weights (..., N)."""
+        scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z))).squeeze(-1)
+        weights = scores.softmax(dim=-1)
+        bag = (weights.unsqueeze(-2) @ z).squeeze(-2)
+        return self.head(bag), weights
+
+
+class Neurt(nn.Module):
+    """NEuRT encoder with its reconstruction head and, when configured, the two classifiers."""
+
+    def __init__(self, config: NeurtConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Linear(config.n_features, config.n_embd)
+        self.pos = nn.Embedding(config.seq_len, config.n_embd)
+        self.ln_embed = LayerNorm(config.n_embd, eps=config.norm_eps)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.recon_head = nn.Linear(config.n_embd, config.n_features)
+        self.time_pool = TimePool(config) if config.n_classes else None
+        self.recording_head = RecordingHead(config) if config.mil_hidden else None
+        self.apply(_init_weights)
+
+    def encode(self, tokens: torch.Tensor, exact: bool = False):
+        """tokens (B, T, n_features), T <= seq_len -> (outputs, maps).
+
+        `outputs` holds every block's output (B, T, n_embd), the last one last. With `exact`, the
+        published arithmetic is used and `maps` holds each block's attention (B, n_head, T, T);
+        otherwise the fast path runs and `maps` is None.
+        """
+        B, T, _ = tokens.shape
+        if T > self.config.seq_len:
+            raise ValueError(f"a window has at most seq_len={self.config.seq_len} time steps; got {T}")
+        x = self.ln_embed(self.embed(tokens) + self.pos.weight[:T], exact)
+        outputs, maps = [], []
+        for block in self.blocks:
+            x, att = block(x, exact)
+            outputs.append(x)
+            maps.append(att)
+        return outputs, (maps if exact else None)
+
+    def forward(self, tokens: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Reconstruction (B, T, n_features) of the windows `tokens` (B, T, n_features)."""
+        outputs, _ = self.encode(tokens, exact)
+        return self.recon_head(outputs[-1])
+
+    def classify_windows(self, tokens: torch.Tensor, exact: bool = False):
+        """tokens (B, T, F) -> window logits (B, n_classes), time weights (B, T), pooled (B, n_embd)."""
+        if self.time_pool is None:
+            raise ValueError("this model has no classifier head (it was trained for reconstruction only)")
+        outputs, _ = self.encode(tokens, exact)
+        return self.time_pool(outputs[-1])
+
+    def classify_recording(self, neuron_embeddings: torch.Tensor):
+        """(..., N, n_embd) pooled neuron embeddings -> recording logits, neuron weights (..., N)."""
+        if self.recording_head is None:
+            raise ValueError("this model has no recording head")
+        return self.recording_head(neuron_embeddings)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Small normal weights (as BERT and GPT-2) keep the fresh network's outputs, and the time-pooling
+    # softmax, well conditioned; trained or imported weights overwrite all of this.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, TimePool):
+        nn.init.normal_(module.query, mean=0.0, std=0.02)
