@@ -24,6 +24,8 @@ _LAZY = {
     "read_imagej_rois": "napari_neurt.io",
     "read_recording": "napari_neurt.io",
     "simulate": None,  # submodule
+    "load_model": "napari_neurt.model",
+    "neighborhood_tokens": "napari_neurt.model",
 }
 
 __all__ = ["Cancelled", "Progress", "Recording", "run_steps", *_LAZY]
