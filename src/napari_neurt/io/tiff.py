@@ -25,7 +25,7 @@ import tifffile
 
 from ._common import PathLike, ReaderError, existing_path
 
-__all__ = ["ConcatenatedMovie", "TiffMovie", "read_movie", "read_tiff_image", "tiff_shape"]
+__all__ = ["ConcatenatedMovie", "TiffInfo", "TiffMovie", "read_movie", "read_tiff_image", "tiff_info"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -69,8 +69,12 @@ def _tiff_errors(path: Path) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class _SeriesInfo:
-    """What the first image series of a TIFF holds, read from its tags only."""
+class TiffInfo:
+    """What the first image series of a TIFF holds, read from its tags only.
+
+    `shape` and `axes` (tifffile's axis codes, e.g. ``"TYX"``; ``"S"`` is colour) have their
+    singleton axes dropped.
+    """
 
     shape: tuple[int, ...]
     axes: str
@@ -80,7 +84,7 @@ class _SeriesInfo:
     data_end: int  # byte just past the last image data
 
 
-def _inspect(path: Path) -> _SeriesInfo:
+def _inspect(path: Path) -> TiffInfo:
     path = existing_path(path, "TIFF file")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a TIFF file")
@@ -97,7 +101,7 @@ def _inspect(path: Path) -> _SeriesInfo:
                  for offset, count in zip(page.dataoffsets, page.databytecounts)),
                 default=0,
             )  # fmt: skip
-        info = _SeriesInfo(
+        info = TiffInfo(
             shape=tuple(series.shape),
             axes=series.axes,
             dtype=np.dtype(series.dtype),
@@ -114,7 +118,7 @@ def _inspect(path: Path) -> _SeriesInfo:
     return info
 
 
-def _check_movie_shape(info: _SeriesInfo, path: Path) -> None:
+def _check_movie_shape(info: TiffInfo, path: Path) -> None:
     """Raise a ValueError saying why the series is not a single-channel (T, H, W) movie."""
     shape, axes = info.shape, info.axes
     if "S" in axes and shape[axes.index("S")] > 1:
@@ -324,10 +328,12 @@ def read_movie(path: PathLike | Sequence[PathLike]) -> np.ndarray | TiffMovie | 
     return ConcatenatedMovie(movies, paths)
 
 
-def tiff_shape(path: PathLike) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape (singleton axes dropped) and dtype of a TIFF's first image series, without reading data."""
-    info = _inspect(Path(path))
-    return info.shape, info.dtype
+def tiff_info(path: PathLike) -> TiffInfo:
+    """Shape, axes and dtype of a TIFF's first image series, read from its tags only.
+
+    Raises `ReaderError` when the file is not a valid TIFF or is truncated.
+    """
+    return _inspect(Path(path))
 
 
 def read_tiff_image(path: PathLike) -> np.ndarray:

@@ -1,0 +1,172 @@
+"""npe2 reader contributions: which paths they claim, and the layer data they return."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import roifile
+import tifffile
+from PIL import Image
+from scipy import sparse
+
+from napari_neurt import Recording
+from napari_neurt.plugin.readers import (
+    get_caiman_reader,
+    get_imagej_roi_reader,
+    get_labels_reader,
+    get_nwb_reader,
+    get_suite2p_reader,
+    get_tiff_reader,
+)
+
+LABELS = np.zeros((10, 12), np.uint16)
+LABELS[1:4, 1:5] = 1
+LABELS[6:9, 7:11] = 2
+
+
+def test_module_imports_neither_napari_nor_qt():
+    code = (
+        "import sys, napari_neurt.plugin.readers\n"
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiff_movie_becomes_a_lazy_image_layer(tmp_path):
+    movie = np.random.default_rng(0).integers(0, 100, (8, 10, 12), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "session1.tif", movie, compression="zlib")
+    reader = get_tiff_reader(str(tmp_path / "session1.tif"))
+    [(data, kwargs, kind)] = reader(str(tmp_path / "session1.tif"))
+    assert kind == "image" and kwargs["name"] == "session1" and kwargs["rgb"] is False
+    assert not isinstance(data, np.ndarray)  # lazy
+    assert data.shape == movie.shape
+    np.testing.assert_array_equal(data[3], movie[3])
+
+
+def test_tiff_list_is_one_movie(tmp_path):
+    movie = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
+    paths = []
+    for i, part in enumerate([movie[:4], movie[4:]]):
+        paths.append(str(tmp_path / f"trial{i}.tif"))
+        tifffile.imwrite(paths[-1], part, photometric="minisblack")
+    [(data, kwargs, kind)] = get_tiff_reader(paths)(paths)
+    assert kind == "image" and data.shape == (6, 4, 5)
+    np.testing.assert_array_equal(data[:], movie)
+
+
+def test_two_d_tiffs_become_labels_or_images(tmp_path):
+    tifffile.imwrite(tmp_path / "rois.tif", LABELS)
+    [(data, kwargs, kind)] = get_tiff_reader(str(tmp_path / "rois.tif"))(str(tmp_path / "rois.tif"))
+    assert kind == "labels" and kwargs["name"] == "rois"
+    np.testing.assert_array_equal(data, LABELS)
+
+    mean_image = np.random.default_rng(1).integers(100, 2000, (10, 12), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "mean.tif", mean_image)
+    [(data, _, kind)] = get_tiff_reader(str(tmp_path / "mean.tif"))(str(tmp_path / "mean.tif"))
+    assert kind == "image"
+
+
+def test_tiff_reader_declines_what_it_does_not_handle(tmp_path):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    assert get_tiff_reader(str(tmp_path / "rgb.tif")) is None
+    assert get_tiff_reader(str(tmp_path / "absent.tif")) is None
+    assert get_tiff_reader(str(tmp_path / "notes.txt")) is None
+
+
+def test_label_image_reader(tmp_path):
+    np.save(tmp_path / "labels.npy", LABELS)
+    reader = get_labels_reader(str(tmp_path / "labels.npy"))
+    [(data, kwargs, kind)] = reader(str(tmp_path / "labels.npy"))
+    assert kind == "labels" and kwargs["name"] == "labels"
+    np.testing.assert_array_equal(data, LABELS)
+    Image.fromarray(LABELS.astype(np.uint8)).save(tmp_path / "labels.png")
+    assert get_labels_reader(str(tmp_path / "labels.png")) is not None
+
+    np.save(tmp_path / "F.npy", np.random.default_rng(0).random((3, 50)))  # traces, not labels
+    np.save(tmp_path / "stat.npy", np.array([{}], dtype=object), allow_pickle=True)
+    Image.fromarray(np.full((10, 12, 3), 200, np.uint8)).save(tmp_path / "photo.png")
+    for name in ("F.npy", "stat.npy", "photo.png"):
+        assert get_labels_reader(str(tmp_path / name)) is None, name
+
+
+def test_imagej_roi_reader(tmp_path):
+    roi = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=1, top=2, right=4, bottom=5)
+    roifile.roiwrite(tmp_path / "RoiSet.zip", [roi])
+    [(data, kwargs, kind)] = get_imagej_roi_reader(str(tmp_path / "RoiSet.zip"))(str(tmp_path / "RoiSet.zip"))
+    assert kind == "labels" and (data == 1).sum() == 9
+
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "not ROIs")
+    assert get_imagej_roi_reader(str(tmp_path / "other.zip")) is None
+
+
+def _check_recording_layers(layers, n_neurons, with_image=True):
+    kinds = [kind for _, _, kind in layers]
+    assert kinds == (["image", "labels"] if with_image else ["labels"])
+    labels, kwargs, _ = layers[-1]
+    recording = kwargs["metadata"]["neurt_recording"]
+    assert isinstance(recording, Recording) and recording.n_neurons == n_neurons
+    assert labels is recording.labels and 0 in labels
+    features = kwargs["features"]
+    assert all(len(column) == n_neurons + 1 for column in features.values())
+    assert features["index"][0] == 0  # background row first
+    np.testing.assert_array_equal(features["neuron_id"][1:], recording.neuron_ids)
+    return recording, features
+
+
+def test_suite2p_reader(test_data, tmp_path):
+    folder = test_data / "fissa_suite2p_outputs"
+    layers = get_suite2p_reader(str(folder))(str(folder))
+    recording, features = _check_recording_layers(layers, 21)
+    np.testing.assert_array_equal(features["iscell"][1:], recording.metadata["iscell"])
+    assert layers[0][0].shape == (176, 156)
+    assert get_suite2p_reader(str(tmp_path)) is None  # a folder without F.npy
+    assert get_suite2p_reader(str(folder / "F.npy")) is None  # not a folder
+
+
+def test_caiman_and_nwb_readers(tmp_path):
+    A = sparse.csc_matrix((LABELS == 2).ravel(order="F").astype(float)[:, None])
+    with h5py.File(tmp_path / "cnm.hdf5", "w") as file:
+        for name in ("data", "indices", "indptr"):
+            file[f"estimates/A/{name}"] = getattr(A, name)
+        file["estimates/A/shape"] = A.shape
+        file["estimates/C"] = np.ones((1, 7))
+        file["dims"] = LABELS.shape
+        file["params/data/fr"] = 30.0
+        file["params/data/dxy"] = [0.5, 0.5]
+    layers = get_caiman_reader(str(tmp_path / "cnm.hdf5"))(str(tmp_path / "cnm.hdf5"))
+    _check_recording_layers(layers, 1, with_image=False)
+    assert layers[0][1]["scale"] == (0.5, 0.5)
+
+    with h5py.File(tmp_path / "plain.h5", "w") as file:
+        file["data"] = np.zeros(3)
+    assert get_caiman_reader(str(tmp_path / "plain.h5")) is None
+    assert get_nwb_reader(str(tmp_path / "plain.h5")) is None
+    (tmp_path / "empty.nwb").write_bytes(b"")
+    assert get_nwb_reader(str(tmp_path / "empty.nwb")) is None
+
+
+def test_layer_data_are_accepted_by_napari(test_data, tmp_path):
+    layers_module = pytest.importorskip("napari.layers")
+    folder = test_data / "fissa_suite2p_outputs"
+    tifffile.imwrite(tmp_path / "movie.tif", np.zeros((5, 6, 7), np.uint16), compression="zlib")
+    layer_data = get_suite2p_reader(str(folder))(str(folder))
+    layer_data += get_tiff_reader(str(tmp_path / "movie.tif"))(str(tmp_path / "movie.tif"))
+    layers = [layers_module.Layer.create(*data) for data in layer_data]
+    labels = layers[1]
+    assert isinstance(labels, layers_module.Labels)
+    # napari looks features up by label value through the "index" column.
+    recording = labels.metadata["neurt_recording"]
+    y, x = np.round(recording.centroids[0]).astype(int)
+    value = int(labels.data[y, x])
+    assert value in recording.neuron_ids
+    status = labels.get_status((y, x))
+    assert f"neuron_id: {value}" in str(status)
+    assert layers[2].data.shape == (5, 6, 7)
