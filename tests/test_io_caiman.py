@@ -85,11 +85,15 @@ def test_f_dff_is_preferred_and_accepted_components_are_kept(tmp_path):
     assert read_caiman(tmp_path / "cnm.hdf5", accepted_only=False).n_neurons == 3
 
 
-@pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")  # the fixture pickles scipy 0.x paths
+@pytest.mark.filterwarnings(
+    "ignore:Please import:DeprecationWarning"
+)  # the fixture pickles scipy 0.x paths
 @pytest.mark.parametrize("name", ["groundtruth_demoMovie", "example"])
 def test_real_cnmf_results_round_trip(test_data, tmp_path, name):
     # Trusted fixture (CaImAn's own test data): pickled scipy sparse matrices, latin1 from Python 2.
-    results = np.load(test_data / "caiman_cnmf_results" / f"{name}.npz", allow_pickle=True, encoding="latin1")
+    results = np.load(
+        test_data / "caiman_cnmf_results" / f"{name}.npz", allow_pickle=True, encoding="latin1"
+    )
     A = results["A_full"].item().tocsc()
     C = results["C_full"]
     side = {"groundtruth_demoMovie": (60, 80), "example": (170, 170)}[name]
@@ -109,7 +113,9 @@ def test_real_cnmf_results_round_trip(test_data, tmp_path, name):
         peak = np.unravel_index(np.argmax(dense[..., k]), side)
         y, x = np.nonzero(dense[..., k])
         w = dense[y, x, k]
-        np.testing.assert_allclose(recording.centroids[k], [np.average(y, weights=w), np.average(x, weights=w)])
+        np.testing.assert_allclose(
+            recording.centroids[k], [np.average(y, weights=w), np.average(x, weights=w)]
+        )
         sharing_the_peak = np.flatnonzero(relative[peak] == 1.0)
         assert recording.labels[peak] == sharing_the_peak[0] + 1
     assigned = recording.labels > 0
@@ -126,19 +132,25 @@ def test_missing_parts_are_named(tmp_path):
         read_caiman(tmp_path / "other.h5")
 
     shape = (6, 6)
-    write_cnm_hdf5(tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape)
+    write_cnm_hdf5(
+        tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape
+    )
     with h5py.File(tmp_path / "cnm.hdf5", "a") as file:
         del file["estimates/A/indptr"]
     with pytest.raises(ReaderError, match="estimates/A lacks indptr"):
         read_caiman(tmp_path / "cnm.hdf5")
 
-    write_cnm_hdf5(tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape)
+    write_cnm_hdf5(
+        tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape
+    )
     with h5py.File(tmp_path / "cnm.hdf5", "a") as file:
         del file["estimates/C"]
     with pytest.raises(ReaderError, match="no traces"):
         read_caiman(tmp_path / "cnm.hdf5")
 
-    write_cnm_hdf5(tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape)
+    write_cnm_hdf5(
+        tmp_path / "cnm.hdf5", _gaussian_footprint(shape, 3, 3)[:, None], np.ones((1, 5)), shape
+    )
     with h5py.File(tmp_path / "cnm.hdf5", "a") as file:
         del file["params/data/fr"]
     with pytest.raises(ReaderError, match="no frame rate"):

@@ -92,7 +92,9 @@ def test_unsupported_and_missing_files(tmp_path):
 
 # -- ImageJ ROIs -----------------------------------------------------------------------------------
 def _rect(left, top, right, bottom, name="") -> ImagejRoi:
-    return ImagejRoi(roitype=ROI_TYPE.RECT, left=left, top=top, right=right, bottom=bottom, name=name)
+    return ImagejRoi(
+        roitype=ROI_TYPE.RECT, left=left, top=top, right=right, bottom=bottom, name=name
+    )
 
 
 def _polygon(xy, name="") -> ImagejRoi:
@@ -121,7 +123,9 @@ def test_polygon_uses_pixel_centres(tmp_path):
 
 
 def test_oval_is_the_inscribed_ellipse(tmp_path):
-    ImagejRoi(roitype=ROI_TYPE.OVAL, left=2, top=1, right=12, bottom=7).tofile(tmp_path / "oval.roi")
+    ImagejRoi(roitype=ROI_TYPE.OVAL, left=2, top=1, right=12, bottom=7).tofile(
+        tmp_path / "oval.roi"
+    )
     mask = read_imagej_rois(tmp_path / "oval.roi", shape=(9, 15)) == 1
     rows, cols = np.indices(mask.shape)
     expected = ((cols + 0.5 - 7) / 5) ** 2 + ((rows + 0.5 - 4) / 3) ** 2 <= 1

@@ -14,7 +14,9 @@ pynwb = pytest.importorskip("pynwb")
 from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel  # noqa: E402
 
 # hdmf warns while a file is being assembled, before the ROI table is attached to it.
-pytestmark = pytest.mark.filterwarnings("ignore:The linked table for DynamicTableRegion:UserWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The linked table for DynamicTableRegion:UserWarning"
+)
 
 SHAPE = (14, 19)
 
@@ -72,7 +74,11 @@ def write_nwb(
             mask[rows, cols] = weights
             table.add_roi(image_mask=mask)
         else:  # NWB's pixel_mask is (x, y, weight) with x the first image axis
-            table.add_roi(pixel_mask=[(int(r), int(c), float(w)) for r, c, w in zip(rows, cols, weights)])
+            table.add_roi(
+                pixel_mask=[
+                    (int(r), int(c), float(w)) for r, c, w in zip(rows, cols, weights, strict=True)
+                ]
+            )
     if with_rois:
         region = table.create_roi_table_region(region=list(range(labels.max())), description="all")
         timing = {"rate": rate} if rate else {"timestamps": np.arange(traces.shape[1]) / 8.0}
@@ -115,7 +121,8 @@ def test_round_trip(tmp_path, traces, masks):
     rows, cols = np.nonzero(labels == 3)
     weights = 1.0 + 0.1 * np.arange(len(rows))
     np.testing.assert_allclose(
-        recording.centroids[2], [np.average(rows, weights=weights), np.average(cols, weights=weights)]
+        recording.centroids[2],
+        [np.average(rows, weights=weights), np.average(cols, weights=weights)],
     )
 
 

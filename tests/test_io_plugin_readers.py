@@ -31,7 +31,8 @@ LABELS[6:9, 7:11] = 2
 def test_module_imports_neither_napari_nor_qt():
     code = (
         "import sys, napari_neurt.plugin.readers\n"
-        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6') if m in sys.modules]\n"
+        "gui = ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')\n"
+        "bad = [m for m in gui if m in sys.modules]\n"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -97,7 +98,9 @@ def test_label_image_reader(tmp_path):
 def test_imagej_roi_reader(tmp_path):
     roi = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=1, top=2, right=4, bottom=5)
     roifile.roiwrite(tmp_path / "RoiSet.zip", [roi])
-    [(data, kwargs, kind)] = get_imagej_roi_reader(str(tmp_path / "RoiSet.zip"))(str(tmp_path / "RoiSet.zip"))
+    [(data, kwargs, kind)] = get_imagej_roi_reader(str(tmp_path / "RoiSet.zip"))(
+        str(tmp_path / "RoiSet.zip")
+    )
     assert kind == "labels" and (data == 1).sum() == 9
 
     import zipfile

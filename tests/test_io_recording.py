@@ -71,11 +71,15 @@ def test_tiff_movie_with_labels_extracts_mean_traces(tmp_path, movie):
     recording = read_recording(tmp_path / "movie.tif", labels=LABELS, frame_rate=30.0)
     np.testing.assert_array_equal(recording.neuron_ids, [3, 8])
     for row, value in enumerate([3, 8]):
-        np.testing.assert_allclose(recording.traces[row], movie[:, LABELS == value].mean(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(
+            recording.traces[row], movie[:, LABELS == value].mean(axis=1), rtol=1e-5
+        )
     assert recording.frame_rate == 30.0 and recording.metadata["frame_rate_from"] == "argument"
 
     np.save(tmp_path / "labels.npy", LABELS)
-    from_file = read_recording(tmp_path / "movie.tif", labels=tmp_path / "labels.npy", frame_rate=30.0)
+    from_file = read_recording(
+        tmp_path / "movie.tif", labels=tmp_path / "labels.npy", frame_rate=30.0
+    )
     np.testing.assert_array_equal(from_file.traces, recording.traces)
 
 

@@ -28,11 +28,13 @@ class _Payload:
         return self.function, self.arguments
 
 
-def _write_object_npy(path, pickled_object) -> None:
+def _write_object_npy(path, pickled_object, protocol=3) -> None:
     """A .npy file whose header announces a 1-element object array, followed by any pickle."""
     with open(path, "wb") as file:
-        npy_format.write_array_header_1_0(file, {"descr": "|O", "fortran_order": False, "shape": (1,)})
-        pickle.dump(pickled_object, file, protocol=3)
+        npy_format.write_array_header_1_0(
+            file, {"descr": "|O", "fortran_order": False, "shape": (1,)}
+        )
+        pickle.dump(pickled_object, file, protocol=protocol)
 
 
 MALICIOUS = {
@@ -53,7 +55,9 @@ def test_malicious_stat_npy_is_refused_and_its_code_never_runs(tmp_path, kind):
     marker = tmp_path / "marker"
     _write_object_npy(tmp_path / "stat.npy", np.array([MALICIOUS[kind](marker)], dtype=object))
     forbidden = "posix.system" if kind == "os.system" else kind
-    with pytest.raises(UnsafePickleError, match=rf"stat\.npy tries to load '{forbidden}'; only numpy"):
+    with pytest.raises(
+        UnsafePickleError, match=rf"stat\.npy tries to load '{forbidden}'; only numpy"
+    ):
         load_pickled_npy(tmp_path / "stat.npy")
     assert not marker.exists()
 
@@ -61,7 +65,9 @@ def test_malicious_stat_npy_is_refused_and_its_code_never_runs(tmp_path, kind):
 def test_malicious_stat_npy_in_a_suite2p_folder(tmp_path):
     marker = tmp_path / "marker"
     _write_suite2p_folder(tmp_path, *_synthetic_rois())
-    _write_object_npy(tmp_path / "stat.npy", np.array([MALICIOUS["os.system"](marker)], dtype=object))
+    _write_object_npy(
+        tmp_path / "stat.npy", np.array([MALICIOUS["os.system"](marker)], dtype=object)
+    )
     with pytest.raises(UnsafePickleError, match="posix.system"):
         read_suite2p(tmp_path)
     assert not marker.exists()
@@ -92,6 +98,15 @@ def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
             assert loaded[key].dtype == value.dtype
         else:
             assert loaded[key] == value, key
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_every_pickle_protocol_numpy_writes(tmp_path, protocol):
+    data = np.array([{"lam": np.linspace(0, 1, 7, dtype=np.float32), "med": [3, 4]}], dtype=object)
+    _write_object_npy(tmp_path / "stat.npy", data, protocol=protocol)
+    [roi] = load_pickled_npy(tmp_path / "stat.npy")
+    np.testing.assert_array_equal(roi["lam"], data[0]["lam"])
+    assert roi["med"] == [3, 4]
 
 
 def test_numeric_npy_and_damaged_pickles(tmp_path):
@@ -151,7 +166,9 @@ def test_overlap_goes_to_the_larger_weight_and_ties_to_the_lower_index(tmp_path)
     assert labels[5, 5] == 3 and labels[6, 6] == 3  # ROI 2 (lam 5) beats ROI 1 (lam 1)
     cells = read_suite2p(tmp_path, cells_only=True)
     assert list(cells.neuron_ids) == [1, 2]
-    assert cells.labels[5, 5] == 2 and 3 not in cells.labels  # a non-cell takes no pixel from a cell
+    assert (
+        cells.labels[5, 5] == 2 and 3 not in cells.labels
+    )  # a non-cell takes no pixel from a cell
 
 
 def test_synthetic_folder_metadata(tmp_path):
@@ -160,9 +177,23 @@ def test_synthetic_folder_metadata(tmp_path):
     recording = read_suite2p(tmp_path)
     assert recording.frame_rate == 15.0
     np.testing.assert_array_equal(recording.metadata["iscell"], [0.9, 0.8])
-    np.testing.assert_array_equal(recording.metadata["neuropil"], np.load(tmp_path / "Fneu.npy")[:2])
+    np.testing.assert_array_equal(
+        recording.metadata["neuropil"], np.load(tmp_path / "Fneu.npy")[:2]
+    )
     np.testing.assert_array_equal(recording.metadata["spikes"], np.load(tmp_path / "spks.npy")[:2])
     np.testing.assert_array_equal(recording.centroids, [[2, 2], [4, 4]])
+
+
+def test_frame_rate_missing_from_ops_or_given(tmp_path):
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    ops = load_pickled_npy(tmp_path / "ops.npy").item()
+    ops["fs"] = 0
+    np.save(tmp_path / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="no valid frame rate 'fs' .*pass frame_rate="):
+        read_suite2p(tmp_path)
+    recording = read_suite2p(tmp_path, frame_rate=7.5)
+    assert recording.frame_rate == 7.5 and recording.metadata["frame_rate_from"] == "argument"
 
 
 def test_folder_without_f_npy_says_what_a_plane_folder_holds(tmp_path):
@@ -236,8 +267,12 @@ def test_real_suite2p_metadata(suite2p_folder):
     assert recording.frame_rate == 1.0 and recording.metadata["frame_rate_from"] == "ops.fs"
     assert recording.labels.shape == (176, 156)
     np.testing.assert_allclose(recording.mean_image, ops["meanImg"], rtol=1e-6)
-    np.testing.assert_array_equal(recording.metadata["neuropil"], np.load(suite2p_folder / "Fneu.npy")[rows])
-    np.testing.assert_array_equal(recording.metadata["iscell"], np.load(suite2p_folder / "iscell.npy")[rows, 1])
+    np.testing.assert_array_equal(
+        recording.metadata["neuropil"], np.load(suite2p_folder / "Fneu.npy")[rows]
+    )
+    np.testing.assert_array_equal(
+        recording.metadata["iscell"], np.load(suite2p_folder / "iscell.npy")[rows, 1]
+    )
     assert recording.metadata["trace_kind"] == "F"
     stat = load_pickled_npy(suite2p_folder / "stat.npy")
     np.testing.assert_array_equal(recording.centroids, [stat[i]["med"] for i in rows])

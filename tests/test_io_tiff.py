@@ -36,7 +36,12 @@ def test_compressed_tiff_is_read_lazily_through_zarr(tmp_path, movie):
     tifffile.imwrite(path, movie, compression="zlib")
     result = read_movie(path)
     assert isinstance(result, TiffMovie)
-    assert (result.shape, result.dtype, result.ndim, len(result)) == (movie.shape, movie.dtype, 3, 30)
+    assert (result.shape, result.dtype, result.ndim, len(result)) == (
+        movie.shape,
+        movie.dtype,
+        3,
+        30,
+    )
     chunk = result[3:7]
     assert type(chunk) is np.ndarray
     np.testing.assert_array_equal(chunk, movie[3:7])
@@ -82,7 +87,11 @@ def test_a_file_that_is_not_a_tiff(tmp_path):
 
 def _image_data_end(path) -> int:
     with tifffile.TiffFile(path) as tif:
-        return max(o + c for page in tif.pages for o, c in zip(page.dataoffsets, page.databytecounts))
+        return max(
+            o + c
+            for page in tif.pages
+            for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)
+        )
 
 
 WRITERS = pytest.mark.parametrize(
@@ -123,8 +132,12 @@ def test_folder_and_list_of_trials_are_joined_along_time(tmp_path, movie):
     folder.mkdir()
     parts = [movie[:10], movie[10:13], movie[13:]]
     # Natural order: trial2 before trial10; one trial compressed to mix memmap and zarr reads.
-    for name, part, compression in zip(["trial1", "trial2", "trial10"], parts, [None, "zlib", None]):
-        tifffile.imwrite(folder / f"{name}.tif", part, compression=compression, photometric="minisblack")
+    for name, part, compression in zip(
+        ["trial1", "trial2", "trial10"], parts, [None, "zlib", None], strict=True
+    ):
+        tifffile.imwrite(
+            folder / f"{name}.tif", part, compression=compression, photometric="minisblack"
+        )
     (folder / "notes.txt").write_text("not a movie")
 
     joined = read_movie(folder)

@@ -43,6 +43,13 @@ def _numpy_internals() -> dict[str, Any]:
     }
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Stands in for ``_codecs.encode``, which protocol-2 pickles use to rebuild bytes."""
+    if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        raise UnsafePickleError(f"refusing the pickled codec call _codecs.encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
@@ -69,6 +76,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[("builtins", name)] = getattr(builtins, name)
         allowed[("__builtin__", name)] = getattr(builtins, name)  # Python 2 pickles
     allowed[("collections", "OrderedDict")] = collections.OrderedDict
+    allowed[("_codecs", "encode")] = _latin1_bytes
     for name in ("date", "time", "datetime", "timedelta", "timezone"):
         allowed[("datetime", name)] = getattr(datetime, name)
     # Paths are data here: concrete paths become pure ones, which never touch the file system
@@ -101,9 +109,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self._source} tries to load '{module}.{name}'; only numpy arrays and plain Python "
-                "data are allowed. The file was not read; if you trust it and it really comes from "
-                "suite2p, re-save it with a current suite2p version."
+                f"{self._source} tries to load '{module}.{name}'; only numpy arrays and plain "
+                "Python data are allowed. Nothing of the file was run. If it is a genuine suite2p "
+                "output, please report this name to napari-neurt so that it can be allowed."
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
@@ -151,11 +159,15 @@ def load_pickled_npy(path: str | os.PathLike) -> np.ndarray:
         except UnsafePickleError:
             raise
         except Exception as error:  # a damaged pickle raises anything from EOFError to TypeError
-            raise ValueError(f"{path} holds a damaged pickle ({type(error).__name__}: {error})") from None
+            raise ValueError(
+                f"{path} holds a damaged pickle ({type(error).__name__}: {error})"
+            ) from None
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{path}: the pickle holds a {type(array).__name__}, not a numpy array")
     if array.shape != tuple(shape):
-        raise ValueError(f"{path}: the header says shape {shape} but the pickle holds {array.shape}")
+        raise ValueError(
+            f"{path}: the header says shape {shape} but the pickle holds {array.shape}"
+        )
     if fortran_order and array.ndim > 1:
         array = np.asfortranarray(array)
     return array

@@ -5,7 +5,7 @@ Layout read (as written by CaImAn's ``save_dict_to_hdf5``)::
     estimates/A/{data,indices,indptr,shape}   spatial footprints, CSC sparse (pixels x components);
                                               pixel p is (p % height, p // height): Fortran order
     estimates/C                               denoised traces (components x frames)
-    estimates/F_dff                           dF/F traces, or the string "NoneType" when not computed
+    estimates/F_dff                           dF/F traces, or the string "NoneType" if not computed
     estimates/idx_components                  accepted components, when evaluate_components ran
     estimates/Cn                              correlation image (optional)
     dims, estimates/dims or params/data/dims  (height, width)
@@ -53,7 +53,9 @@ def _value(file, name: str):
     if not isinstance(item, h5py.Dataset):
         return None
     value = item[()]
-    if isinstance(value, (bytes, str)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OSU"):
+    if isinstance(value, (bytes, str)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind in "OSU"
+    ):
         return None
     return np.asarray(value)
 
@@ -76,7 +78,9 @@ def _footprints(file, path: Path) -> sparse.csc_matrix:
                 shape=tuple(int(n) for n in parts["shape"]),
             )
         except ValueError as error:
-            raise ReaderError(f"{path}: estimates/A is not a valid sparse matrix: {error}") from None
+            raise ReaderError(
+                f"{path}: estimates/A is not a valid sparse matrix: {error}"
+            ) from None
     dense = _value(file, "estimates/A")
     if dense is None:
         raise ReaderError(
@@ -112,7 +116,9 @@ def footprint_labels(
     coo = sparse.csc_matrix(footprints).tocoo()
     peak = np.asarray(abs(coo).max(axis=0).todense()).ravel() if coo.nnz else np.zeros(coo.shape[1])
     pixel, component = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    relative = np.divide(coo.data, peak[component], out=np.zeros(coo.nnz), where=peak[component] > 0)
+    relative = np.divide(
+        coo.data, peak[component], out=np.zeros(coo.nnz), where=peak[component] > 0
+    )
     keep = relative >= threshold
     pixel, component, relative = pixel[keep], component[keep], relative[keep]
     # For each pixel the first entry after sorting by (pixel, -weight, component) wins.
@@ -198,8 +204,8 @@ def read_caiman(
         traces = np.atleast_2d(traces)
         if traces.shape[0] != n_components:
             raise ReaderError(
-                f"{path}: estimates/{trace_kind} has {traces.shape[0]} rows but A has {n_components} "
-                "components"
+                f"{path}: estimates/{trace_kind} has {traces.shape[0]} rows but A has "
+                f"{n_components} components"
             )
         accepted = _value(file, "estimates/idx_components")
         fr = _value(file, "params/data/fr")
@@ -220,15 +226,22 @@ def read_caiman(
             raise ReaderError(f"{path}: estimates/idx_components refers to components beyond A")
         keep = np.unique(accepted)
         if len(keep) == 0:
-            raise ValueError(f"{path}: CaImAn accepted none of its {n_components} components; "
-                             "read it with accepted_only=False to keep them all")
+            raise ValueError(
+                f"{path}: CaImAn accepted none of its {n_components} components; "
+                "read it with accepted_only=False to keep them all"
+            )
     kept = footprints[:, keep]
     labels = np.zeros(shape, dtype=np.int32)
     label_image = footprint_labels(kept, shape, threshold)
     labels[label_image > 0] = keep[label_image[label_image > 0] - 1] + 1
 
     pixel_size = None
-    if dxy is not None and dxy.size >= 1 and np.allclose(dxy, dxy.ravel()[0]) and dxy.ravel()[0] > 0:
+    if (
+        dxy is not None
+        and dxy.size >= 1
+        and np.allclose(dxy, dxy.ravel()[0])
+        and dxy.ravel()[0] > 0
+    ):
         pixel_size = float(dxy.ravel()[0])
     mean_image = image if image is not None and image.shape == shape else None
     return Recording(
@@ -247,6 +260,8 @@ def read_caiman(
             "label_threshold": threshold,
             "frame_rate_from": frame_rate_from,
             "pixel_size_from": "params.data.dxy" if pixel_size is not None else None,
-            "mean_image_kind": "correlation image (estimates/Cn)" if mean_image is not None else None,
+            "mean_image_kind": "correlation image (estimates/Cn)"
+            if mean_image is not None
+            else None,
         },
     )

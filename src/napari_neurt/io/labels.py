@@ -59,25 +59,27 @@ def as_label_image(
     if image.ndim != 2:
         raise ValueError(
             f"{source} is {image.ndim}-D with shape {image.shape}; a label image must be 2-D "
-            "(height, width). A movie is read with read_movie; a stack of masks must be merged into "
-            "one image first."
+            "(height, width). A movie is read with read_movie; a stack of masks must be merged "
+            "into one image first."
         )
     if image.dtype == bool:
         raise ValueError(
-            f"{source} is a boolean mask, not a label image: it does not say which pixels form which "
-            "ROI. Label its connected regions first, e.g. scipy.ndimage.label(mask)[0]."
+            f"{source} is a boolean mask, not a label image: it does not say which pixels form "
+            "which ROI. Label its connected regions first, e.g. scipy.ndimage.label(mask)[0]."
         )
     if np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)) or not np.array_equal(image, np.round(image)):
             raise ValueError(
                 f"{source} holds non-integer values (dtype {image.dtype}); a label image holds one "
-                "integer id per ROI. If it is a probability or intensity map, threshold and label it "
-                "first."
+                "integer id per ROI. If it is a probability or intensity map, threshold and label "
+                "it first."
             )
     elif not np.issubdtype(image.dtype, np.integer):
         raise ValueError(f"{source} has dtype {image.dtype}; a label image must hold integers")
     if image.size and image.min() < 0:
-        raise ValueError(f"{source} holds negative values; ROI ids must be positive (0 = background)")
+        raise ValueError(
+            f"{source} holds negative values; ROI ids must be positive (0 = background)"
+        )
     if shape is not None and image.shape != tuple(shape):
         raise ValueError(
             f"{source} is {image.shape[0]} x {image.shape[1]} pixels but the movie frames are "
@@ -106,8 +108,10 @@ def _read_npy(path: Path) -> np.ndarray:
         if "allow_pickle" in str(error):
             raise ValueError(
                 f"{path} holds Python objects, not a numeric label image; such files can run code "
-                "when loaded and are not read. Save the labels with np.save(path, labels_int_array)."
+                "when loaded and are not read. Save the labels with np.save(path, int_labels)."
             ) from None
+        raise ReaderError(f"{path} is not a valid .npy file: {error}") from None
+    except (OSError, EOFError) as error:
         raise ReaderError(f"{path} is not a valid .npy file: {error}") from None
 
 
@@ -229,8 +233,10 @@ def _roi_pixels(roi, shape: tuple[int, int], description: str) -> tuple[np.ndarr
     if roi.roitype == ROI_TYPE.OVAL:
         return _fill_oval(roi, shape)
     if roi.roitype == ROI_TYPE.RECT and roi.subtype == ROI_SUBTYPE.ROTATED_RECT:
-        raise ValueError(f"{description} is a rotated rectangle, which is not supported; "
-                         "convert it to a polygon in ImageJ (Edit > Selection > Interpolate)")
+        raise ValueError(
+            f"{description} is a rotated rectangle, which is not supported; "
+            "convert it to a polygon in ImageJ (Edit > Selection > Interpolate)"
+        )
     if roi.roitype in (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED, ROI_TYPE.RECT):
         # Rounded-rectangle corners are ignored: the full rectangle is used.
         return _fill_polygon(np.asarray(roi.coordinates(), dtype=np.float64), shape)
@@ -289,8 +295,8 @@ def read_imagej_rois(path: PathLike, shape: tuple[int, int] | None = None) -> np
         rois = roifile.ImagejRoi.fromfile(path)
     except Exception as error:  # roifile raises ValueError, zipfile.BadZipFile, struct.error...
         raise ReaderError(
-            f"{path} is not a valid ImageJ ROI file ({type(error).__name__}: {error}); save the ROIs "
-            "from ImageJ's ROI Manager (More > Save...)"
+            f"{path} is not a valid ImageJ ROI file ({type(error).__name__}: {error}); save the "
+            "ROIs from ImageJ's ROI Manager (More > Save...)"
         ) from None
     if not isinstance(rois, list):
         rois = [rois]

@@ -61,7 +61,11 @@ def _response_series(nwbfile) -> list[tuple[str, object]]:
                 # DfOverF first; then a container called "Fluorescence" before suite2p's
                 # "Neuropil" and "Deconvolved", which are Fluorescence containers too.
                 side_product = any(w in name.lower() for w in ("neuropil", "deconvolved", "spike"))
-                rank = (not isinstance(interface, DfOverF), side_product, interface.name != "Fluorescence")
+                rank = (
+                    not isinstance(interface, DfOverF),
+                    side_product,
+                    interface.name != "Fluorescence",
+                )
                 found.append((rank, name, series))
     found.sort(key=lambda item: item[0])
     return [(name, series) for _, name, series in found]
@@ -91,8 +95,10 @@ def _frame_rate(series, path: Path) -> tuple[float, str]:
         steps = np.diff(timestamps)
         if len(steps) and np.median(steps) > 0:
             return float(1.0 / np.median(steps)), "timestamps"
-    raise ReaderError(f"{path}: the series {series.name!r} has neither a rate nor usable timestamps; "
-                      "pass frame_rate=...")
+    raise ReaderError(
+        f"{path}: the series {series.name!r} has neither a rate nor usable timestamps; "
+        "pass frame_rate=..."
+    )
 
 
 def _pixel_size_um(imaging_plane) -> float | None:
@@ -108,13 +114,17 @@ def _pixel_size_um(imaging_plane) -> float | None:
     return float(spacing[0] * _UNIT_TO_UM[unit])
 
 
-def _masks(table, rows: np.ndarray, path: Path) -> tuple[list[tuple[np.ndarray, ...]], tuple | None]:
+def _masks(
+    table, rows: np.ndarray, path: Path
+) -> tuple[list[tuple[np.ndarray, ...]], tuple | None]:
     """Per ROI (rows_px, cols_px, weights), and the image shape when the masks say it."""
     columns = set(table.colnames)
     if "image_mask" in columns:
         data = table["image_mask"].data
         if len(data.shape) != 3:
-            raise ReaderError(f"{path}: image_mask has shape {data.shape}; only 2-D ROIs are supported")
+            raise ReaderError(
+                f"{path}: image_mask has shape {data.shape}; only 2-D ROIs are supported"
+            )
         images = np.asarray(data[np.sort(rows).tolist()])
         images = images[np.argsort(np.argsort(rows))]  # back to the series' order
         masks = []
@@ -133,8 +143,12 @@ def _masks(table, rows: np.ndarray, path: Path) -> tuple[list[tuple[np.ndarray, 
             masks.append((x, y, w))
         return masks, None
     if "voxel_mask" in columns:
-        raise ValueError(f"{path} holds volumetric ROIs (voxel_mask); only single planes are supported")
-    raise ReaderError(f"{path}: the PlaneSegmentation {table.name!r} has no image_mask or pixel_mask")
+        raise ValueError(
+            f"{path} holds volumetric ROIs (voxel_mask); only single planes are supported"
+        )
+    raise ReaderError(
+        f"{path}: the PlaneSegmentation {table.name!r} has no image_mask or pixel_mask"
+    )
 
 
 def _mean_image(module, shape: tuple[int, int]) -> np.ndarray | None:
@@ -154,7 +168,9 @@ def _mean_image(module, shape: tuple[int, int]) -> np.ndarray | None:
     return np.asarray(sorted(images, key=lambda i: i[:2])[0][2].data[:], dtype=np.float32)
 
 
-def read_nwb(path: PathLike, *, series: str | None = None, frame_rate: float | None = None) -> Recording:
+def read_nwb(
+    path: PathLike, *, series: str | None = None, frame_rate: float | None = None
+) -> Recording:
     """Read ROI traces and masks from an NWB file as a `Recording`.
 
     Parameters
@@ -190,12 +206,16 @@ def read_nwb(path: PathLike, *, series: str | None = None, frame_rate: float | N
     try:
         io = pynwb.NWBHDF5IO(str(path), "r")
     except Exception as error:  # h5py/hdmf raise OSError, KeyError, ValueError... on non-NWB files
-        raise ReaderError(f"{path} is not a readable NWB file ({type(error).__name__}: {error})") from None
+        raise ReaderError(
+            f"{path} is not a readable NWB file ({type(error).__name__}: {error})"
+        ) from None
     with io:
         try:
             nwbfile = io.read()
         except Exception as error:
-            raise ReaderError(f"{path} is not a valid NWB file ({type(error).__name__}: {error})") from None
+            raise ReaderError(
+                f"{path} is not a valid NWB file ({type(error).__name__}: {error})"
+            ) from None
         name, chosen = _pick_series(_response_series(nwbfile), series, path)
         data = np.asarray(chosen.data[:], dtype=np.float32)
         traces = data[:, None].T if data.ndim == 1 else data.T  # NWB stores (time, ROIs)
@@ -211,7 +231,9 @@ def read_nwb(path: PathLike, *, series: str | None = None, frame_rate: float | N
             shape = tuple(
                 int(max((m[k].max() + 1 for m in masks if len(m[k])), default=1)) for k in (0, 1)
             )
-        rate, rate_from = (float(frame_rate), "argument") if frame_rate else _frame_rate(chosen, path)
+        rate, rate_from = (
+            (float(frame_rate), "argument") if frame_rate else _frame_rate(chosen, path)
+        )
         pixel_size = _pixel_size_um(table.imaging_plane)
         module = nwbfile.processing.get(name.split("/")[0])
         mean_image = _mean_image(module, shape)
@@ -234,7 +256,12 @@ def read_nwb(path: PathLike, *, series: str | None = None, frame_rate: float | N
         labels[r[wins], c[wins]] = rows[order] + 1
         best[r[wins], c[wins]] = w[wins]
 
-    metadata = {"trace_kind": kind, "series": name, "nwb_roi_id": roi_ids, "frame_rate_from": rate_from}
+    metadata = {
+        "trace_kind": kind,
+        "series": name,
+        "nwb_roi_id": roi_ids,
+        "frame_rate_from": rate_from,
+    }
     if iscell is not None:
         metadata["iscell"] = iscell[:, -1] if iscell.ndim == 2 else iscell
     return Recording(

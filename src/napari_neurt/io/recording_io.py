@@ -59,7 +59,9 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
     except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise ReaderError(f"{path} is not a valid .npz file: {error}") from None
     if "traces" not in arrays:
-        raise ValueError(f"{path} has no 'traces' array (N neurons, T frames); it has {sorted(arrays)}")
+        raise ValueError(
+            f"{path} has no 'traces' array (N neurons, T frames); it has {sorted(arrays)}"
+        )
     traces = arrays["traces"]
     if traces.ndim != 2:
         raise ValueError(f"{path}: 'traces' must be (neurons, frames); got shape {traces.shape}")
@@ -77,7 +79,9 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
     elif labels is not None:
         centroids = label_centroids(labels, np.asarray(neuron_ids))
     else:
-        raise ValueError(f"{path} needs 'centroids' (N, 2) as (y, x), or 'labels' to compute them from")
+        raise ValueError(
+            f"{path} needs 'centroids' (N, 2) as (y, x), or 'labels' to compute them from"
+        )
 
     if frame_rate is None:
         if "frame_rate" not in arrays:
@@ -96,7 +100,10 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
         pixel_size_um=pixel_size,
         mean_image=arrays.get("mean_image"),
         source=os.fspath(path),
-        metadata={"trace_kind": str(arrays.get("trace_kind", "traces")), "frame_rate_from": frame_rate_from},
+        metadata={
+            "trace_kind": str(arrays.get("trace_kind", "traces")),
+            "frame_rate_from": frame_rate_from,
+        },
     )
 
 
@@ -158,14 +165,17 @@ def _recording_from_movie(
         frame_rate_from = "tiff metadata"
         if frame_rate is None:
             raise ValueError(
-                f"{first_file} does not record its frame rate; pass frame_rate=... (frames per second)"
+                f"{first_file} does not record its frame rate; "
+                "pass frame_rate=... (frames per second)"
             )
     traces = extract_traces(movie, label_image, **options)
     return Recording.from_labels(
         traces,
         label_image,
         frame_rate,
-        source=os.fspath(movie_path) if isinstance(movie_path, (str, os.PathLike)) else str(first_file),
+        source=os.fspath(movie_path)
+        if isinstance(movie_path, (str, os.PathLike))
+        else str(first_file),
         metadata={
             "trace_kind": "neuropil-corrected mean" if options.get("neuropil") else "mean",
             "labels_from": labels_from,
@@ -215,8 +225,10 @@ def read_recording(
     if not is_list:
         path = existing_path(path, "recording")
         suffix = path.suffix.lower()
-    movie = is_list or suffix in TIFF_SUFFIXES or (
-        Path(path).is_dir() and not is_suite2p_folder(path) and labels is not None
+    movie = (
+        is_list
+        or suffix in TIFF_SUFFIXES
+        or (Path(path).is_dir() and not is_suite2p_folder(path) and labels is not None)
     )
     if labels is not None and not movie:
         raise ValueError(
@@ -232,7 +244,7 @@ def read_recording(
     elif path.is_dir():
         if not is_suite2p_folder(path):
             raise _unsupported(f"the folder {path} (no F.npy and stat.npy)")
-        recording = read_suite2p(path, **options)
+        recording = read_suite2p(path, frame_rate=frame_rate, **options)
     elif suffix in (".hdf5", ".h5"):
         recording = read_caiman(path, frame_rate=frame_rate, **options)
     elif suffix == ".nwb":

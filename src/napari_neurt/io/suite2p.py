@@ -80,7 +80,9 @@ def _centroid(roi: dict) -> tuple[float, float]:
     )
 
 
-def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
+def read_suite2p(
+    folder: PathLike, *, cells_only: bool = True, frame_rate: float | None = None
+) -> Recording:
     """Read a suite2p plane folder as a `Recording` of its fluorescence traces ``F.npy``.
 
     Parameters
@@ -89,6 +91,9 @@ def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
         The plane folder, e.g. ``.../suite2p/plane0``.
     cells_only
         Keep only the ROIs suite2p classified as cells (``iscell[:, 0] == 1``); False keeps all.
+    frame_rate
+        Frames per second, overriding ``ops["fs"]``, which is only what was typed into suite2p's
+        settings (often its default when the true rate was not given).
 
     Returns
     -------
@@ -119,14 +124,16 @@ def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
     traces = _load_numeric(f_file)
     if traces.ndim != 2:
         raise ReaderError(f"{f_file} should be (ROIs, frames); it has shape {traces.shape}")
-    n_rois, n_frames = traces.shape
+    n_rois = traces.shape[0]
     stat = load_pickled_npy(stat_file)
     ops = load_pickled_npy(ops_file)
     ops = ops.item() if ops.dtype == object and ops.ndim == 0 else ops
     if not isinstance(ops, dict):
         raise ReaderError(f"{ops_file} should hold a dict of suite2p settings")
     if stat.ndim != 1 or len(stat) != n_rois or not all(isinstance(s, dict) for s in stat):
-        raise ReaderError(f"{stat_file} should hold one dict per ROI of F.npy ({n_rois}); got {stat.shape}")
+        raise ReaderError(
+            f"{stat_file} should hold one dict per ROI of F.npy ({n_rois}); got {stat.shape}"
+        )
     for index, roi in enumerate(stat):
         if "ypix" not in roi or "xpix" not in roi or len(roi["ypix"]) != len(roi["xpix"]):
             raise ReaderError(f"{stat_file}: ROI {index} has no valid ypix/xpix pixel lists")
@@ -137,14 +144,16 @@ def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
         if file.is_file():
             extra[name] = _load_numeric(file)
             if extra[name].shape != traces.shape:
-                raise ReaderError(f"{file} has shape {extra[name].shape} but F.npy has {traces.shape}")
+                raise ReaderError(
+                    f"{file} has shape {extra[name].shape} but F.npy has {traces.shape}"
+                )
     iscell_file = folder / "iscell.npy"
     if iscell_file.is_file():
-        iscell = np.atleast_2d(_load_numeric(iscell_file).astype(np.float64))
-        if iscell.shape[0] != n_rois:
-            iscell = iscell.T if iscell.shape[1] == n_rois else iscell
-        if iscell.shape[0] != n_rois:
-            raise ReaderError(f"{iscell_file} has {iscell.shape[0]} rows but F.npy has {n_rois} ROIs")
+        iscell = _load_numeric(iscell_file).astype(np.float64)
+        if iscell.ndim == 1:  # hand-made files: the 0/1 column alone
+            iscell = iscell[:, None]
+        if iscell.ndim != 2 or iscell.shape[0] != n_rois:
+            raise ReaderError(f"{iscell_file} has shape {iscell.shape} but F.npy has {n_rois} ROIs")
         is_cell, probability = iscell[:, 0] == 1, iscell[:, -1]
     elif cells_only:
         raise FileNotFoundError(
@@ -156,15 +165,20 @@ def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
 
     keep = np.flatnonzero(is_cell) if cells_only else np.arange(n_rois)
     if len(keep) == 0:
-        raise ValueError(f"{folder}: suite2p classified none of its {n_rois} ROIs as a cell; "
-                         "read it with cells_only=False to keep every ROI")
+        raise ValueError(
+            f"{folder}: suite2p classified none of its {n_rois} ROIs as a cell; "
+            "read it with cells_only=False to keep every ROI"
+        )
 
     shape = _plane_shape(ops, stat)
     labels = suite2p_labels(stat, shape, keep)
-    frame_rate = float(ops.get("fs", 0) or 0)
-    if not frame_rate > 0:
-        raise ReaderError(f"{ops_file} has no valid frame rate 'fs' ({ops.get('fs')!r}); "
-                          "pass frame_rate to read_recording")
+    frame_rate_from = "argument"
+    if frame_rate is None:
+        frame_rate, frame_rate_from = float(ops.get("fs", 0) or 0), "ops.fs"
+        if not frame_rate > 0:
+            raise ReaderError(
+                f"{ops_file} has no valid frame rate 'fs' ({ops.get('fs')!r}); pass frame_rate=..."
+            )
     mean_image = ops.get("meanImg")
     if mean_image is not None and np.shape(mean_image) != shape:
         mean_image = None  # suite2p versions differ; a misfit image is worse than none
@@ -174,7 +188,7 @@ def read_suite2p(folder: PathLike, *, cells_only: bool = True) -> Recording:
         "suite2p_index": keep.astype(np.int64),
         "iscell": probability[keep],
         "is_cell": is_cell[keep],
-        "frame_rate_from": "ops.fs",
+        "frame_rate_from": frame_rate_from,
         "n_rois_in_folder": n_rois,
         "cells_only": cells_only,
     }

@@ -25,7 +25,14 @@ import tifffile
 
 from ._common import PathLike, ReaderError, existing_path
 
-__all__ = ["ConcatenatedMovie", "TiffInfo", "TiffMovie", "read_movie", "read_tiff_image", "tiff_info"]
+__all__ = [
+    "ConcatenatedMovie",
+    "TiffInfo",
+    "TiffMovie",
+    "read_movie",
+    "read_tiff_image",
+    "tiff_info",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -97,10 +104,14 @@ def _inspect(path: Path) -> TiffInfo:
             data_end = series.dataoffset + series.nbytes
         else:
             data_end = max(
-                (offset + count for page in series.pages if page is not None
-                 for offset, count in zip(page.dataoffsets, page.databytecounts)),
+                (
+                    offset + count
+                    for page in series.pages
+                    if page is not None
+                    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)
+                ),
                 default=0,
-            )  # fmt: skip
+            )
         info = TiffInfo(
             shape=tuple(series.shape),
             axes=series.axes,
@@ -112,8 +123,8 @@ def _inspect(path: Path) -> TiffInfo:
     file_size = os.path.getsize(path)
     if info.data_end > file_size:
         raise ReaderError(
-            f"{path} is truncated: its image data should end at byte {info.data_end:,} but the file "
-            f"has only {file_size:,} bytes. Copy the file again from its source."
+            f"{path} is truncated: its image data should end at byte {info.data_end:,} but the "
+            f"file has only {file_size:,} bytes. Copy the file again from its source."
         )
     return info
 
@@ -123,19 +134,24 @@ def _check_movie_shape(info: TiffInfo, path: Path) -> None:
     shape, axes = info.shape, info.axes
     if "S" in axes and shape[axes.index("S")] > 1:
         raise ValueError(
-            f"{path} holds colour (RGB) images of shape {shape} (axes {axes}); a calcium movie has one "
-            "value per pixel: save a single channel"
+            f"{path} holds colour (RGB) images of shape {shape} (axes {axes}); a calcium movie has "
+            "one value per pixel: save a single channel"
         )
     if len(shape) == 2:
-        more = f" (the file has {info.n_series} image series; only the first is read)" if info.n_series > 1 else ""
+        more = (
+            f" (the file has {info.n_series} image series; only the first is read)"
+            if info.n_series > 1
+            else ""
+        )
         raise ValueError(
-            f"{path}: got a single 2-D frame of shape {shape}{more}; a movie needs (frames, height, "
-            "width). Open it as an image or a label image instead."
+            f"{path}: got a single 2-D frame of shape {shape}{more}; a movie needs (frames, "
+            "height, width). Open it as an image or a label image instead."
         )
     if len(shape) != 3:
         raise ValueError(
             f"{path} holds a {len(shape)}-D image of shape {shape} (axes {axes}); a movie needs "
-            "(frames, height, width): keep one channel and one plane (e.g. Image > Hyperstacks in Fiji)"
+            "(frames, height, width): keep one channel and one plane "
+            "(e.g. Image > Hyperstacks in Fiji)"
         )
 
 
@@ -178,6 +194,10 @@ class TiffMovie:
             ) from None
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(
+                "a TiffMovie is decoded from its file: it cannot be viewed without a copy"
+            )
         data = self[...]
         return data if dtype is None else data.astype(dtype, copy=False)
 
@@ -250,7 +270,9 @@ class ConcatenatedMovie:
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
-        return f"ConcatenatedMovie({len(self.movies)} files, shape={self.shape}, dtype={self.dtype})"
+        return (
+            f"ConcatenatedMovie({len(self.movies)} files, shape={self.shape}, dtype={self.dtype})"
+        )
 
 
 def _natural_key(path: Path) -> list:
@@ -277,7 +299,9 @@ def _read_one_movie(path: Path) -> np.ndarray | TiffMovie:
             movie = TiffMovie(path)
             movie[-1]  # decode the last frame now, so that a damaged file fails here, not later
     if tuple(movie.shape) != info.shape:
-        raise ReaderError(f"{path}: the image data have shape {movie.shape}, the tags say {info.shape}")
+        raise ReaderError(
+            f"{path}: the image data have shape {movie.shape}, the tags say {info.shape}"
+        )
     return movie
 
 
@@ -319,7 +343,7 @@ def read_movie(path: PathLike | Sequence[PathLike]) -> np.ndarray | TiffMovie | 
     if len(movies) == 1:
         return movies[0]
     first = movies[0]
-    for p, movie in zip(paths[1:], movies[1:]):
+    for p, movie in zip(paths[1:], movies[1:], strict=True):
         if movie.shape[1:] != first.shape[1:] or movie.dtype != first.dtype:
             raise ValueError(
                 f"{p} has frames of {movie.shape[1:]} {movie.dtype} but {paths[0]} has "

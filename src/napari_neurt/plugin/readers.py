@@ -96,7 +96,9 @@ def _read_tiff(path: str) -> list[LayerData]:
         return [_image_layer(read_movie(path), path.stem, {"source": str(path)})]
     image = read_tiff_image(path)
     if _looks_like_labels(image):
-        return [_labels_layer(as_label_image(image, source=str(path)), path.stem, {"source": str(path)})]
+        return [
+            _labels_layer(as_label_image(image, source=str(path)), path.stem, {"source": str(path)})
+        ]
     return [_image_layer(image, path.stem, {"source": str(path)})]
 
 
@@ -116,7 +118,9 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         with open(path, "rb") as file:
             version = npy_format.read_magic(file)
             read_header = (
-                npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                npy_format.read_array_header_1_0
+                if version == (1, 0)
+                else npy_format.read_array_header_2_0
             )
             shape, _, dtype = read_header(file)
     except (OSError, ValueError):
@@ -173,7 +177,9 @@ def get_imagej_roi_reader(path: str | Sequence[str]) -> ReaderFunction | None:
         else:
             with zipfile.ZipFile(single) as archive:
                 names = archive.namelist()
-            if not names or not all(n.lower().endswith(".roi") for n in names if not n.endswith("/")):
+            if not names or not all(
+                n.lower().endswith(".roi") for n in names if not n.endswith("/")
+            ):
                 return None
     except (OSError, zipfile.BadZipFile):
         return None
