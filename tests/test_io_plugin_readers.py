@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -132,6 +133,18 @@ def test_suite2p_reader(test_data, tmp_path):
     assert layers[0][0].shape == (176, 156)
     assert get_suite2p_reader(str(tmp_path)) is None  # a folder without F.npy
     assert get_suite2p_reader(str(folder / "F.npy")) is None  # not a folder
+
+
+def test_suite2p_reader_opens_every_plane_of_a_suite2p_folder(test_data, tmp_path):
+    for plane in ("plane0", "plane1"):
+        shutil.copytree(test_data / "fissa_suite2p_outputs", tmp_path / "suite2p" / plane)
+    layers = get_suite2p_reader(str(tmp_path / "suite2p"))(str(tmp_path / "suite2p"))
+    assert [kwargs["name"] for _, kwargs, _ in layers] == [
+        "suite2p plane0 reference image",
+        "suite2p plane0 ROIs",
+        "suite2p plane1 reference image",
+        "suite2p plane1 ROIs",
+    ]
 
 
 def test_caiman_and_nwb_readers(tmp_path):

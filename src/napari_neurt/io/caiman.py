@@ -170,7 +170,8 @@ def read_caiman(
         (``metadata["trace_kind"]`` says which); ``neuron_ids`` = component index + 1 = label
         value; ``centroids``: weighted centres of the footprints. ``metadata["footprints"]`` holds
         the kept columns of A (CSC, Fortran pixel order), ``metadata["component_index"]`` their
-        indices.
+        indices. ``pixel_size_um`` comes from ``params/data/dxy`` when its two values agree; note
+        that CaImAn's default there is 1 um, so pass the true size to `read_recording` if unsure.
 
     Raises
     ------

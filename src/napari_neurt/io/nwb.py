@@ -13,7 +13,7 @@ TwoPhotonSeries is (time, x, y)), and suite2p's NWB export writes ``pixel_mask``
 ``pixel_mask`` entry (x, y, weight) is pixel (row = x, col = y).
 
 Overlaps: a pixel in several ROIs goes to the ROI with the largest mask weight there (ties: the
-ROI that comes first in the series).
+ROI in the lower row of the PlaneSegmentation).
 """
 
 from __future__ import annotations
