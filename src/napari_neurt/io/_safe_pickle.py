@@ -46,7 +46,9 @@ def _numpy_internals() -> dict[str, Any]:
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """Stands in for ``_codecs.encode``, which protocol-2 pickles use to rebuild bytes."""
     if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
-        raise UnsafePickleError(f"refusing the pickled codec call _codecs.encode(..., {encoding!r})")
+        raise UnsafePickleError(
+            f"refusing the pickled codec call _codecs.encode(..., {encoding!r})"
+        )
     return text.encode("latin1")
 
 
