@@ -156,7 +156,7 @@ def neighborhood_tokens(
         np.where(self_mask[near_fb], np.inf, d2[near_fb]), axis=1, kind="stable"
     )[:, :k]
     far_fb_members = np.argsort(
-        np.where(self_mask[far_fb], -np.inf, -d2[far_fb]), axis=1, kind="stable"
+        np.where(self_mask[far_fb], np.inf, -d2[far_fb]), axis=1, kind="stable"
     )[:, :k]
     near_count = np.where(n_near < MIN_GROUP, k, n_near).astype(np.float64)
     far_count = np.where(n_far < MIN_GROUP, k, n_far).astype(np.float64)

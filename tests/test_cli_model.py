@@ -1,0 +1,147 @@
+"""`neurt reconstruct`, `neurt classify` and `neurt import-weights`, including a torchrun cohort run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neurt.cli import main
+from napari_neurt.model import NeurtModel, load_model
+from napari_neurt.model.batch import results_path, shard
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+from napari_neurt.model.published import PUBLISHED
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small classifier checkpoint with a recording head (fast on CPU)."""
+    torch.manual_seed(0)
+    config = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32, n_classes=2, mil_hidden=8)
+    model = NeurtModel(Neurt(config), class_names=("control", "treated"), device="cpu")
+    return model.save(tmp_path_factory.mktemp("models") / "small")
+
+
+def write_recordings(folder: Path, count: int, n_neurons: int = 6, n_frames: int = 90) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"mouse{i}.npz"
+        np.savez(
+            path,
+            traces=rng.normal(size=(n_neurons, n_frames)).cumsum(1).astype(np.float32),
+            centroids=rng.uniform(0, 60, size=(n_neurons, 2)),
+            neuron_ids=np.arange(10, 10 + n_neurons),
+            frame_rate=np.float64(20.0),
+            pixel_size_um=np.float64(1.2),
+        )
+        paths.append(path)
+    return paths
+
+
+def test_reconstruct_writes_results_next_to_each_recording(tmp_path, checkpoint, capsys):
+    paths = write_recordings(tmp_path, 2)
+    assert main(["reconstruct", *map(str, paths), "--model", str(checkpoint), "--csv", "--seed", "3"]) == 0
+    for path in paths:
+        out = tmp_path / f"{path.stem}.neurt-reconstruct.npz"
+        with np.load(out, allow_pickle=False) as results:
+            assert results["reconstruction"].shape == (6, 90, 5) and results["hide"].shape == (6, 90)
+            assert 0.05 < results["hide"].mean() < 0.2
+            np.testing.assert_array_equal(results["neuron_ids"], np.arange(10, 16))
+            model = json.loads(str(results["model"]))
+            parameters = json.loads(str(results["parameters"]))
+        assert len(model["provenance"]["weights_sha256"]) == 64
+        assert parameters["seed"] == 3 and parameters["recording"] == str(path)
+        with open(out.with_suffix(".csv")) as file:
+            rows = list(csv.DictReader(file))
+        assert len(rows) == 6 and {"neuron_ids", "r2_hidden", "fallback"} <= set(rows[0])
+    assert "median R^2" in capsys.readouterr().out
+
+
+def test_classify_to_an_output_folder(tmp_path, checkpoint):
+    paths = write_recordings(tmp_path, 1)
+    assert main(["classify", str(paths[0]), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    with np.load(tmp_path / "out" / "mouse0.neurt-classify.npz", allow_pickle=False) as results:
+        assert list(results["class_names"]) == ["control", "treated"]
+        assert results["neuron_attention"].sum() == pytest.approx(1, abs=1e-5)
+        assert results["temporal_attention"].shape == (6, 90)
+        assert bool(results["recording_head"])
+        assert 0 <= float(results["recording_probability"]) <= 1
+
+
+def test_a_bad_recording_does_not_stop_the_others(tmp_path, checkpoint, capsys):
+    good = write_recordings(tmp_path, 1)[0]
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"not a zip")
+    assert main(["reconstruct", str(bad), str(good), "--model", str(checkpoint)]) == 1
+    assert (tmp_path / "mouse0.neurt-reconstruct.npz").exists()
+    assert "broken.npz: error:" in capsys.readouterr().err
+
+
+def test_unknown_model_is_one_clear_line(tmp_path, capsys):
+    paths = write_recordings(tmp_path, 1)
+    assert main(["classify", str(paths[0]), "--model", "neurt-5xfda"]) == 2
+    assert "neurt-5xfad" in capsys.readouterr().err
+
+
+def test_shard_and_results_path(tmp_path):
+    files = [f"f{i}" for i in range(5)]
+    assert shard(files, 0, 2) == ["f0", "f2", "f4"] and shard(files, 1, 2) == ["f1", "f3"]
+    with pytest.raises(ValueError, match="RANK"):
+        shard(files, 2, 2)
+    (tmp_path / "plane0").mkdir()
+    assert results_path(tmp_path / "plane0", "classify") == tmp_path / "plane0.neurt-classify.npz"
+    assert results_path(tmp_path / "a.nwb", "reconstruct", tmp_path / "o") == tmp_path / "o" / "a.neurt-reconstruct.npz"
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")
+def test_torchrun_ranks_share_the_cohort(tmp_path, checkpoint):
+    paths = write_recordings(tmp_path, 3)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "napari_neurt.cli", "reconstruct",
+         *map(str, paths), "--model", str(checkpoint), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.npz")) == [
+        "mouse0.neurt-reconstruct.npz", "mouse1.neurt-reconstruct.npz", "mouse2.neurt-reconstruct.npz"
+    ]
+    lines = done.stdout.splitlines()
+    assert sum("[rank 0] [1/2]" in line for line in lines) == 1  # rank 0: mouse0 and mouse2
+    assert sum("[rank 1] [1/1]" in line and "mouse1" in line for line in lines) == 1
+
+
+def test_import_weights(weights_dir, tmp_path, capsys):
+    pth = weights_dir / "bert_recon" / "model_epoch_20.pth"
+    out = tmp_path / "neurt-microns"
+    assert main(["import-weights", str(pth), "-o", str(out)]) == 0
+    assert PUBLISHED["neurt-microns"].sha256 in capsys.readouterr().out
+    imported, original = load_model(out, device="cpu"), load_model(pth, device="cpu")
+    assert imported.provenance["imported_from_sha256"] == PUBLISHED["neurt-microns"].sha256
+    assert imported.provenance["source"] == "neurt-microns"
+    tokens = np.random.default_rng(0).random((2, 100, 5), dtype=np.float32)
+    np.testing.assert_array_equal(imported.reconstruct(tokens), original.reconstruct(tokens))
+
+
+def test_import_weights_refuses_a_code_running_pickle(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"module.x": Payload()}, tmp_path / "evil.pth")
+    assert main(["import-weights", str(tmp_path / "evil.pth")]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "evil.neurt").exists()

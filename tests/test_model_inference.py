@@ -1,0 +1,278 @@
+"""Whole-recording inference: windows and their blending, hiding, batching, progress, cancellation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neurt import Cancelled, Progress, Recording
+from napari_neurt.model import NeurtModel, window_starts, window_taper
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+
+L = 32  # seq_len of the small test model
+
+
+def small_model(seed: int = 0, **overrides) -> NeurtModel:
+    torch.manual_seed(seed)
+    config = NeurtConfig(**{**dict(seq_len=L, n_embd=16, n_head=2, n_layer=2, n_ff=32), **overrides})
+    network = Neurt(config)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    names = tuple(f"class {k}" for k in range(config.n_classes))
+    return NeurtModel(network, class_names=names, device="cpu")
+
+
+def random_tokens(n: int, t: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, t, 5), dtype=np.float32)
+
+
+def smooth_tokens(n: int, t: int) -> np.ndarray:
+    frames = np.arange(t)[None, :, None]
+    phase = np.arange(n)[:, None, None] + np.arange(5)[None, None, :]
+    return (0.5 + 0.4 * np.sin(2 * np.pi * frames / 150 + phase)).astype(np.float32)
+
+
+def test_windows_cover_the_recording():
+    np.testing.assert_array_equal(window_starts(3 * L + 17, L, L // 2), [0, 16, 32, 48, 64, 80, 3 * L + 17 - L])
+    np.testing.assert_array_equal(window_starts(10, 10, 5), [0])
+    np.testing.assert_array_equal(window_starts(64, 32, 0), [0, 32])
+    taper = window_taper(L)
+    assert taper.min() > 0 and taper.argmax() in (L // 2 - 1, L // 2)
+
+
+def test_single_window_equals_the_network():
+    model = small_model()
+    tokens = random_tokens(4, L)
+    with torch.inference_mode():
+        direct = model.module(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(model.reconstruct(tokens), direct, atol=1e-6)
+
+
+def test_long_recording_shape_and_blending():
+    """3 x seq_len + 17 frames: frames seen by one window are that window's output, frames seen by
+    two are a convex mix of theirs."""
+    model = small_model()
+    n_frames = 3 * L + 17
+    tokens = random_tokens(3, n_frames)
+    out = model.reconstruct(tokens)
+    assert out.shape == (3, n_frames, 5) and out.dtype == np.float32
+    with torch.inference_mode():
+        first = model.module(torch.from_numpy(tokens[:, :L])).numpy()
+        second = model.module(torch.from_numpy(tokens[:, L // 2 : L // 2 + L])).numpy()
+        last = model.module(torch.from_numpy(tokens[:, -L:])).numpy()
+    np.testing.assert_allclose(out[:, : L // 2], first[:, : L // 2], atol=1e-6)
+    np.testing.assert_allclose(out[:, -1], last[:, -1], atol=1e-6)  # only the last window sees it
+    overlap = out[:, L // 2 : L]
+    low = np.minimum(first[:, L // 2 :], second[:, : L // 2]) - 1e-6
+    high = np.maximum(first[:, L // 2 :], second[:, : L // 2]) + 1e-6
+    assert ((overlap >= low) & (overlap <= high)).all()
+
+
+def test_no_seams_at_window_boundaries():
+    """With a position embedding that drifts along the window, hard window edges make visible
+    jumps; the tapered blend must not."""
+    model = small_model()
+    with torch.no_grad():
+        ramp = torch.linspace(0.5, 3, L)[:, None] * torch.randn(16)  # smooth along the window
+        model.module.pos.weight.copy_(ramp)
+    n_frames = 3 * L + 17
+    tokens = smooth_tokens(4, n_frames)
+
+    def worst_jump_at_edges_vs_inside(out, starts):
+        steps = np.abs(np.diff(out, axis=1)).max(axis=(0, 2))  # step from frame f to f + 1
+        edges = {s - 1 for s in starts if s > 0} | {s + L - 1 for s in starts if s + L < n_frames}
+        inside = np.setdiff1d(np.arange(len(steps)), sorted(edges))
+        return steps[sorted(edges)].max(), steps[inside].max()
+
+    hard_jump, hard_inside = worst_jump_at_edges_vs_inside(
+        model.reconstruct(tokens, overlap=0), window_starts(n_frames, L, 0)
+    )
+    assert hard_jump > 4 * hard_inside  # the test can see a seam
+
+    blended = model.reconstruct(tokens)
+    jump, inside = worst_jump_at_edges_vs_inside(blended, window_starts(n_frames, L, L // 2))
+    assert jump <= 1.5 * inside
+    # and it does not depend much on where the windows fall
+    other = model.reconstruct(tokens, overlap=L // 2 + 4)
+    assert np.abs(other - blended).max() < 0.5 * np.abs(blended).max()
+
+
+def test_recording_shorter_than_a_window():
+    model = small_model()
+    tokens = random_tokens(2, 11)
+    out = model.reconstruct(tokens)
+    with torch.inference_mode():
+        direct = model.module(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(out, direct, atol=1e-6)
+
+
+def test_hide_all_channels_and_own_channel():
+    model = small_model()
+    tokens = random_tokens(3, 2 * L + 5)
+    hide = np.zeros(tokens.shape[:2], dtype=bool)
+    hide[:, 10:20] = True
+    changed = tokens.copy()
+    changed[:, 10:20, 0] += 5.0  # what the model must not see
+    np.testing.assert_array_equal(model.reconstruct(changed, hide), model.reconstruct(tokens, hide))
+    np.testing.assert_array_equal(
+        model.reconstruct(changed, hide, channels="own"), model.reconstruct(tokens, hide, channels="own")
+    )
+    assert not np.allclose(model.reconstruct(changed), model.reconstruct(tokens))
+
+    neighbours_changed = tokens.copy()
+    neighbours_changed[:, 10:20, 1] += 5.0
+    # channels="all" hides the neighbourhood too; channels="own" leaves it visible
+    np.testing.assert_array_equal(model.reconstruct(neighbours_changed, hide), model.reconstruct(tokens, hide))
+    assert not np.allclose(
+        model.reconstruct(neighbours_changed, hide, channels="own"),
+        model.reconstruct(tokens, hide, channels="own"),
+    )
+    # hiding zeroes the hidden steps: same as giving zeros there
+    zeroed = tokens.copy()
+    zeroed[hide] = 0
+    np.testing.assert_allclose(model.reconstruct(tokens, hide), model.reconstruct(zeroed), atol=1e-6)
+
+
+def test_batches_deterministic_and_independent_of_batch_size():
+    model = small_model()
+    tokens = random_tokens(5, 2 * L + 9)
+    hide = np.random.default_rng(0).random(tokens.shape[:2]) < 0.2
+    first = model.reconstruct(tokens, hide, batch_size=4)
+    np.testing.assert_array_equal(first, model.reconstruct(tokens, hide, batch_size=4))
+    np.testing.assert_allclose(first, model.reconstruct(tokens, hide, batch_size=1), atol=1e-5)
+    np.testing.assert_allclose(first, model.reconstruct(tokens, hide, batch_size=1000), atol=1e-5)
+
+
+def test_progress_and_cancellation():
+    model = small_model()
+    tokens = random_tokens(3, 2 * L)  # 3 windows per neuron at overlap L/2 -> 9 windows
+    seen: list[Progress] = []
+    model.reconstruct(tokens, batch_size=4, progress=seen.append)
+    assert [(p.done, p.total, p.stage) for p in seen] == [(4, 9, "reconstruct"), (8, 9, "reconstruct"), (9, 9, "reconstruct")]
+
+    stop = threading.Event()
+
+    def stop_after_first(progress):
+        stop.set()
+
+    with pytest.raises(Cancelled, match="reconstruct at 4/9"):
+        model.reconstruct(tokens, batch_size=4, progress=stop_after_first, stop=stop)
+
+    # a napari worker drives the same generator with `yield from`
+    steps = model.iter_reconstruct(tokens, batch_size=4)
+    assert isinstance(next(steps), Progress)
+    steps.close()
+
+
+def test_out_of_memory_halves_the_batch(monkeypatch):
+    model = small_model()
+    tokens = random_tokens(4, 2 * L)
+    expected = model.reconstruct(tokens, batch_size=16)
+    sizes = []
+    network_forward = model.module.forward
+
+    def forward_with_small_memory(batch, *args, **kwargs):
+        sizes.append(len(batch))
+        if len(batch) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return network_forward(batch, *args, **kwargs)
+
+    monkeypatch.setattr(model.module, "forward", forward_with_small_memory)
+    out = model.reconstruct(tokens, batch_size=16)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert sizes[:3] == [12, 6, 3] and set(sizes[3:]) <= {3} and model.last_batch_size == 3
+
+
+def test_classify_without_recording_head_uses_session_rule():
+    model = small_model(n_classes=2)
+    tokens = random_tokens(4, 2 * L + 3)
+    result = model.classify(tokens, batch_size=5)
+    n_windows = len(window_starts(2 * L + 3, L, L // 2))
+    assert result.neuron_probability.shape == (4,) and result.temporal_attention.shape == (4, 2 * L + 3)
+    assert result.class_probability.shape == (4, 2) and result.neuron_embedding.shape == (4, 16)
+    np.testing.assert_allclose(result.class_probability.sum(1), 1, atol=1e-6)
+    assert not result.recording_head and "session rule" in result.recording_rule
+    np.testing.assert_allclose(result.neuron_attention, 0.25)
+
+    # session rule, recomputed window by window
+    calls, probabilities = [], []
+    for neuron in range(4):
+        for start in window_starts(2 * L + 3, L, L // 2):
+            with torch.inference_mode():
+                logits, _, _ = model.module.classify_windows(torch.from_numpy(tokens[neuron : neuron + 1, start : start + L]))
+            calls.append(int(logits.argmax()))
+            probabilities.append(float(logits.softmax(-1)[0, 1]))
+    assert result.recording_probability == pytest.approx(np.mean(np.array(calls) == 1))
+    np.testing.assert_allclose(result.neuron_probability, np.array(probabilities).reshape(4, n_windows).mean(1), atol=1e-6)
+    # each window's pooling weights sum to 1, so the stitched map averages to 1 / seq_len
+    np.testing.assert_allclose(result.temporal_attention.mean(1), 1 / L, rtol=0.3)
+
+
+def test_classify_with_recording_head():
+    model = small_model(n_classes=2, mil_hidden=8)
+    tokens = random_tokens(6, L + 5)
+    result = model.classify(tokens)
+    assert result.recording_head and "gated-attention" in result.recording_rule
+    assert result.neuron_attention.shape == (6,)
+    assert result.neuron_attention.sum() == pytest.approx(1, abs=1e-6)
+    assert 0 <= result.recording_probability <= 1
+    order = np.array([5, 3, 1, 0, 2, 4])
+    permuted = model.classify(tokens[order])
+    np.testing.assert_allclose(permuted.neuron_attention, result.neuron_attention[order], atol=1e-6)
+    assert permuted.recording_probability == pytest.approx(result.recording_probability, abs=1e-6)
+
+
+def test_attention_maps_of_one_window():
+    model = small_model()
+    tokens = random_tokens(1, 3 * L)
+    maps = model.attention_maps(tokens[0], start=7)
+    assert maps.shape == (2, 2, L, L) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps.sum(-1), 1, atol=1e-5)
+    with torch.inference_mode():
+        _, expected = model.module.encode(torch.from_numpy(tokens[:, 7 : 7 + L]), exact=True)
+    np.testing.assert_allclose(maps[1], expected[1][0].numpy(), atol=1e-6)
+    assert model.attention_maps(tokens[0, :10]).shape == (2, 2, 10, 10)
+    with pytest.raises(ValueError, match="start"):
+        model.attention_maps(tokens[0], start=3 * L - 5)
+    with pytest.raises(ValueError, match="one neuron"):
+        model.attention_maps(random_tokens(2, L))
+
+
+def test_tokens_for_a_recording():
+    model = small_model()
+    rng = np.random.default_rng(0)
+    recording = Recording(
+        traces=rng.normal(size=(8, 50)), neuron_ids=np.arange(1, 9), centroids=rng.uniform(0, 40, (8, 2)),
+        frame_rate=10.0, pixel_size_um=2.0,
+    )
+    tokens = model.tokens_for(recording)
+    assert tokens.shape == (8, 50, 5) and tokens.delta_um == 50.0 and tokens.delta_px == 25.0
+    assert model.reconstruct(tokens).shape == (8, 50, 5)  # NeighborhoodTokens are accepted as such
+    model.token_settings["delta_um"] = 12.0  # a model trained with its own radius uses it
+    assert model.tokens_for(recording).delta_um == 12.0
+    model.frame_rate_hz = 30.0
+    with pytest.warns(UserWarning, match="trained at 30 Hz"):
+        model.tokens_for(recording)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.reconstruct(np.zeros((2, 40, 4), np.float32)), r"\(neurons, frames, 5\)"),
+        (lambda m: m.reconstruct(np.zeros((40, 5), np.float32)), r"\(neurons, frames, 5\)"),
+        (lambda m: m.reconstruct(np.zeros((2, 40, 5), np.float32), np.zeros((2, 39), bool)), "shape of the tokens"),
+        (lambda m: m.reconstruct(np.zeros((2, 40, 5), np.float32), np.zeros((2, 40))), "boolean"),
+        (lambda m: m.reconstruct(np.zeros((2, 40, 5), np.float32), channels="neighbours"), "channels must be one of"),
+        (lambda m: m.reconstruct(np.full((2, 40, 5), np.nan, np.float32)), "NaN"),
+        (lambda m: m.reconstruct(np.zeros((2, 40, 5), np.float32), overlap=L), "overlap"),
+        (lambda m: m.reconstruct(np.zeros((2, 40, 5), np.float32), batch_size=0), "batch_size"),
+        (lambda m: m.classify(np.zeros((2, 40, 5), np.float32)), "no classifier"),
+    ],
+)
+def test_bad_input_gives_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(small_model())

@@ -1,0 +1,124 @@
+"""The NEuRT network itself (small configs): both attention paths, heads, config checks, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_neurt.device import resolve_device
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+
+SMALL = dict(seq_len=32, n_features=5, n_embd=16, n_head=2, n_layer=2, n_ff=32)
+
+
+def small_network(seed: int = 0, **overrides) -> Neurt:
+    torch.manual_seed(seed)
+    network = Neurt(NeurtConfig(**{**SMALL, **overrides})).eval()
+    with torch.no_grad():  # larger than the init scale, so that attention is far from uniform
+        for parameter in network.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return network
+
+
+def test_sdpa_and_exact_paths_agree():
+    network = small_network(n_classes=2)
+    tokens = torch.rand(6, 32, 5)
+    with torch.inference_mode():
+        fast_outputs, no_maps = network.encode(tokens)
+        exact_outputs, maps = network.encode(tokens, exact=True)
+        fast_logits, fast_weights, _ = network.classify_windows(tokens)
+        exact_logits, exact_weights, _ = network.classify_windows(tokens, exact=True)
+    assert no_maps is None and len(maps) == 2
+    for fast, exact in zip(fast_outputs, exact_outputs):
+        torch.testing.assert_close(fast, exact, atol=1e-5, rtol=0)
+    torch.testing.assert_close(network(tokens), network(tokens, exact=True), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_logits, exact_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_weights, exact_weights, atol=1e-5, rtol=0)
+    # the maps are softmax rows and far from uniform (so the comparison above means something)
+    assert maps[0].shape == (6, 2, 32, 32)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(6, 2, 32))
+    assert maps[0].max() > 5 / 32
+
+
+def test_exact_maps_are_the_attention_used():
+    """The maps returned by the exact path are what weighs the values: recompute one block by hand."""
+    network = small_network()
+    tokens = torch.rand(2, 32, 5)
+    with torch.inference_mode():
+        x = network.ln_embed(network.embed(tokens) + network.pos.weight[:32])
+        _, maps = network.encode(tokens, exact=True)
+        attention = network.blocks[0].attn
+        v = attention.qkv(x)[..., 32:].view(2, 32, 2, 8).transpose(1, 2)
+        by_hand = attention.proj((maps[0] @ v).transpose(1, 2).reshape(2, 32, 16))
+        ours, _ = attention(x)
+    torch.testing.assert_close(ours, by_hand, atol=1e-5, rtol=0)
+
+
+def test_short_windows_use_the_first_positions():
+    network = small_network()
+    tokens = torch.rand(3, 20, 5)
+    with torch.inference_mode():
+        assert network(tokens).shape == (3, 20, 5)
+        with pytest.raises(ValueError, match="seq_len=32"):
+            network(torch.rand(1, 33, 5))
+
+
+def test_recording_head_is_gated_attention_over_neurons():
+    network = small_network(n_classes=2, mil_hidden=8)
+    neurons = torch.randn(7, 16)
+    with torch.inference_mode():
+        logits, weights = network.classify_recording(neurons)
+        order = torch.randperm(7)
+        logits_permuted, weights_permuted = network.classify_recording(neurons[order])
+        batched_logits, batched_weights = network.classify_recording(torch.stack([neurons, neurons[order]]))
+    assert logits.shape == (2,) and weights.shape == (7,)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(weights_permuted, weights[order])  # one weight per neuron, follows it
+    torch.testing.assert_close(logits_permuted, logits, atol=1e-6, rtol=0)  # order does not matter
+    torch.testing.assert_close(batched_logits[1], logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batched_weights[0], weights)
+    # gated: a neuron whose gate is closed gets the weight of a zero score
+    head = network.recording_head
+    with torch.no_grad():
+        score = head.score(torch.tanh(head.value(neurons)) * torch.sigmoid(head.gate(neurons))).squeeze(-1)
+    torch.testing.assert_close(weights, score.softmax(0))
+
+
+def test_heads_absent_unless_configured():
+    plain = small_network()
+    assert plain.time_pool is None and plain.recording_head is None
+    with pytest.raises(ValueError, match="no classifier"):
+        plain.classify_windows(torch.rand(1, 32, 5))
+    with pytest.raises(ValueError, match="no recording head"):
+        plain.classify_recording(torch.rand(3, 16))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(n_embd=15), "multiple of n_head"),
+        (dict(mil_hidden=4), "needs classes"),
+        (dict(n_layer=0), "n_layer"),
+    ],
+)
+def test_config_is_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        NeurtConfig(**{**SMALL, **bad})
+    with pytest.raises(ValueError, match="unknown NeurtConfig field"):
+        NeurtConfig.from_dict({**SMALL, "emb_norm": False})
+
+
+def test_device_resolver():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    auto = resolve_device("auto")
+    if torch.cuda.is_available():
+        assert auto.type == "cuda"
+    elif torch.backends.mps.is_available():
+        assert auto.type == "mps"
+    else:
+        assert auto == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu-ish")
