@@ -1,4 +1,4 @@
-"""`neurt reconstruct`, `neurt classify` and `neurt import-weights`, including a torchrun cohort run."""
+"""`neurt reconstruct`, `neurt classify`, `neurt import-weights`, and a torchrun cohort run."""
 
 from __future__ import annotations
 
@@ -25,12 +25,16 @@ from napari_neurt.model.published import PUBLISHED
 def checkpoint(tmp_path_factory) -> Path:
     """A small classifier checkpoint with a recording head (fast on CPU)."""
     torch.manual_seed(0)
-    config = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32, n_classes=2, mil_hidden=8)
+    config = NeurtConfig(
+        seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32, n_classes=2, mil_hidden=8
+    )
     model = NeurtModel(Neurt(config), class_names=("control", "treated"), device="cpu")
     return model.save(tmp_path_factory.mktemp("models") / "small")
 
 
-def write_recordings(folder: Path, count: int, n_neurons: int = 6, n_frames: int = 90) -> list[Path]:
+def write_recordings(
+    folder: Path, count: int, n_neurons: int = 6, n_frames: int = 90
+) -> list[Path]:
     rng = np.random.default_rng(0)
     paths = []
     for i in range(count):
@@ -49,11 +53,17 @@ def write_recordings(folder: Path, count: int, n_neurons: int = 6, n_frames: int
 
 def test_reconstruct_writes_results_next_to_each_recording(tmp_path, checkpoint, capsys):
     paths = write_recordings(tmp_path, 2)
-    assert main(["reconstruct", *map(str, paths), "--model", str(checkpoint), "--csv", "--seed", "3"]) == 0
+    assert (
+        main(["reconstruct", *map(str, paths), "--model", str(checkpoint), "--csv", "--seed", "3"])
+        == 0
+    )
     for path in paths:
         out = tmp_path / f"{path.stem}.neurt-reconstruct.npz"
         with np.load(out, allow_pickle=False) as results:
-            assert results["reconstruction"].shape == (6, 90, 5) and results["hide"].shape == (6, 90)
+            assert results["reconstruction"].shape == (6, 90, 5) and results["hide"].shape == (
+                6,
+                90,
+            )
             assert 0.05 < results["hide"].mean() < 0.2
             np.testing.assert_array_equal(results["neuron_ids"], np.arange(10, 16))
             model = json.loads(str(results["model"]))
@@ -68,7 +78,12 @@ def test_reconstruct_writes_results_next_to_each_recording(tmp_path, checkpoint,
 
 def test_classify_to_an_output_folder(tmp_path, checkpoint):
     paths = write_recordings(tmp_path, 1)
-    assert main(["classify", str(paths[0]), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            ["classify", str(paths[0]), "--model", str(checkpoint), "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
     with np.load(tmp_path / "out" / "mouse0.neurt-classify.npz", allow_pickle=False) as results:
         assert list(results["class_names"]) == ["control", "treated"]
         assert results["neuron_attention"].sum() == pytest.approx(1, abs=1e-5)
@@ -99,23 +114,44 @@ def test_shard_and_results_path(tmp_path):
         shard(files, 2, 2)
     (tmp_path / "plane0").mkdir()
     assert results_path(tmp_path / "plane0", "classify") == tmp_path / "plane0.neurt-classify.npz"
-    assert results_path(tmp_path / "a.nwb", "reconstruct", tmp_path / "o") == tmp_path / "o" / "a.neurt-reconstruct.npz"
+    assert (
+        results_path(tmp_path / "a.nwb", "reconstruct", tmp_path / "o")
+        == tmp_path / "o" / "a.neurt-reconstruct.npz"
+    )
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun not installed",
+)
 def test_torchrun_ranks_share_the_cohort(tmp_path, checkpoint):
     paths = write_recordings(tmp_path, 3)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "napari_neurt.cli", "reconstruct",
-         *map(str, paths), "--model", str(checkpoint), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=240, env=env,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "napari_neurt.cli",
+            "reconstruct",
+            *map(str, paths),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.npz")) == [
-        "mouse0.neurt-reconstruct.npz", "mouse1.neurt-reconstruct.npz", "mouse2.neurt-reconstruct.npz"
+        "mouse0.neurt-reconstruct.npz",
+        "mouse1.neurt-reconstruct.npz",
+        "mouse2.neurt-reconstruct.npz",
     ]
     lines = done.stdout.splitlines()
     assert sum("[rank 0] [1/2]" in line for line in lines) == 1  # rank 0: mouse0 and mouse2

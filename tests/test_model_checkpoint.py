@@ -23,10 +23,17 @@ from napari_neurt.model.published import PUBLISHED, WeightsNotAvailable
 
 def small_model(**overrides) -> NeurtModel:
     torch.manual_seed(0)
-    config = NeurtConfig(**{**dict(seq_len=16, n_embd=8, n_head=2, n_layer=2, n_ff=16), **overrides})
+    config = NeurtConfig(
+        **{**dict(seq_len=16, n_embd=8, n_head=2, n_layer=2, n_ff=16), **overrides}
+    )
     names = tuple(f"group {k}" for k in range(config.n_classes))
-    return NeurtModel(Neurt(config), class_names=names, frame_rate_hz=15.0,
-                      provenance={"source": "test"}, device="cpu")
+    return NeurtModel(
+        Neurt(config),
+        class_names=names,
+        frame_rate_hz=15.0,
+        provenance={"source": "test"},
+        device="cpu",
+    )
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -35,7 +42,10 @@ def test_checkpoint_round_trip(tmp_path):
     folder = model.save(tmp_path / "ckpt")
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     document = json.loads((folder / CONFIG_NAME).read_text())
-    assert document["model"]["mil_hidden"] == 4 and document["class_names"] == ["group 0", "group 1"]
+    assert document["model"]["mil_hidden"] == 4 and document["class_names"] == [
+        "group 0",
+        "group 1",
+    ]
     assert document["frame_rate_hz"] == 15.0 and document["tokens"]["delta_um"] == 30.0
 
     for where in (folder, folder / CONFIG_NAME, folder / WEIGHTS_NAME):
@@ -56,7 +66,10 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
     with pytest.raises(ValueError, match="does not match the weights") as error:
         load_model(folder, device="cpu")
     message = str(error.value)
-    assert "blocks.0.mlp.fc.weight: the config needs shape (24, 8), the weights have (16, 8)" in message
+    assert (
+        "blocks.0.mlp.fc.weight: the config needs shape (24, 8), the weights have (16, 8)"
+        in message
+    )
     assert "missing tensors: blocks.2." in message
 
 
@@ -115,7 +128,9 @@ def test_default_weights_not_bundled_yet_is_a_clear_error():
 def test_offline_download_error_says_how_to_get_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv(published.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setenv(published.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(published.PublishedWeights, "url", property(lambda self: "http://127.0.0.1:9/x.pth"))
+    monkeypatch.setattr(
+        published.PublishedWeights, "url", property(lambda self: "http://127.0.0.1:9/x.pth")
+    )
     with pytest.raises(WeightsNotAvailable) as error:
         load_model("neurt-microns", device="cpu")
     message = str(error.value)
@@ -142,22 +157,29 @@ def serve_folder():
         server.server_close()
 
 
-def test_published_weights_are_downloaded_once_and_checked(weights_dir, tmp_path, monkeypatch, serve_folder):
+def test_published_weights_are_downloaded_once_and_checked(
+    weights_dir, tmp_path, monkeypatch, serve_folder
+):
     base = serve_folder(weights_dir)
     monkeypatch.delenv(published.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setenv(published.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(published.PublishedWeights, "url", property(lambda self: f"{base}/{self.relative_path}"))
+    monkeypatch.setattr(
+        published.PublishedWeights, "url", property(lambda self: f"{base}/{self.relative_path}")
+    )
     path = published.fetch_published("neurt-microns")
     assert path.parent == tmp_path / "cache" / "weights"
     assert path.read_bytes() == (weights_dir / "bert_recon" / "model_epoch_20.pth").read_bytes()
 
     # the second time it comes from the cache: no server needed
-    monkeypatch.setattr(published.PublishedWeights, "url", property(lambda self: "http://127.0.0.1:9/gone"))
+    monkeypatch.setattr(
+        published.PublishedWeights, "url", property(lambda self: "http://127.0.0.1:9/gone")
+    )
     assert published.fetch_published("neurt-microns") == path
 
     # a file with the wrong content is refused
     monkeypatch.setattr(
-        published.PublishedWeights, "url",
+        published.PublishedWeights,
+        "url",
         property(lambda self: f"{base}/bert_classifier/model_epoch_20.pth"),
     )
     monkeypatch.setenv(published.CACHE_DIR_ENV, str(tmp_path / "other-cache"))
@@ -179,18 +201,24 @@ def test_published_import_maps_every_parameter(weights_dir):
         pth = weights_dir / relative / "model_epoch_20.pth"
         checkpoint = read_published(pth)
         theirs = torch.load(pth, map_location="cpu", weights_only=True)
-        assert sum(t.numel() for t in theirs.values()) == sum(t.numel() for t in checkpoint.state_dict.values())
+        assert sum(t.numel() for t in theirs.values()) == sum(
+            t.numel() for t in checkpoint.state_dict.values()
+        )
         assert checkpoint.provenance["source"] == name
         assert checkpoint.provenance["weights_sha256"] == PUBLISHED[name].sha256
         prefix = "module." if name == "neurt-microns" else "module.bert."
         q, k, v = (theirs[f"{prefix}blocks.2.attn.proj_{x}.weight"] for x in "qkv")
-        torch.testing.assert_close(checkpoint.state_dict["blocks.2.attn.qkv.weight"], torch.cat([q, k, v]))
+        torch.testing.assert_close(
+            checkpoint.state_dict["blocks.2.attn.qkv.weight"], torch.cat([q, k, v])
+        )
     assert checkpoint.class_names == ("wild type", "5xFAD")
     assert checkpoint.config.n_classes == 2 and checkpoint.config.n_head == 4
 
 
 def test_imported_checkpoint_gives_the_same_outputs(weights_dir, tmp_path):
-    published_model = load_model(weights_dir / "bert_classifier" / "model_epoch_20.pth", device="cpu")
+    published_model = load_model(
+        weights_dir / "bert_classifier" / "model_epoch_20.pth", device="cpu"
+    )
     folder = published_model.save(tmp_path / "neurt-5xfad")
     assert (folder / WEIGHTS_NAME).read_bytes()[:8] != b"PK\x03\x04"  # not a torch zip/pickle
     ours = load_model(folder, device="cpu")

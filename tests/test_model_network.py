@@ -29,7 +29,7 @@ def test_sdpa_and_exact_paths_agree():
         fast_logits, fast_weights, _ = network.classify_windows(tokens)
         exact_logits, exact_weights, _ = network.classify_windows(tokens, exact=True)
     assert no_maps is None and len(maps) == 2
-    for fast, exact in zip(fast_outputs, exact_outputs):
+    for fast, exact in zip(fast_outputs, exact_outputs, strict=True):
         torch.testing.assert_close(fast, exact, atol=1e-5, rtol=0)
     torch.testing.assert_close(network(tokens), network(tokens, exact=True), atol=1e-5, rtol=0)
     torch.testing.assert_close(fast_logits, exact_logits, atol=1e-5, rtol=0)
@@ -41,7 +41,7 @@ def test_sdpa_and_exact_paths_agree():
 
 
 def test_exact_maps_are_the_attention_used():
-    """The maps returned by the exact path are what weighs the values: recompute one block by hand."""
+    """The maps the exact path returns are what weighs the values: one block, by hand."""
     network = small_network()
     tokens = torch.rand(2, 32, 5)
     with torch.inference_mode():
@@ -70,17 +70,23 @@ def test_recording_head_is_gated_attention_over_neurons():
         logits, weights = network.classify_recording(neurons)
         order = torch.randperm(7)
         logits_permuted, weights_permuted = network.classify_recording(neurons[order])
-        batched_logits, batched_weights = network.classify_recording(torch.stack([neurons, neurons[order]]))
+        batched_logits, batched_weights = network.classify_recording(
+            torch.stack([neurons, neurons[order]])
+        )
     assert logits.shape == (2,) and weights.shape == (7,)
     torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
-    torch.testing.assert_close(weights_permuted, weights[order])  # one weight per neuron, follows it
+    torch.testing.assert_close(
+        weights_permuted, weights[order]
+    )  # one weight per neuron, follows it
     torch.testing.assert_close(logits_permuted, logits, atol=1e-6, rtol=0)  # order does not matter
     torch.testing.assert_close(batched_logits[1], logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(batched_weights[0], weights)
     # gated: a neuron whose gate is closed gets the weight of a zero score
     head = network.recording_head
     with torch.no_grad():
-        score = head.score(torch.tanh(head.value(neurons)) * torch.sigmoid(head.gate(neurons))).squeeze(-1)
+        score = head.score(
+            torch.tanh(head.value(neurons)) * torch.sigmoid(head.gate(neurons))
+        ).squeeze(-1)
     torch.testing.assert_close(weights, score.softmax(0))
 
 

@@ -42,7 +42,9 @@ def test_reconstruction_parity(models, reference):
     hide = np.zeros(reference["windows"].shape[:2], dtype=bool)
     hide[:, reference["masked_positions"]] = True
     # the public API (fast path: SDPA + fused LayerNorm) on the unmasked windows, hiding the steps
-    assert max_error(recon.reconstruct(reference["windows"], hide), reference["recon_output"]) <= ATOL
+    assert (
+        max_error(recon.reconstruct(reference["windows"], hide), reference["recon_output"]) <= ATOL
+    )
     with torch.inference_mode():
         x = torch.from_numpy(reference["masked_windows"])
         outputs, maps = recon.module.encode(x, exact=True)
@@ -59,7 +61,9 @@ def test_classifier_parity(models, reference):
     windows = reference["windows"]
     with torch.inference_mode():
         for exact in (False, True):
-            logits, pool_weights, _ = classifier.module.classify_windows(torch.from_numpy(windows), exact=exact)
+            logits, pool_weights, _ = classifier.module.classify_windows(
+                torch.from_numpy(windows), exact=exact
+            )
             assert max_error(logits, reference["classifier_logits"]) <= ATOL
             assert max_error(pool_weights, reference["classifier_pool_weights"]) <= ATOL
     maps = classifier.attention_maps(windows[0])
@@ -82,6 +86,9 @@ def test_fast_and_exact_paths_agree_on_published_weights(models, reference):
     x = torch.from_numpy(reference["windows"])
     with torch.inference_mode():
         assert max_error(recon.module(x), recon.module(x, exact=True).numpy()) <= ATOL
-        fast, exact = classifier.module.classify_windows(x), classifier.module.classify_windows(x, exact=True)
-        for a, b in zip(fast, exact):
+        fast, exact = (
+            classifier.module.classify_windows(x),
+            classifier.module.classify_windows(x, exact=True),
+        )
+        for a, b in zip(fast, exact, strict=True):
             assert max_error(a, b.numpy()) <= ATOL

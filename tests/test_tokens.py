@@ -43,7 +43,9 @@ def reference_tokens(traces, centroids, delta):
 def recording_arrays():
     rng = np.random.default_rng(7)
     n, t = 30, 120
-    traces = (rng.normal(size=(n, t)).cumsum(1) * rng.uniform(0.1, 10, (n, 1)) + rng.normal(0, 50, (n, 1)))
+    traces = rng.normal(size=(n, t)).cumsum(1) * rng.uniform(0.1, 10, (n, 1)) + rng.normal(
+        0, 50, (n, 1)
+    )
     # integer centroids on a small grid: many pairs at exactly delta (ties), one coincident pair
     centroids = rng.integers(0, 12, size=(n, 2)).astype(float)
     centroids[1] = centroids[0]
@@ -140,7 +142,9 @@ def test_tiny_recordings():
     np.testing.assert_allclose(one.tokens[0, :, 0], np.linspace(0, 1, 6))
     np.testing.assert_array_equal(one.tokens[..., 1:], 0)  # no neighbour at all: 0 mean, 0 std
     assert one.fallback.all()
-    two = neighborhood_tokens(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 1.0]]), 5.0)
+    two = neighborhood_tokens(
+        np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 1.0]]), 5.0
+    )
     np.testing.assert_allclose(two.tokens[0, :, 1], [1, 0])  # the other neuron, std 0
     np.testing.assert_array_equal(two.tokens[..., 2], 0)
 
@@ -164,7 +168,7 @@ def test_span_mask_is_seeded_and_hides_about_the_ratio():
     np.testing.assert_array_equal(first, span_mask(50, 2000, ratio=0.15, max_span=10, seed=1))
     assert not np.array_equal(first, span_mask(50, 2000, ratio=0.15, max_span=10, seed=2))
     assert 0.11 < first.mean() < 0.16
-    # spans: runs of hidden frames, none longer than... overlapping spans may join, but most are short
+    # many separate spans (overlapping spans join, so count the starts of runs of hidden frames)
     edges = np.diff(first.astype(int), axis=1)
     assert (edges == 1).sum() > 50 * 2000 * 0.15 / 10
     assert not span_mask(4, 100, ratio=0.0).any()

@@ -21,43 +21,84 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- NEuRT model: reconstruct, classify, import-weights -------------------------------------------
 def _add_model_options(p: argparse.ArgumentParser, task: str) -> None:
-    p.add_argument("recordings", nargs="+", metavar="RECORDING",
-                   help="recordings in any format napari_neurt.io.read_recording reads "
-                        "(suite2p folder, CaImAn .hdf5, .nwb, .npz, TIFF movie with --labels)")
-    p.add_argument("--model", default="default", metavar="SOURCE",
-                   help="'default', 'neurt-microns', 'neurt-5xfad', a checkpoint folder or a .pth "
-                        "(default: default)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--out", metavar="DIR", help="write results here (default: next to each recording)")
-    p.add_argument("--delta", type=float, metavar="D",
-                   help="neighbourhood radius: micrometres when the pixel size is known, else pixels "
-                        "(default: the model's, else 50 um / the 10th-nearest-neighbour distance)")
-    p.add_argument("--overlap", type=int, metavar="FRAMES", help="window overlap (default seq_len/2)")
+    p.add_argument(
+        "recordings",
+        nargs="+",
+        metavar="RECORDING",
+        help="recordings in any format napari_neurt.io.read_recording reads "
+        "(suite2p folder, CaImAn .hdf5, .nwb, .npz, TIFF movie with --labels)",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="SOURCE",
+        help="'default', 'neurt-microns', 'neurt-5xfad', a checkpoint folder or a .pth "
+        "(default: default)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write results here (default: next to each recording)"
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        metavar="D",
+        help="neighbourhood radius: micrometres when the pixel size is known, else pixels "
+        "(default: the model's, else 50 um / the 10th-nearest-neighbour distance)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        metavar="FRAMES",
+        help="least overlap of consecutive windows (default seq_len / 4)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)")
-    p.add_argument("--labels", metavar="PATH", help="ROIs for TIFF movies (label image or ImageJ ROIs)")
+    p.add_argument(
+        "--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)"
+    )
+    p.add_argument(
+        "--labels", metavar="PATH", help="ROIs for TIFF movies (label image or ImageJ ROIs)"
+    )
     p.add_argument("--csv", action="store_true", help="also write a per-neuron CSV table")
     p.set_defaults(task=task)
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="hide random spans of each neuron's activity and reconstruct "
-                                           "them with NEuRT (one results .npz per recording)")
+    p = sub.add_parser(
+        "reconstruct",
+        help="hide random spans of each neuron's activity and reconstruct "
+        "them with NEuRT (one results .npz per recording)",
+    )
     _add_model_options(p, "reconstruct")
-    p.add_argument("--hide-ratio", type=float, default=0.15,
-                   help="fraction of frames hidden in random spans, as in NEuRT pretraining (default "
-                        "0.15; 0 hides nothing)")
-    p.add_argument("--max-span", type=int, default=10, help="longest hidden span in frames (default 10)")
-    p.add_argument("--channels", choices=("all", "own"), default="all",
-                   help="hide all features of a hidden frame (published) or only the own trace")
+    p.add_argument(
+        "--hide-ratio",
+        type=float,
+        default=0.15,
+        help="fraction of frames hidden in random spans, as in NEuRT pretraining (default "
+        "0.15; 0 hides nothing)",
+    )
+    p.add_argument(
+        "--max-span", type=int, default=10, help="longest hidden span in frames (default 10)"
+    )
+    p.add_argument(
+        "--channels",
+        choices=("all", "own"),
+        default="all",
+        help="hide all features of a hidden frame (published) or only the own trace",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the hidden spans (default 0)")
     p.set_defaults(func=_run_model_task)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="classify each neuron and each recording with a NEuRT "
-                                        "classifier (one results .npz per recording)")
+    p = sub.add_parser(
+        "classify",
+        help="classify each neuron and each recording with a NEuRT "
+        "classifier (one results .npz per recording)",
+    )
     _add_model_options(p, "classify")
     p.set_defaults(func=_run_model_task)
 
@@ -85,29 +126,58 @@ def _run_model_task(args: argparse.Namespace) -> int:
     for number, source in enumerate(mine, 1):
         label = f"{prefix}[{number}/{len(mine)}] {source}"
         try:
-            recording = io.read_recording(source, labels=args.labels, frame_rate=args.frame_rate,
-                                          pixel_size_um=args.pixel_size)
-            options = dict(delta=args.delta, overlap=args.overlap, batch_size=args.batch_size,
-                           progress=_progress_printer(label))
+            recording = io.read_recording(
+                source,
+                labels=args.labels,
+                frame_rate=args.frame_rate,
+                pixel_size_um=args.pixel_size,
+            )
+            options = dict(
+                delta=args.delta,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                progress=_progress_printer(label),
+            )
             if args.task == "reconstruct":
-                options.update(hide_ratio=args.hide_ratio, max_span=args.max_span, seed=args.seed,
-                               channels=args.channels)
+                options.update(
+                    hide_ratio=args.hide_ratio,
+                    max_span=args.max_span,
+                    seed=args.seed,
+                    channels=args.channels,
+                )
                 arrays = batch.reconstruct_recording(model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")
                 summary = f"median R^2 on hidden frames {np.nanmedian(arrays['r2_hidden']):.3f}"
             else:
                 arrays = batch.classify_recording(model, recording, **options)
-                columns = ("neuron_ids", "neuron_probability", "neuron_attention", "fallback",
-                           "n_near", "n_far")
-                summary = (f"P({arrays['class_names'][1]}) = {float(arrays['recording_probability']):.3f}")
+                columns = (
+                    "neuron_ids",
+                    "neuron_probability",
+                    "neuron_attention",
+                    "fallback",
+                    "n_near",
+                    "n_far",
+                )
+                summary = (
+                    f"P({arrays['class_names'][1]}) = {float(arrays['recording_probability']):.3f}"
+                )
             options.pop("progress")
-            parameters = {"command": args.task, "recording": str(source), "model": str(args.model),
-                          **options, "frame_rate": recording.frame_rate,
-                          "pixel_size_um": recording.pixel_size_um,
-                          "napari_neurt": __version__}
-            out = batch.write_results(batch.results_path(source, args.task, args.out), arrays,
-                                      model=model, parameters=parameters,
-                                      csv_columns=columns if args.csv else ())
+            parameters = {
+                "command": args.task,
+                "recording": str(source),
+                "model": str(args.model),
+                **options,
+                "frame_rate": recording.frame_rate,
+                "pixel_size_um": recording.pixel_size_um,
+                "napari_neurt": __version__,
+            }
+            out = batch.write_results(
+                batch.results_path(source, args.task, args.out),
+                arrays,
+                model=model,
+                parameters=parameters,
+                csv_columns=columns if args.csv else (),
+            )
             print(f"{label}: {summary} -> {out}")
         except (FileNotFoundError, ValueError) as error:
             failed += 1
@@ -127,11 +197,18 @@ def _progress_printer(label: str):
 
 
 def _add_import_weights(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-weights", help="convert a published NEuRT .pth state dict into a "
-                                              "napari-neurt checkpoint (safetensors + JSON)")
+    p = sub.add_parser(
+        "import-weights",
+        help="convert a published NEuRT .pth state dict into a "
+        "napari-neurt checkpoint (safetensors + JSON)",
+    )
     p.add_argument("pth", help="published state dict (read with torch.load(weights_only=True))")
-    p.add_argument("-o", "--out", metavar="DIR",
-                   help="checkpoint folder to write (default: <pth without suffix>.neurt next to it)")
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="DIR",
+        help="checkpoint folder to write (default: <pth without suffix>.neurt next to it)",
+    )
     p.set_defaults(func=_run_import_weights)
 
 
@@ -145,12 +222,19 @@ def _run_import_weights(args: argparse.Namespace) -> int:
     provenance = dict(checkpoint.provenance)
     provenance["imported_from_sha256"] = provenance.pop("weights_sha256")
     provenance.pop("path", None)
-    save_checkpoint(out, checkpoint.build(), class_names=checkpoint.class_names,
-                    tokens=checkpoint.tokens, frame_rate_hz=checkpoint.frame_rate_hz,
-                    provenance=provenance)
-    print(f"{args.pth} ({provenance.get('source')}, sha256 {provenance['imported_from_sha256']}) -> {out}")
+    save_checkpoint(
+        out,
+        checkpoint.build(),
+        class_names=checkpoint.class_names,
+        tokens=checkpoint.tokens,
+        frame_rate_hz=checkpoint.frame_rate_hz,
+        provenance=provenance,
+    )
+    print(
+        f"{args.pth} ({provenance.get('source')}, "
+        f"sha256 {provenance['imported_from_sha256']}) -> {out}"
+    )
     return 0
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurt", description=__doc__)

@@ -30,21 +30,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICE_CHOICES)}") from None
+        raise ValueError(
+            f"unknown device {device!r}; use one of {', '.join(DEVICE_CHOICES)}"
+        ) from None
 
     if resolved.type == "cpu":
         return resolved
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here ({available()})")
+            raise ValueError(
+                f"device {name!r} asked for, but CUDA is not available here ({available()})"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(
-                f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA device(s)"
+                f"device {name!r} asked for, but CUDA has {torch.cuda.device_count()} device(s)"
             )
         return resolved
     if resolved.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device 'mps' asked for, but Apple MPS is not available here ({available()})")
+            raise ValueError(
+                f"device 'mps' asked for, but Apple MPS is not available here ({available()})"
+            )
         return resolved
     raise ValueError(f"unsupported device {device!r}; use one of {', '.join(DEVICE_CHOICES)}")
 

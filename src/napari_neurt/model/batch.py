@@ -27,8 +27,10 @@ from .inference import DEFAULT_BATCH_SIZE, NeurtModel
 from .tokens import span_mask
 
 
-def shard(paths: Sequence[Any], rank: int | None = None, world_size: int | None = None) -> list[Any]:
-    """This process's share of `paths`: paths[rank::world_size] (from RANK / WORLD_SIZE by default)."""
+def shard(
+    paths: Sequence[Any], rank: int | None = None, world_size: int | None = None
+) -> list[Any]:
+    """This process's share of `paths`: paths[rank::world_size] (RANK, WORLD_SIZE by default)."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
@@ -36,7 +38,9 @@ def shard(paths: Sequence[Any], rank: int | None = None, world_size: int | None 
     return list(paths)[rank::world_size]
 
 
-def results_path(source: str | os.PathLike, task: str, out_dir: str | os.PathLike | None = None) -> Path:
+def results_path(
+    source: str | os.PathLike, task: str, out_dir: str | os.PathLike | None = None
+) -> Path:
     """Where the results of `task` on the recording at `source` go."""
     source = Path(source)
     name = source.name if source.is_dir() else source.stem
@@ -63,7 +67,9 @@ def reconstruct_recording(
     no frame is hidden or the hidden frames are constant).
     """
     tokens = model.tokens_for(recording, delta)
-    hide = span_mask(recording.n_neurons, recording.n_frames, ratio=hide_ratio, max_span=max_span, seed=seed)
+    hide = span_mask(
+        recording.n_neurons, recording.n_frames, ratio=hide_ratio, max_span=max_span, seed=seed
+    )
     reconstruction = model.reconstruct(
         tokens, hide, channels=channels, overlap=overlap, batch_size=batch_size, progress=progress
     )
@@ -130,7 +136,9 @@ def write_results(
         with atomic_path(path.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(csv_columns)
-            writer.writerows(zip(*(np.asarray(arrays[c]).tolist() for c in csv_columns)))
+            writer.writerows(
+                zip(*(np.asarray(arrays[c]).tolist() for c in csv_columns), strict=True)
+            )
     return path
 
 

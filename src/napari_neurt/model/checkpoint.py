@@ -47,7 +47,9 @@ class Checkpoint:
 
     def build(self) -> Neurt:
         """A `Neurt` module holding these weights (after checking that they fit the config)."""
-        check_state_dict(self.config, self.state_dict, where=self.provenance.get("path", "checkpoint"))
+        check_state_dict(
+            self.config, self.state_dict, where=self.provenance.get("path", "checkpoint")
+        )
         module = Neurt(self.config)
         module.load_state_dict(self.state_dict, strict=True)
         return module.eval()
@@ -67,7 +69,9 @@ def save_checkpoint(
     config = module.config
     class_names = tuple(str(name) for name in class_names)
     if config.n_classes and len(class_names) != config.n_classes:
-        raise ValueError(f"the model has {config.n_classes} classes but {len(class_names)} class names")
+        raise ValueError(
+            f"the model has {config.n_classes} classes but {len(class_names)} class names"
+        )
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -86,7 +90,7 @@ def save_checkpoint(
 
 
 def checkpoint_folder(path: str | os.PathLike) -> Path:
-    """The checkpoint folder for `path`: the folder itself, or the folder of its config/weights file."""
+    """The checkpoint folder for `path`: the folder, or the one holding this config/weights file."""
     path = Path(path)
     folder = path.parent if path.name in (CONFIG_NAME, WEIGHTS_NAME) else path
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
@@ -130,7 +134,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     )
 
 
-def check_state_dict(config: NeurtConfig, state_dict: dict[str, torch.Tensor], where: str = "") -> None:
+def check_state_dict(
+    config: NeurtConfig, state_dict: dict[str, torch.Tensor], where: str = ""
+) -> None:
     """Raise a ValueError that lists every tensor missing, unexpected or of the wrong shape."""
     with torch.device("meta"):  # shapes only: allocates nothing
         expected = {name: tuple(t.shape) for name, t in Neurt(config).state_dict().items()}
@@ -144,7 +150,9 @@ def check_state_dict(config: NeurtConfig, state_dict: dict[str, torch.Tensor], w
         problems.append("tensors the config has no place for: " + ", ".join(unexpected))
     for name in sorted(set(expected) & set(found)):
         if expected[name] != found[name]:
-            problems.append(f"{name}: the config needs shape {expected[name]}, the weights have {found[name]}")
+            problems.append(
+                f"{name}: the config needs shape {expected[name]}, the weights have {found[name]}"
+            )
     if problems:
         raise ValueError(
             f"{where or 'checkpoint'}: the model config does not match the weights "

@@ -6,17 +6,18 @@ token settings, provenance). Its long methods exist twice, the Progress protocol
 `Progress` after each batch and return the result; ``reconstruct`` / ``classify`` drive them with
 `run_steps` (optional progress callback and stop flag).
 
-A recording of T frames is cut into windows of ``seq_len`` frames that overlap by ``overlap``
-frames, the last one ending on the last frame; a recording shorter than ``seq_len`` is one window
-of its own length. Per-frame outputs of overlapping windows are averaged with a Hann taper
-(`window_taper`), so that each window counts least near its edges, where it sees the least
-context, and the result has no seams.
+A recording of T frames is cut into windows of ``seq_len`` frames, evenly spaced from the first
+frame to the last and overlapping by at least ``overlap`` frames (default seq_len // 4); a
+recording shorter than ``seq_len`` is one window of its own length. Per-frame outputs of
+overlapping windows are averaged with a Hann taper (`window_taper`), so that each window counts
+least near its edges, where it sees the least context, and the result has no seams.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -82,14 +83,12 @@ class ClassificationResult:
 
 
 def window_starts(n_frames: int, length: int, overlap: int) -> np.ndarray:
-    """First frame of each window of `length` frames overlapping by `overlap`; the last ends at T."""
+    """First frames of the fewest windows of `length` frames that overlap by at least `overlap`
+    frames and cover [0, n_frames), evenly spaced: the first starts at 0, the last ends at T."""
     if n_frames <= length:
         return np.zeros(1, dtype=np.int64)
-    stride = length - overlap
-    starts = np.arange(0, n_frames - length + 1, stride, dtype=np.int64)
-    if starts[-1] != n_frames - length:
-        starts = np.append(starts, n_frames - length)
-    return starts
+    count = math.ceil((n_frames - length) / (length - overlap)) + 1
+    return np.round(np.linspace(0, n_frames - length, count)).astype(np.int64)
 
 
 def window_taper(length: int) -> np.ndarray:
@@ -122,7 +121,9 @@ class NeurtModel:
         self.bf16 = self.device.type == "cuda"
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "auto") -> NeurtModel:
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, device: str | torch.device = "auto"
+    ) -> NeurtModel:
         return cls(
             checkpoint.build(),
             class_names=checkpoint.class_names,
@@ -135,6 +136,11 @@ class NeurtModel:
     @property
     def config(self) -> NeurtConfig:
         return self.module.config
+
+    @property
+    def default_overlap(self) -> int:
+        """Frames shared by consecutive windows unless told otherwise: a quarter window."""
+        return self.config.seq_len // 4
 
     def __repr__(self) -> str:
         source = self.provenance.get("source") or self.provenance.get("path", "?")
@@ -149,7 +155,9 @@ class NeurtModel:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write this model as a napari-neurt checkpoint folder (safetensors + config.json)."""
-        provenance = {k: v for k, v in self.provenance.items() if k not in ("path", "weights_sha256")}
+        provenance = {
+            k: v for k, v in self.provenance.items() if k not in ("path", "weights_sha256")
+        }
         if "weights_sha256" in self.provenance:
             provenance["derived_from_sha256"] = self.provenance["weights_sha256"]
         return save_checkpoint(
@@ -187,7 +195,8 @@ class NeurtModel:
                 delta = float(self.token_settings["delta_px"])
         if self.frame_rate_hz and abs(recording.frame_rate / self.frame_rate_hz - 1) > 0.1:
             warnings.warn(
-                f"{recording.source or 'the recording'} is at {recording.frame_rate:g} Hz; this model "
+                f"{recording.source or 'the recording'} is at {recording.frame_rate:g} Hz; "
+                f"this model "
                 f"was trained at {self.frame_rate_hz:g} Hz, so its time scale differs",
                 stacklevel=2,
             )
@@ -212,7 +221,9 @@ class NeurtModel:
         `hide` is a bool (N, T) array of time steps hidden from the model: with ``channels="all"``
         all features of a hidden step are set to 0 (as in the published pretraining); with
         ``channels="own"`` only the neuron's own trace (feature 0) is, and the neighbourhood stays
-        visible. `overlap` is the overlap of consecutive windows in frames (default seq_len // 2).
+        visible. `overlap` is the least overlap of consecutive windows in frames (default
+        `default_overlap`, seq_len // 4): more costs more windows and puts every frame nearer
+        the middle of some window.
         `progress` is called with a `Progress` after each batch; `stop` (an Event or a callable)
         cancels between batches by raising `napari_neurt.Cancelled`.
         """
@@ -290,7 +301,9 @@ class NeurtModel:
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
             with self._inference():
-                logits, weights, embedding = self.module.classify_windows(x[neurons, frames].to(self.device))
+                logits, weights, embedding = self.module.classify_windows(
+                    x[neurons, frames].to(self.device)
+                )
             probabilities[first:last] = logits.float().softmax(dim=-1).cpu()
             pooled[first:last] = embedding.float().cpu()
             attention.index_put_((neurons, frames), weights.float().cpu() * taper, accumulate=True)
@@ -327,24 +340,32 @@ class NeurtModel:
         )
 
     # --- attention maps ---------------------------------------------------------------------
-    def attention_maps(self, tokens, *, start: int = 0, hide=None, channels: str = "all") -> np.ndarray:
+    def attention_maps(
+        self, tokens, *, start: int = 0, hide=None, channels: str = "all"
+    ) -> np.ndarray:
         """Self-attention of one window of one neuron: float32 (n_layer, n_head, W, W).
 
         `tokens` is one neuron's (T, F) tokens (or (1, T, F)); the window is frames
         [start, start + W) with W = min(seq_len, T). Row q of a map is how much time step q
         attends to each time step. `hide` / `channels` as in `reconstruct`.
         """
-        x = torch.as_tensor(np.asarray(tokens.tokens if isinstance(tokens, NeighborhoodTokens) else tokens))
+        x = torch.as_tensor(
+            np.asarray(tokens.tokens if isinstance(tokens, NeighborhoodTokens) else tokens)
+        )
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[0] != 1:
-            raise ValueError(f"attention_maps takes one neuron's tokens (T, F); got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"attention_maps takes one neuron's tokens (T, F); got shape {tuple(x.shape)}"
+            )
         x = self._check_tokens(x)
         hidden = self._check_hide(hide, x.shape[:2], channels)
         n_frames = x.shape[1]
         width = min(self.config.seq_len, n_frames)
         if not 0 <= start <= n_frames - width:
-            raise ValueError(f"start must be in [0, {n_frames - width}] for {n_frames} frames; got {start}")
+            raise ValueError(
+                f"start must be in [0, {n_frames - width}] for {n_frames} frames; got {start}"
+            )
         window = _hide(x[:, start : start + width], hidden[:, start : start + width], channels)
         with torch.inference_mode():  # float32 even on CUDA: maps are for reading, not for speed
             _, maps = self.module.encode(window.to(self.device), exact=True)
@@ -359,7 +380,7 @@ class NeurtModel:
         return stack
 
     def _batches(self, n_windows: int, batch_size: int, stage: str, step) -> Steps[None]:
-        """Run `step(first, last)` over window batches; on out-of-memory halve the batch and retry."""
+        """Run `step(first, last)` over batches of windows; out of memory: halve, retry."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         done = 0
@@ -373,7 +394,9 @@ class NeurtModel:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 batch_size = size // 2
-                log.warning("out of memory with %d windows per batch; retrying with %d", size, batch_size)
+                log.warning(
+                    "out of memory with %d windows per batch; retrying with %d", size, batch_size
+                )
                 continue
             done += size
             yield Progress(done, n_windows, stage)
@@ -393,32 +416,39 @@ class NeurtModel:
             raise ValueError("tokens have no frames")
         x = x.detach().to("cpu", torch.float32)
         if not torch.isfinite(x).all():
-            raise ValueError("tokens contain NaN or infinite values; neighborhood_tokens fills them")
+            raise ValueError(
+                "tokens contain NaN or infinite values; neighborhood_tokens fills them"
+            )
         return x
 
     def _check_hide(self, hide, shape: tuple[int, int], channels: str) -> torch.Tensor:
         if channels not in CHANNELS:
-            raise ValueError(f"channels must be one of {', '.join(map(repr, CHANNELS))}; got {channels!r}")
+            raise ValueError(
+                f"channels must be one of {', '.join(map(repr, CHANNELS))}; got {channels!r}"
+            )
         if hide is None:
             return torch.zeros(shape, dtype=torch.bool)
         hide = hide if isinstance(hide, torch.Tensor) else torch.as_tensor(np.asarray(hide))
         if hide.dtype != torch.bool:
             raise ValueError(f"hide must be a boolean array; got dtype {hide.dtype}")
         if tuple(hide.shape) != tuple(shape):
-            raise ValueError(f"hide must have the shape of the tokens' (neurons, frames) {tuple(shape)}; got {tuple(hide.shape)}")
+            raise ValueError(
+                f"hide must have the shape of the tokens' (neurons, frames) {tuple(shape)}; "
+                f"got {tuple(hide.shape)}"
+            )
         return hide.to("cpu")
 
     def _check_overlap(self, overlap: int | None) -> int:
         seq_len = self.config.seq_len
         if overlap is None:
-            return seq_len // 2
+            return self.default_overlap
         if not 0 <= int(overlap) < seq_len:
             raise ValueError(f"overlap must be in [0, {seq_len - 1}] frames; got {overlap}")
         return int(overlap)
 
 
 class _WindowPlan:
-    """Windows of every neuron, neuron-major: window w is neuron w // n_starts at start w % n_starts."""
+    """All neurons' windows, neuron-major: window w is neuron w // n_starts, start w % n_starts."""
 
     def __init__(self, n_neurons: int, n_frames: int, seq_len: int, overlap: int):
         self.length = min(seq_len, n_frames)
@@ -442,7 +472,7 @@ class _WindowPlan:
 
 
 def _hide(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> torch.Tensor:
-    """Zero the hidden time steps of gathered windows (a copy), in all features or feature 0 only."""
+    """Zero the hidden time steps of gathered windows (a copy): all features, or feature 0 only."""
     if not hidden.any():
         return windows
     if channels == "all":
@@ -452,7 +482,9 @@ def _hide(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> torch.T
 
 
 # --- loading ------------------------------------------------------------------------------------
-def load_model(source: str | os.PathLike = "default", device: str | torch.device = "auto") -> NeurtModel:
+def load_model(
+    source: str | os.PathLike = "default", device: str | torch.device = "auto"
+) -> NeurtModel:
     """Load NEuRT weights for inference.
 
     `source` is one of:
@@ -478,7 +510,8 @@ def _read_source(source: str | os.PathLike) -> Checkpoint:
         if not (folder / CONFIG_NAME).is_file():
             raise WeightsNotAvailable(
                 "napari-neurt does not ship its own NEuRT weights yet (they come with the training "
-                f"work). Use one of the published models for now: {', '.join(map(repr, PUBLISHED))}, "
+                "work). Use one of the published models for now: "
+                f"{', '.join(map(repr, PUBLISHED))}, "
                 "or the path to a checkpoint."
             )
         return read_checkpoint(Path(str(folder)))

@@ -6,8 +6,8 @@ see `tokens.py`). The maths is that of the published model, so its weights load 
 (`checkpoint.import_published`):
 
     x      = LayerNorm(Linear(tokens) + position[t])
-    block  : h = LayerNorm(x + proj(attention(x)));  x = LayerNorm(h + fc2(relu(fc1(h))))   (post-LN)
-    recon  = Linear(x_last)                                        one value per feature and time step
+    block  : h = LayerNorm(x + proj(attention(x)));  x = LayerNorm(h + fc2(relu(fc1(h))))  (post-LN)
+    recon  = Linear(x_last)                                     one value per feature and time step
     window = softmax_t(query . x_last[t]);  logits = Linear(sum_t window[t] x_last[t])
 
 Our one addition is the recording head: gated-attention multiple-instance pooling (Ilse et al.,
@@ -43,12 +43,16 @@ class NeurtConfig:
     n_ff: int = 512  # width of the feed-forward layer
     n_classes: int = 0  # 0: no window classifier
     mil_hidden: int = 0  # 0: no recording head; else width of its gated attention
-    norm_eps: float = 1e-12  # the published LayerNorm puts 1e-12 inside the square root, as torch does
+    norm_eps: float = (
+        1e-12  # the published LayerNorm puts 1e-12 inside the square root, as torch does
+    )
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"NeurtConfig.{name} must be at least 1; got {getattr(self, name)}")
+                raise ValueError(
+                    f"NeurtConfig.{name} must be at least 1; got {getattr(self, name)}"
+                )
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.n_classes < 0 or self.mil_hidden < 0:
@@ -110,7 +114,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(config.n_ff, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.fc(x)))
+        return self.proj(F.relu(self.fc(x), inplace=True))  # in place: saves a (B, T, n_ff) copy
 
 
 class Block(nn.Module):
@@ -131,7 +135,7 @@ class Block(nn.Module):
 
 
 class TimePool(nn.Module):
-    """Window classifier: attention pooling over time with one learned query, then a linear layer."""
+    """Window classifier: attention pooling over time with one learned query, then a linear map."""
 
     def __init__(self, config: NeurtConfig):
         super().__init__()
@@ -191,7 +195,9 @@ class Neurt(nn.Module):
         """
         B, T, _ = tokens.shape
         if T > self.config.seq_len:
-            raise ValueError(f"a window has at most seq_len={self.config.seq_len} time steps; got {T}")
+            raise ValueError(
+                f"a window has at most seq_len={self.config.seq_len} time steps; got {T}"
+            )
         x = self.ln_embed(self.embed(tokens) + self.pos.weight[:T], exact)
         outputs, maps = [], []
         for block in self.blocks:
@@ -206,22 +212,24 @@ class Neurt(nn.Module):
         return self.recon_head(outputs[-1])
 
     def classify_windows(self, tokens: torch.Tensor, exact: bool = False):
-        """tokens (B, T, F) -> window logits (B, n_classes), time weights (B, T), pooled (B, n_embd)."""
+        """tokens (B, T, F) -> logits (B, n_classes), time weights (B, T), pooled (B, n_embd)."""
         if self.time_pool is None:
-            raise ValueError("this model has no classifier head (it was trained for reconstruction only)")
+            raise ValueError(
+                "this model has no classifier head (it was trained for reconstruction only)"
+            )
         outputs, _ = self.encode(tokens, exact)
         return self.time_pool(outputs[-1])
 
     def classify_recording(self, neuron_embeddings: torch.Tensor):
-        """(..., N, n_embd) pooled neuron embeddings -> recording logits, neuron weights (..., N)."""
+        """Neurons' pooled embeddings (..., N, n_embd) -> logits, neuron weights (..., N)."""
         if self.recording_head is None:
             raise ValueError("this model has no recording head")
         return self.recording_head(neuron_embeddings)
 
 
 def _init_weights(module: nn.Module) -> None:
-    # Small normal weights (as BERT and GPT-2) keep the fresh network's outputs, and the time-pooling
-    # softmax, well conditioned; trained or imported weights overwrite all of this.
+    # Small normal weights (as BERT and GPT-2) keep a fresh network's outputs, and the time
+    # pooling softmax, well conditioned; trained or imported weights overwrite all of this.
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:

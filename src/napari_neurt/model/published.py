@@ -49,7 +49,7 @@ PUBLISHED = {
         repo_path="models/bert_recon/model_epoch_20.pth",
         sha256="10396b2b4b03b2d9f5a8c6f6a11c263ee912596600b2903ae80572517a921b5c",
         class_names=(),
-        description="NEuRT pretrained on MICrONS (visual cortex, two-photon) for masked reconstruction",
+        description="NEuRT pretrained on MICrONS (visual cortex, 2-photon), masked reconstruction",
     ),
     "neurt-5xfad": PublishedWeights(
         name="neurt-5xfad",
@@ -63,7 +63,7 @@ PUBLISHED = {
 
 
 class WeightsNotAvailable(FileNotFoundError):
-    """Published weights are neither in NEURT_WEIGHTS_DIR nor in the cache, and cannot be downloaded."""
+    """Published weights are neither in NEURT_WEIGHTS_DIR nor in the cache, nor downloadable."""
 
 
 def cache_dir() -> Path:
@@ -108,7 +108,8 @@ def fetch_published(name: str) -> Path:
     except Exception as error:  # no network, proxy, HTTP error, checksum mismatch...
         raise WeightsNotAvailable(
             f"could not get the published {name} weights ({type(error).__name__}: {error}). "
-            f"Download {weights.url} yourself and either save it as {folder / fname}, or put it in a "
+            f"Download {weights.url} yourself and either save it as {folder / fname}, "
+            "or put it in a "
             f"folder laid out as the repository's models/ folder ({weights.relative_path}) and set "
             f"{WEIGHTS_DIR_ENV} to that folder."
         ) from error
@@ -197,7 +198,9 @@ def read_published(path: str | os.PathLike) -> Checkpoint:
         state_dict["time_pool.query"] = state_dict["time_pool.query"].reshape(-1)
     left_over = sorted(set(raw_names) - used)
     if left_over:
-        raise ValueError(f"{path}: parameters this implementation does not know: {', '.join(left_over)}")
+        raise ValueError(
+            f"{path}: parameters this implementation does not know: {', '.join(left_over)}"
+        )
     state_dict = {name: t.to(torch.float32).contiguous() for name, t in state_dict.items()}
     check_state_dict(config, state_dict, where=str(path))
 
@@ -252,7 +255,9 @@ def _published_config(raw: dict[str, torch.Tensor], prefix: str, path: Path) -> 
         seq_len = raw[prefix + "embed.pos_embed.weight"].shape[0]
         n_ff = raw[prefix + "blocks.0.pwff.fc1.weight"].shape[0]
     except KeyError as error:
-        raise ValueError(f"{path} is not a published NEuRT state dict: no {error.args[0]}") from None
+        raise ValueError(
+            f"{path} is not a published NEuRT state dict: no {error.args[0]}"
+        ) from None
     n_layer = 0
     while f"{prefix}blocks.{n_layer}.proj.weight" in raw:
         n_layer += 1
@@ -264,11 +269,17 @@ def _published_config(raw: dict[str, torch.Tensor], prefix: str, path: Path) -> 
         n_head = int(settings.get("n_heads", n_head))
         unsupported = {
             "emb_norm": (settings.get("emb_norm", False), False),
-            "use_parametr_sharing_strategy": (settings.get("use_parametr_sharing_strategy", False), False),
+            "use_parametr_sharing_strategy": (
+                settings.get("use_parametr_sharing_strategy", False),
+                False,
+            ),
         }
         if head is not None:  # the classifier pools the last block's output
             unsupported["embedding_mode"] = (settings.get("embedding_mode", "last"), "last")
-            unsupported["block_embedding_mode"] = (settings.get("block_embedding_mode", "not_hidden"), "not_hidden")
+            unsupported["block_embedding_mode"] = (
+                settings.get("block_embedding_mode", "not_hidden"),
+                "not_hidden",
+            )
         wrong = [f"{k}={v!r} (supported: {ok!r})" for k, (v, ok) in unsupported.items() if v != ok]
         if wrong:
             raise ValueError(f"{settings_file}: unsupported published settings: {', '.join(wrong)}")

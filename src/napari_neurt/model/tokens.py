@@ -1,4 +1,4 @@
-"""Tokens: what NEuRT sees at each time step of each neuron, built as the published code builds them.
+"""Tokens: what NEuRT sees at each time step of each neuron, built as the published code does.
 
 For neuron i at frame t the token has 5 numbers (`FEATURES`):
 
@@ -53,7 +53,7 @@ class NeighborhoodTokens:
     tokens
         float32 (N, T, 5), features in the order of `FEATURES`.
     fallback
-        bool (N,): a group of this neuron had fewer than 2 neurons and was replaced (see module doc).
+        bool (N,): a group of this neuron had fewer than 2 neurons and was replaced (module doc).
     n_near, n_far
         int (N,): neurons strictly nearer / farther than `delta`, before any fallback.
     n_filled
@@ -86,8 +86,8 @@ def token_settings(delta_px: float | None = None, delta_um: float | None = None)
     return {
         "features": list(FEATURES),
         "normalisation": "min-max per neuron over the whole recording",
-        "groups": "centroid distance strictly below / strictly above delta; mean and sample std (ddof=1)",
-        "fallback": f"group with fewer than {MIN_GROUP} neurons -> the {MIN_GROUP} nearest / farthest neurons",
+        "groups": "centroid distance strictly below / above delta; mean and sample std (ddof=1)",
+        "fallback": f"group of under {MIN_GROUP} -> the {MIN_GROUP} nearest / farthest neurons",
         "delta_px": delta_px,
         "delta_um": delta_um,
         "default_delta_um": DEFAULT_DELTA_UM,
