@@ -158,7 +158,7 @@ def main() -> None:
     seq_len = model.config.seq_len
 
     def ours(x):
-        with model._inference():  # inference_mode, + bf16 autocast on CUDA
+        with model.inference_context():  # inference_mode, + bf16 autocast on CUDA
             return model.module(x)
 
     def eager(x):

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..progress import Progress, Steps, run_steps
+from ..progress import Progress, Steps, StopFlag, run_steps
 from ..recording import Recording
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
 from .neurt import Neurt, NeurtConfig
@@ -37,6 +38,10 @@ from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_pub
 from .tokens import NeighborhoodTokens, neighborhood_tokens, token_settings
 
 log = logging.getLogger(__name__)
+
+TokensLike = np.ndarray | torch.Tensor | NeighborhoodTokens  # (N, T, n_features)
+ProgressCallback = Callable[[Progress], object]
+Stop = StopFlag | Callable[[], bool]
 
 SOURCES = ("default", *PUBLISHED)
 CHANNELS = ("all", "own")
@@ -116,8 +121,8 @@ class NeurtModel:
         self.token_settings = dict(tokens or token_settings())
         self.frame_rate_hz = frame_rate_hz
         self.provenance = dict(provenance or {})
-        # bf16 autocast on CUDA only: there it is 2-3x faster and the outputs move ~1e-2; CPU and
-        # MPS stay float32 (exact parity with the published model).
+        # bf16 autocast on CUDA only, where tensor cores make it pay; CPU and MPS stay float32,
+        # which keeps parity with the published model. Set `bf16 = False` for float32 on CUDA.
         self.bf16 = self.device.type == "cuda"
 
     @classmethod
@@ -196,8 +201,7 @@ class NeurtModel:
         if self.frame_rate_hz and abs(recording.frame_rate / self.frame_rate_hz - 1) > 0.1:
             warnings.warn(
                 f"{recording.source or 'the recording'} is at {recording.frame_rate:g} Hz; "
-                f"this model "
-                f"was trained at {self.frame_rate_hz:g} Hz, so its time scale differs",
+                f"this model was trained at {self.frame_rate_hz:g} Hz, so its time scale differs",
                 stacklevel=2,
             )
         return neighborhood_tokens(
@@ -207,14 +211,14 @@ class NeurtModel:
     # --- reconstruction ---------------------------------------------------------------------
     def reconstruct(
         self,
-        tokens,
-        hide=None,
+        tokens: TokensLike,
+        hide: np.ndarray | torch.Tensor | None = None,
         *,
         channels: str = "all",
         overlap: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        progress=None,
-        stop=None,
+        progress: ProgressCallback | None = None,
+        stop: Stop | None = None,
     ) -> np.ndarray:
         """The model's reconstruction, float32 (N, T, F), of `tokens` (N, T, F).
 
@@ -234,8 +238,8 @@ class NeurtModel:
 
     def iter_reconstruct(
         self,
-        tokens,
-        hide=None,
+        tokens: TokensLike,
+        hide: np.ndarray | torch.Tensor | None = None,
         *,
         channels: str = "all",
         overlap: int | None = None,
@@ -252,7 +256,7 @@ class NeurtModel:
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
             batch = _hide(x[neurons, frames], hidden[neurons, frames], channels)
-            with self._inference():
+            with self.inference_context():
                 out = self.module(batch.to(self.device))
             total.index_put_((neurons, frames), out.float().cpu() * taper, accumulate=True)
 
@@ -263,12 +267,12 @@ class NeurtModel:
     # --- classification ---------------------------------------------------------------------
     def classify(
         self,
-        tokens,
+        tokens: TokensLike,
         *,
         overlap: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        progress=None,
-        stop=None,
+        progress: ProgressCallback | None = None,
+        stop: Stop | None = None,
     ) -> ClassificationResult:
         """Classify each neuron's windows and the recording as a whole; see `ClassificationResult`.
 
@@ -280,7 +284,11 @@ class NeurtModel:
         return run_steps(steps, progress=progress, stop=stop)
 
     def iter_classify(
-        self, tokens, *, overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        tokens: TokensLike,
+        *,
+        overlap: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Steps[ClassificationResult]:
         """`classify` as a generator of `Progress` that returns the `ClassificationResult`."""
         config = self.config
@@ -300,7 +308,7 @@ class NeurtModel:
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
-            with self._inference():
+            with self.inference_context():
                 logits, weights, embedding = self.module.classify_windows(
                     x[neurons, frames].to(self.device)
                 )
@@ -314,7 +322,7 @@ class NeurtModel:
         neuron_embedding = pooled.view(n, plan.n_starts, -1).mean(dim=1)
 
         if self.module.recording_head is not None:
-            with self._inference():
+            with self.inference_context():
                 logits, weights = self.module.classify_recording(neuron_embedding.to(self.device))
             recording_probability = float(logits.float().softmax(dim=-1)[1])
             neuron_attention = weights.float().cpu().numpy()
@@ -341,7 +349,12 @@ class NeurtModel:
 
     # --- attention maps ---------------------------------------------------------------------
     def attention_maps(
-        self, tokens, *, start: int = 0, hide=None, channels: str = "all"
+        self,
+        tokens: TokensLike,
+        *,
+        start: int = 0,
+        hide: np.ndarray | torch.Tensor | None = None,
+        channels: str = "all",
     ) -> np.ndarray:
         """Self-attention of one window of one neuron: float32 (n_layer, n_head, W, W).
 
@@ -372,14 +385,17 @@ class NeurtModel:
         return torch.stack([m[0] for m in maps]).float().cpu().numpy()
 
     # --- machinery --------------------------------------------------------------------------
-    def _inference(self):
+    def inference_context(self) -> contextlib.ExitStack:
+        """How `module` runs here: inference mode, plus bf16 autocast on CUDA when `bf16`."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         if self.bf16 and self.device.type == "cuda":
             stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
         return stack
 
-    def _batches(self, n_windows: int, batch_size: int, stage: str, step) -> Steps[None]:
+    def _batches(
+        self, n_windows: int, batch_size: int, stage: str, step: Callable[[int, int], None]
+    ) -> Steps[None]:
         """Run `step(first, last)` over batches of windows; out of memory: halve, retry."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
@@ -402,7 +418,7 @@ class NeurtModel:
             yield Progress(done, n_windows, stage)
         self.last_batch_size = batch_size
 
-    def _check_tokens(self, tokens) -> torch.Tensor:
+    def _check_tokens(self, tokens: TokensLike) -> torch.Tensor:
         if isinstance(tokens, NeighborhoodTokens):
             tokens = tokens.tokens
         x = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, torch.Tensor) else tokens)
@@ -421,7 +437,9 @@ class NeurtModel:
             )
         return x
 
-    def _check_hide(self, hide, shape: tuple[int, int], channels: str) -> torch.Tensor:
+    def _check_hide(
+        self, hide: np.ndarray | torch.Tensor | None, shape: tuple[int, int], channels: str
+    ) -> torch.Tensor:
         if channels not in CHANNELS:
             raise ValueError(
                 f"channels must be one of {', '.join(map(repr, CHANNELS))}; got {channels!r}"

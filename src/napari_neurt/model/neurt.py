@@ -3,7 +3,7 @@
 NEuRT (Raev et al., 2026) is a BERT-style encoder over one neuron's window of activity. Each time
 step is a token of `n_features` numbers (the neuron's own trace and summaries of its neighbours,
 see `tokens.py`). The maths is that of the published model, so its weights load unchanged
-(`checkpoint.import_published`):
+(`published.read_published`):
 
     x      = LayerNorm(Linear(tokens) + position[t])
     block  : h = LayerNorm(x + proj(attention(x)));  x = LayerNorm(h + fc2(relu(fc1(h))))  (post-LN)
@@ -17,8 +17,8 @@ neuron.
 Two paths compute the same function. The fast path (default) uses
 `F.scaled_dot_product_attention` and fused LayerNorm kernels and never builds the (T, T) attention
 maps. The exact path (``exact=True``) repeats the published arithmetic operation for operation
-(explicit softmax(q k^T / sqrt(d)), TF-style LayerNorm) and returns the maps; it reproduces the
-published model's numbers bit for bit on CPU. Their outputs agree to about 1e-5.
+(explicit softmax(q k^T / sqrt(d)), TF-style LayerNorm) and returns the maps; on CPU it gives
+the published model's numbers bit for bit. The two paths' outputs agree to about 1e-5.
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ class NeurtConfig:
     n_ff: int = 512  # width of the feed-forward layer
     n_classes: int = 0  # 0: no window classifier
     mil_hidden: int = 0  # 0: no recording head; else width of its gated attention
-    norm_eps: float = (
-        1e-12  # the published LayerNorm puts 1e-12 inside the square root, as torch does
-    )
+    # the published LayerNorm puts epsilon inside the square root, as torch's does
+    norm_eps: float = 1e-12
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff"):
