@@ -191,7 +191,7 @@ def main() -> None:
             frame_rate=30.0,
             pixel_size_um=1.0,
         )
-        batch_size = 256 if device.type == "cuda" else 64
+        batch_size = model.default_batch_size
         start = time.perf_counter()
         tokens = model.tokens_for(recording)
         tokens_done = time.perf_counter()

@@ -54,7 +54,9 @@ def _add_model_options(p: argparse.ArgumentParser, task: str) -> None:
         metavar="FRAMES",
         help="least overlap of consecutive windows (default seq_len / 4)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
+    p.add_argument(
+        "--batch-size", type=int, help="windows per batch (default: 8 on CPU, 256 on CUDA)"
+    )
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
     p.add_argument(
         "--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)"

@@ -23,7 +23,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..progress import Progress
 from ..recording import Recording
-from .inference import DEFAULT_BATCH_SIZE, NeurtModel
+from .inference import NeurtModel
 from .tokens import span_mask
 
 
@@ -57,7 +57,7 @@ def reconstruct_recording(
     seed: int = 0,
     channels: str = "all",
     overlap: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Callable[[Progress], object] | None = None,
 ) -> dict[str, np.ndarray]:
     """Hide random spans (as in NEuRT pretraining) and reconstruct them; arrays for a results file.
@@ -92,7 +92,7 @@ def classify_recording(
     *,
     delta: float | None = None,
     overlap: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Callable[[Progress], object] | None = None,
 ) -> dict[str, np.ndarray]:
     """Classify a recording; arrays for a results file."""

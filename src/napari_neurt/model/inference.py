@@ -45,7 +45,9 @@ Stop = StopFlag | Callable[[], bool]
 
 SOURCES = ("default", *PUBLISHED)
 CHANNELS = ("all", "own")
-DEFAULT_BATCH_SIZE = 64
+# Windows per batch unless told otherwise. On CPU small batches stay in cache and run fastest
+# (measured: 8 windows ~60/s, 64 windows ~50/s on 2 cores); GPUs want large ones.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 256, "mps": 64}
 TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge of a window
 
 
@@ -143,6 +145,11 @@ class NeurtModel:
         return self.module.config
 
     @property
+    def default_batch_size(self) -> int:
+        """Windows per batch unless told otherwise: 8 on CPU, 256 on CUDA, 64 on MPS."""
+        return DEFAULT_BATCH_SIZE.get(self.device.type, 64)
+
+    @property
     def default_overlap(self) -> int:
         """Frames shared by consecutive windows unless told otherwise: a quarter window."""
         return self.config.seq_len // 4
@@ -216,7 +223,7 @@ class NeurtModel:
         *,
         channels: str = "all",
         overlap: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         stop: Stop | None = None,
     ) -> np.ndarray:
@@ -227,7 +234,7 @@ class NeurtModel:
         ``channels="own"`` only the neuron's own trace (feature 0) is, and the neighbourhood stays
         visible. `overlap` is the least overlap of consecutive windows in frames (default
         `default_overlap`, seq_len // 4): more costs more windows and puts every frame nearer
-        the middle of some window.
+        the middle of some window. `batch_size` is in windows (default `default_batch_size`).
         `progress` is called with a `Progress` after each batch; `stop` (an Event or a callable)
         cancels between batches by raising `napari_neurt.Cancelled`.
         """
@@ -243,7 +250,7 @@ class NeurtModel:
         *,
         channels: str = "all",
         overlap: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> Steps[np.ndarray]:
         """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
         x = self._check_tokens(tokens)
@@ -270,7 +277,7 @@ class NeurtModel:
         tokens: TokensLike,
         *,
         overlap: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         stop: Stop | None = None,
     ) -> ClassificationResult:
@@ -288,7 +295,7 @@ class NeurtModel:
         tokens: TokensLike,
         *,
         overlap: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> Steps[ClassificationResult]:
         """`classify` as a generator of `Progress` that returns the `ClassificationResult`."""
         config = self.config
@@ -394,9 +401,10 @@ class NeurtModel:
         return stack
 
     def _batches(
-        self, n_windows: int, batch_size: int, stage: str, step: Callable[[int, int], None]
+        self, n_windows: int, batch_size: int | None, stage: str, step: Callable[[int, int], None]
     ) -> Steps[None]:
         """Run `step(first, last)` over batches of windows; out of memory: halve, retry."""
+        batch_size = self.default_batch_size if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         done = 0
