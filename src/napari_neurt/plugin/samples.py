@@ -1,19 +1,19 @@
-"""npe2 sample data: simulated recordings with their ground truth (no napari import needed)."""
+"""npe2 sample data: simulated recordings with their ground truth, as napari LayerData tuples.
+
+Nothing here imports napari: npe2 turns the tuples into layers.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import simulate
 
-#: Arguments of the two samples: small enough to open in a few seconds.
-TWO_PHOTON_SAMPLE: dict[str, Any] = {
-    "shape": (192, 192),
-    "n_cells": 110,
-    "n_frames": 900,
-    "seed": 0,
-}
-MINISCOPE_SAMPLE: dict[str, Any] = {"shape": (160, 160), "n_cells": 90, "n_frames": 600, "seed": 0}
+#: Arguments of the two samples: big enough to look like data, small enough to open in seconds.
+TWO_PHOTON_SAMPLE: dict[str, Any] = {"shape": (192, 192), "n_cells": 110, "n_frames": 900}
+MINISCOPE_SAMPLE: dict[str, Any] = {"shape": (160, 160), "n_cells": 90, "n_frames": 600}
 
 
 def sample_two_photon() -> list[tuple]:
@@ -27,43 +27,26 @@ def sample_miniscope() -> list[tuple]:
 
 
 def layer_data(simulation: simulate.SimulatedRecording, title: str) -> list[tuple]:
-    """napari LayerData tuples (movie image, ROI labels) of a simulation.
+    """napari LayerData tuples of a simulation: the movie (image) and its ROIs (labels).
 
     The labels layer's metadata holds the whole simulation under ``"neurt_ground_truth"``.
     """
     movie = simulation.movie
-    low, high = (float(v) for v in _percentiles(movie, (0.5, 99.9)))
-    image_metadata = {
-        "frame_rate": simulation.frame_rate,
-        "pixel_size_um": simulation.pixel_size_um,
-        "source": repr(simulation),
+    # A few frames suffice for display limits.
+    low, high = np.percentile(movie[:: max(1, len(movie) // 20)], (0.5, 99.9))
+    image = {
+        "name": f"{title} movie (simulated)",
+        "colormap": "gray",
+        "contrast_limits": (float(low), float(high)),
+        "metadata": {
+            "frame_rate": simulation.frame_rate,
+            "pixel_size_um": simulation.pixel_size_um,
+            "source": repr(simulation),
+        },
     }
-    return [
-        (
-            movie,
-            {
-                "name": f"{title} movie (simulated)",
-                "colormap": "gray",
-                "contrast_limits": (low, high),
-                "metadata": image_metadata,
-            },
-            "image",
-        ),
-        (
-            simulation.labels,
-            {
-                "name": f"{title} ROIs (simulated)",
-                "opacity": 0.4,
-                "metadata": {"neurt_ground_truth": simulation},
-            },
-            "labels",
-        ),
-    ]
-
-
-def _percentiles(movie, q):
-    # A few frames suffice for display limits; the whole movie would take longer than rendering.
-    import numpy as np
-
-    step = max(1, movie.shape[0] // 20)
-    return np.percentile(movie[::step], q)
+    labels = {
+        "name": f"{title} ROIs (simulated)",
+        "opacity": 0.4,
+        "metadata": {"neurt_ground_truth": simulation},
+    }
+    return [(movie, image, "image"), (simulation.labels, labels, "labels")]

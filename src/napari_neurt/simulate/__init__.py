@@ -23,13 +23,13 @@ presets. Every step is vectorised: the movie is ``traces (T, N) @ footprints (N,
 the smooth fields, rendered a chunk of frames at a time; there is no loop over frames.
 
 `INDICATORS` tabulates the kinetics of OGB-1, GCaMP6s/m/f, jGCaMP7s/f and jGCaMP8s/m/f, with
-sources. Parameters of the presets, measured on the default `two_photon()` (GCaMP6f, 30 Hz):
-resting somata give 40 photons per pixel per frame, so a soma's mean has about 2 % noise per
-frame and a single spike about 9 times the noise at its peak; neuropil and background add about
-half a soma's resting light to its pixels, and the neuropil's ΔF/F fluctuates by about 2 %.
-The mean of the movie in each label correlates with the true fluorescence at r > 0.9 for every
-cell (median 0.99). `miniscope()` is much harder: a background several times brighter than the
-cells, blurred by a 3.5 um point-spread function.
+sources. The default `two_photon()` (GCaMP6f, 30 Hz, an active population firing about 3 spikes
+per second) is a good but honest recording: a soma's mean has about 2 % shot noise per frame, a
+single spike peaks at about 9 times that, and neuropil and background add about half a soma's
+resting light to its pixels (see `TWO_PHOTON`). The mean of the movie in each label correlates
+with the true fluorescence at r > 0.9 for every cell (0.95 at worst, median 0.99; with suite2p's
+neuropil subtraction 0.96 at worst). `miniscope()` is much harder: out-of-focus light several
+times brighter than the cells, which are blurred by a 3.5 um point-spread function.
 """
 
 from .activity import Activity, assign_ensembles, ensemble_spikes

@@ -18,7 +18,8 @@ class Activity:
     neighbours tend to share activity. Each ensemble has Poisson events; at each of them, each
     member takes part with probability `participation`. Every event a neuron takes part in,
     private or shared, is a burst of ``1 + Poisson(mean - 1)`` spikes, delayed by exponentially
-    distributed latencies.
+    distributed latencies. The defaults describe an active population: about 3 spikes per second
+    per neuron on average, two thirds of the neurons in an ensemble.
 
     Attributes
     ----------
@@ -45,14 +46,14 @@ class Activity:
         Mean latency of a burst's spikes after its event.
     """
 
-    rate_hz: float = 1.2
+    rate_hz: float = 1.5
     rate_spread: float = 0.25
     burst_spikes: float = 1.8
     ensembles_per_mm2: float = 300.0
     ensemble_radius_um: float = 35.0
     membership: float = 0.85
-    event_rate_hz: float = 0.25
-    participation: float = 0.8
+    event_rate_hz: float = 0.3
+    participation: float = 0.9
     ensemble_burst_spikes: float = 3.0
     burst_duration_s: float = 0.05
 
@@ -93,35 +94,24 @@ def ensemble_spikes(
     ensembles = assign_ensembles(positions_um, rng=rng, activity=activity, extent_um=extent_um)
     n_neurons = len(positions_um)
     n_ensembles = int(ensembles.max(initial=-1)) + 1
+    duration = n_frames / frame_rate
     spikes = np.zeros((n_neurons, n_frames), dtype=np.int32)
 
+    # A Poisson process is a Poisson number of events at uniformly random times.
     rates = log_normal(activity.rate_hz, activity.rate_spread, n_neurons, rng)
-    private = rng.poisson(rates[:, None] / frame_rate, size=(n_neurons, n_frames))
-    neuron, frame = np.nonzero(private)
-    repeat = private[neuron, frame]
-    _add_bursts(
-        spikes,
-        np.repeat(neuron, repeat),
-        np.repeat(frame, repeat),
-        activity.burst_spikes,
-        frame_rate,
-        rng=rng,
-        activity=activity,
-    )
+    neuron = np.repeat(np.arange(n_neurons), rng.poisson(rates * duration))
+    time = rng.uniform(0, duration, neuron.size)
+    _add_bursts(spikes, neuron, time, activity.burst_spikes, activity, frame_rate, rng)
 
-    events = rng.poisson(activity.event_rate_hz / frame_rate, size=(n_ensembles, n_frames))
-    members = np.flatnonzero(ensembles >= 0)
-    member_row, frame = np.nonzero(events[ensembles[members]])
-    neuron = members[member_row]
-    takes_part = rng.binomial(events[ensembles[neuron], frame], activity.participation)
+    events = np.repeat(
+        np.arange(n_ensembles), rng.poisson(activity.event_rate_hz * duration, n_ensembles)
+    )
+    event_time = rng.uniform(0, duration, events.size)
+    event, neuron = _members_at_events(ensembles, events)
+    takes_part = rng.random(neuron.size) < activity.participation
+    time = event_time[event[takes_part]]
     _add_bursts(
-        spikes,
-        np.repeat(neuron, takes_part),
-        np.repeat(frame, takes_part),
-        activity.ensemble_burst_spikes,
-        frame_rate,
-        rng=rng,
-        activity=activity,
+        spikes, neuron[takes_part], time, activity.ensemble_burst_spikes, activity, frame_rate, rng
     )
     return spikes, ensembles
 
@@ -151,12 +141,25 @@ def assign_ensembles(
     return np.where(joins, nearest, -1).astype(np.int32)
 
 
-def _add_bursts(spikes, neuron, frame, mean_spikes, frame_rate, *, rng, activity) -> None:
-    """Add, in place, one burst of spikes per (neuron, frame) event."""
+def _members_at_events(ensembles: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (event, neuron) pair where the neuron belongs to the ensemble of the event."""
+    members = np.flatnonzero(ensembles >= 0)
+    members = members[np.argsort(ensembles[members], kind="stable")]  # grouped by ensemble
+    group_size = np.bincount(ensembles[members], minlength=events.max(initial=-1) + 1)
+    group_start = np.cumsum(group_size) - group_size
+    pairs_per_event = group_size[events]
+    event = np.repeat(np.arange(events.size), pairs_per_event)
+    rank_in_group = np.arange(event.size) - np.repeat(
+        np.cumsum(pairs_per_event) - pairs_per_event, pairs_per_event
+    )
+    return event, members[group_start[events[event]] + rank_in_group]
+
+
+def _add_bursts(spikes, neuron, time, mean_spikes, activity, frame_rate, rng) -> None:
+    """Add, in place, a burst of ``1 + Poisson(mean_spikes - 1)`` spikes per (neuron, time)."""
     n_spikes = 1 + rng.poisson(max(mean_spikes - 1.0, 0.0), size=neuron.size)
     neuron = np.repeat(neuron, n_spikes)
-    event_time = np.repeat(frame + rng.random(frame.size), n_spikes) / frame_rate
-    spike_time = event_time + rng.exponential(activity.burst_duration_s, size=neuron.size)
-    spike_frame = np.floor(spike_time * frame_rate).astype(np.int64)
-    inside = spike_frame < spikes.shape[1]
-    np.add.at(spikes, (neuron[inside], spike_frame[inside]), 1)
+    time = np.repeat(time, n_spikes) + rng.exponential(activity.burst_duration_s, size=neuron.size)
+    frame = np.floor(time * frame_rate).astype(np.int64)
+    inside = frame < spikes.shape[1]
+    np.add.at(spikes, (neuron[inside], frame[inside]), 1)

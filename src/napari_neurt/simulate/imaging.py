@@ -215,12 +215,8 @@ def population_field(
     node_y = np.arange(-sigma, shape[0] + sigma + spacing, spacing)
     node_x = np.arange(-sigma, shape[1] + sigma + spacing, spacing)
     # The Gaussian weight of neuron m at node (j, k) factorises into a row and a column term.
-    weight_y = np.exp(-((node_y[:, None] - positions[None, :, 0]) ** 2) / (2 * sigma**2)).astype(
-        np.float32
-    )
-    weight_x = np.exp(-((node_x[:, None] - positions[None, :, 1]) ** 2) / (2 * sigma**2)).astype(
-        np.float32
-    )
+    weight_y = _gaussian(node_y[:, None] - positions[None, :, 0], sigma)
+    weight_x = _gaussian(node_x[:, None] - positions[None, :, 1], sigma)
     weight = (weight_y[:, None, :] * weight_x[None, :, :]).reshape(-1, len(positions))
     weight /= np.maximum(weight.sum(1, keepdims=True), np.float32(1e-12))
     nodes = (weight @ np.asarray(activity, dtype=np.float32)).T
@@ -231,9 +227,14 @@ def population_field(
     )
 
 
+def _gaussian(distance: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-(distance**2) / (2 * sigma**2)).astype(np.float32)
+
+
 def _bump_basis(pixels: np.ndarray, nodes: np.ndarray, width: float) -> sparse.csr_array:
-    offset = (pixels[:, None] - nodes[None, :]) / width
-    basis = np.where(np.abs(offset) <= 3, np.exp(-(offset**2) / 2), 0.0)
+    """(pixels, nodes) weights of Gaussian bumps, cut at 3 widths, summing to 1 at each pixel."""
+    offset = pixels[:, None] - nodes[None, :]
+    basis = np.where(np.abs(offset) <= 3 * width, _gaussian(offset, width), 0.0)
     return sparse.csr_array(basis / basis.sum(1, keepdims=True))
 
 
@@ -271,9 +272,8 @@ def drift_trace(
     bleaching = np.exp(-time / bleach_time_s)
     sigma = max(timescale_s * frame_rate, 1e-3)
     pad = int(np.ceil(4 * sigma))
-    wander = ndimage.gaussian_filter1d(rng.standard_normal(n_frames + 2 * pad), sigma, mode="wrap")[
-        pad : -pad or None
-    ]
+    white = rng.standard_normal(n_frames + 2 * pad)  # padded: no edge effects
+    wander = ndimage.gaussian_filter1d(white, sigma)[pad : pad + n_frames]
     # Smoothing unit white noise with a Gaussian of sigma s leaves a standard deviation of
     # (4 pi s^2) ** -0.25.
     wander *= amplitude * (4 * np.pi * sigma**2) ** 0.25

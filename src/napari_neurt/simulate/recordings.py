@@ -289,12 +289,12 @@ def generate(
     movie = _render(
         fluorescence,
         footprints,
-        neuropil,
-        (neuropil_rest + background).astype(np.float32),
-        (imaging.neuropil_gain * neuropil_rest).astype(np.float32),
-        drift,
-        imaging,
-        noise_seed,
+        neuropil=neuropil,
+        static=(neuropil_rest + background).astype(np.float32),
+        neuropil_swing=(imaging.neuropil_gain * neuropil_rest).astype(np.float32),
+        drift=drift,
+        imaging=imaging,
+        noise_seed=noise_seed,
     )
     params = {
         "shape": shape,
@@ -352,7 +352,9 @@ def _cells(imaging, shape, n_cells, vessels, collection, rng):
     return centroids, footprints, somata, resting
 
 
-def _render(fluorescence, footprints, neuropil, static, neuropil_swing, drift, imaging, noise_seed):
+def _render(
+    fluorescence, footprints, *, neuropil, static, neuropil_swing, drift, imaging, noise_seed
+):
     """The uint16 movie, a chunk of frames at a time: expected photons, then detector noise.
 
     Expected photons are ``drift * (static + neuropil_swing * neuropil ΔF/F) + cells``; the
