@@ -169,10 +169,9 @@ def test_saturation_is_mild():
     linear = dataclasses.replace(indicator, saturation_spikes=None)
     bursts = np.zeros((3, 200))
     bursts[:, 0] = (1, 3, 10)
-    ratio = simulate.spikes_to_dff(bursts, indicator, 30.0).max(1) / simulate.spikes_to_dff(
-        bursts, linear, 30.0
-    ).max(1)
-    np.testing.assert_allclose(ratio, [1.0, 0.97, 0.76], atol=0.01)
+    saturated = simulate.spikes_to_dff(bursts, indicator, 30.0).max(axis=1)
+    proportional = simulate.spikes_to_dff(bursts, linear, 30.0).max(axis=1)
+    np.testing.assert_allclose(saturated / proportional, [1.0, 0.97, 0.76], atol=0.01)
 
 
 # -- activity --------------------------------------------------------------------------------------

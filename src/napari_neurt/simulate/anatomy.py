@@ -28,8 +28,14 @@ def place_cells(
         (height, width) of the image.
     radii
         (N,) radius of each cell, in pixels.
+    rng
+        Source of randomness.
     overlap
         Fraction of the sum of two radii by which two cells may overlap.
+    margin
+        Smallest distance of a centre from the image border, in pixels.
+    forbidden
+        Optional (H, W) boolean mask of pixels where no centre may fall.
 
     Raises
     ------
