@@ -4,7 +4,8 @@ Writes a synthetic uint16 TIFF movie (default 4000 x 512 x 512 = 2.1 GB) with 50
 with `tifffile.memmap`, and times, each in a fresh process so that peak resident memory is its own:
 
 - `sum pass`: one plain reduction over the memmap, chunk by chunk (the floor for any reader);
-- `extract`: `napari_neurt.extract_traces` (and with neuropil subtraction);
+- `extract`: `napari_neurt.extract_traces` with its default threads (one per CPU, at most 4),
+  with one thread, and with neuropil subtraction;
 - `naive loop`: ``movie[:, labels == i].mean(axis=1)`` per ROI, what a user would write; timed on
   a subset of ROIs and scaled linearly to all of them (it re-reads the movie for every ROI).
 
@@ -78,6 +79,8 @@ def run_method(method: str, movie_path: str, labels_path: str, chunk: int, naive
             total += int(movie[t0 : t0 + chunk].sum(dtype=np.uint64))
     elif method == "extract":
         extract_traces(movie, labels, chunk_size=chunk)
+    elif method == "extract, 1 thread":
+        extract_traces(movie, labels, chunk_size=chunk, workers=1)
     elif method == "extract + neuropil":
         extract_traces(movie, labels, chunk_size=chunk, neuropil=True)
     elif method == "naive loop":
@@ -121,7 +124,7 @@ def main() -> None:
         return json.loads(out.stdout)
 
     child("sum pass")  # warm the page cache so that every method reads from the same state
-    order = ["sum pass", "extract", "extract + neuropil", "sum pass", "naive loop"]
+    order = ["sum pass", "extract", "extract, 1 thread", "extract + neuropil", "sum pass", "naive loop"]
     results = [child(m) for m in order]
     floor = min(r["seconds"] for r in results if r["method"] == "sum pass")
 

@@ -11,6 +11,7 @@ from napari_neurt.extraction import (
     delta_f_over_f,
     iter_extract,
     neuropil_masks,
+    PixelGroups,
     pixel_groups,
     running_percentile,
 )
@@ -43,6 +44,7 @@ def test_matches_per_roi_means_for_any_labels_and_chunking(labels, n_frames, chu
     traces = extract_traces(movie, labels, chunk_size=chunk_size)
     assert traces.dtype == np.float32
     np.testing.assert_allclose(traces, naive_means(movie, labels), rtol=1e-5)
+    np.testing.assert_array_equal(extract_traces(movie, labels, chunk_size=chunk_size, workers=3), traces)
 
 
 def test_rows_follow_ascending_label_values_with_gaps():
@@ -102,16 +104,20 @@ def test_neuropil_subtraction_removes_a_shared_background():
 
 def test_pixel_groups_list_each_roi_then_its_annulus():
     labels = grid_labels()
-    ids, pixels, starts, rows = pixel_groups(labels, neuropil=True, min_pixels=50)
-    assert starts.size == 2 * len(ids)
-    np.testing.assert_array_equal(np.sort(rows), np.arange(2 * len(ids)))
-    bounds = np.r_[starts, pixels.size]
-    group_of_row = np.argsort(rows)
+    ids, groups = pixel_groups(labels, neuropil=True, min_pixels=50)
+    assert len(groups) == 2 * len(ids)
     for i, roi in enumerate(ids):
-        g = group_of_row[i]
-        np.testing.assert_array_equal(np.sort(pixels[bounds[g] : bounds[g + 1]]), np.flatnonzero(labels == roi))
-        g = group_of_row[len(ids) + i]
-        assert bounds[g + 1] - bounds[g] >= 50
+        np.testing.assert_array_equal(np.sort(groups[i]), np.flatnonzero(labels == roi))
+        assert groups[len(ids) + i].size >= 50
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 59), min_size=1, max_size=25, unique=True), min_size=1, max_size=8))
+def test_pixel_group_means_match_plain_means_for_overlapping_groups(groups):
+    groups = [np.array(g) for g in groups]
+    frames = np.random.default_rng(len(groups)).random((3, 60)).astype(np.float32)
+    means = PixelGroups.from_groups(groups).means(frames)
+    np.testing.assert_allclose(means, np.stack([frames[:, g].mean(axis=1) for g in groups], axis=1), rtol=1e-5)
 
 
 def test_reports_progress_and_cancels_between_chunks():

@@ -2,7 +2,8 @@
 
 The movie is read once, in chunks of frames, so memory stays bounded by the chunk size whatever
 the movie's length: a TIFF memmap larger than RAM streams through. Each chunk is reduced for all
-neurons at once (one gather of the ROI pixels, one segmented sum): no Python loop over neurons.
+neurons at once (one gather of the ROI pixels, segmented sums; see `PixelGroups`): no Python
+loop over neurons.
 
 Neuropil follows suite2p's convention: each ROI gets an annulus of pixels around it that belong
 to no ROI (nor to a small gap around any ROI), grown until it holds enough pixels, and the
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import mmap
 import os
-import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,28 +133,42 @@ def neuropil_masks(
     return masks
 
 
-def pixel_groups(labels: np.ndarray, *, neuropil: bool = False, **neuropil_options):
-    """The pixels to average for each ROI (and then for each neuropil annulus), as one flat list.
+@dataclass
+class PixelGroups:
+    """Groups of pixels (ROIs, neuropil annuli) to average in every frame, laid out for one gather
+    and one segmented sum (`np.add.reduceat`), which beats a sparse (group x pixel) matrix
+    product here. Groups may overlap (annuli do)."""
 
-    Returns ``(neuron_ids, pixels, starts, rows)``: group ``g`` is ``pixels[starts[g]:starts[g+1]]``
-    (flat indices into a frame) and its mean belongs in output row ``rows[g]``; rows are the ROIs
-    in ascending label order, then, with `neuropil`, their annuli in the same order. Groups are
-    laid out in the order the ROIs appear in the frame, so that the gather reads memory almost
-    sequentially (about 1.5x faster than label order). Annuli may share pixels.
-    """
+    pixels: np.ndarray  # flat frame indices, group after group
+    starts: np.ndarray  # where each group begins in `pixels`
+    sizes: np.ndarray  # pixels per group, float32
+
+    @classmethod
+    def from_groups(cls, groups: list[np.ndarray]) -> PixelGroups:
+        sizes = np.array([g.size for g in groups])
+        if (sizes == 0).any():
+            raise ValueError("every group needs at least one pixel")
+        return cls(
+            pixels=np.concatenate(groups).astype(np.intp),
+            starts=np.r_[0, np.cumsum(sizes)[:-1]].astype(np.intp),
+            sizes=sizes.astype(np.float32),
+        )
+
+    def means(self, frames: np.ndarray) -> np.ndarray:
+        """(frames, pixels of a frame) -> float32 (frames, groups) of group means."""
+        values = np.take(frames, self.pixels, axis=1).astype(np.float32, copy=False)
+        return np.add.reduceat(values, self.starts, axis=1) / self.sizes
+
+
+def pixel_groups(labels: np.ndarray, *, neuropil: bool = False, **neuropil_options):
+    """The pixel groups to average: each ROI in ascending label order, then (with `neuropil`) each
+    ROI's annulus in the same order. Returns ``(neuron_ids, groups)``, groups as flat indices."""
     labels = check_labels(labels)
     flat = labels.ravel()
     ids = label_ids(labels)
     in_roi = np.flatnonzero(flat)
-    roi_of_pixel = np.searchsorted(ids, flat[in_roi])
-    first_pixel = np.full(len(ids), flat.size)
-    np.minimum.at(first_pixel, roi_of_pixel, in_roi)
-    scan_order = np.argsort(first_pixel, kind="stable")  # ROI index of each group, in frame order
-    rank = np.empty_like(scan_order)
-    rank[scan_order] = np.arange(len(ids))
-    groups = [in_roi[np.argsort(rank[roi_of_pixel], kind="stable")]]
-    sizes = [np.bincount(roi_of_pixel, minlength=len(ids))[scan_order]]
-    rows = [scan_order]
+    by_label = in_roi[np.argsort(flat[in_roi], kind="stable")]
+    groups = np.split(by_label, np.cumsum(np.bincount(np.searchsorted(ids, flat[in_roi])))[:-1])
     if neuropil:
         annuli = neuropil_masks(labels, **neuropil_options)
         empty = [int(i) for i, a in zip(ids, annuli) if a.size == 0]
@@ -162,11 +177,8 @@ def pixel_groups(labels: np.ndarray, *, neuropil: bool = False, **neuropil_optio
                 f"ROIs {empty[:10]} have no neuropil pixels within max_radius: "
                 "raise max_radius or extract without neuropil"
             )
-        groups += [annuli[i] for i in scan_order]
-        sizes.append([annuli[i].size for i in scan_order])
-        rows.append(scan_order + len(ids))
-    starts = np.r_[0, np.cumsum(np.concatenate(sizes))[:-1]].astype(np.intp)
-    return ids, np.concatenate(groups).astype(np.intp), starts, np.concatenate(rows)
+        groups += annuli
+    return ids, groups
 
 
 # -- extraction ------------------------------------------------------------------------------------
@@ -177,6 +189,7 @@ def iter_extract(
     neuropil: bool = False,
     neuropil_coefficient: float = 0.7,
     chunk_size: int | None = None,
+    workers: int | None = None,
     **neuropil_options,
 ) -> Steps[Extraction]:
     """Step generator behind `extract_traces`: yields `Progress` after each chunk of frames.
@@ -184,24 +197,27 @@ def iter_extract(
     See `napari_neurt.progress` for how to drive it (``run_steps``, or ``yield from`` in a worker).
     """
     n_frames, height, width = check_movie(movie)
-    ids, pixels, starts, rows = pixel_groups(
-        check_labels(labels, (height, width)), neuropil=neuropil, **neuropil_options
-    )
-    sizes = np.diff(np.r_[starts, pixels.size]).astype(np.float32)
+    ids, groups = pixel_groups(check_labels(labels, (height, width)), neuropil=neuropil, **neuropil_options)
+    plan = PixelGroups.from_groups(groups)
     if chunk_size is None:
         frame_bytes = height * width * np.dtype(getattr(movie, "dtype", np.float32)).itemsize
         chunk_size = max(1, DEFAULT_CHUNK_BYTES // frame_bytes)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 frame; got {chunk_size}")
-    out = np.empty((starts.size, n_frames), dtype=np.float32)
-    read_frames = _frame_reader(movie, chunk_size)
-    for start in range(0, n_frames, chunk_size):
-        stop = min(start + chunk_size, n_frames)
-        frames = read_frames(start, stop).reshape(stop - start, height * width)
-        # np.take + reduceat over contiguous groups: faster than a sparse matrix product here
-        used = np.take(frames, pixels, axis=1).astype(np.float32, copy=False)
-        out[rows, start:stop] = (np.add.reduceat(used, starts, axis=1) / sizes).T
-        yield Progress(stop, n_frames, "extracting traces")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    out = np.empty((len(groups), n_frames), dtype=np.float32)
+    # numpy's gather and sums release the GIL, so the frames of a chunk are split between threads
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, n_frames, chunk_size):
+            stop = min(start + chunk_size, n_frames)
+            block = movie[start:stop]
+            frames = np.asarray(block).reshape(stop - start, height * width)
+            parts = np.array_split(np.arange(stop - start), min(workers, stop - start))
+            means = pool.map(lambda rows: plan.means(frames[rows[0] : rows[-1] + 1]), parts)
+            out[:, start:stop] = np.concatenate(list(means)).T
+            _release_pages(block)
+            yield Progress(stop, n_frames, "extracting traces")
     n = len(ids)
     return Extraction(
         neuron_ids=ids,
@@ -218,6 +234,7 @@ def extract_traces(
     neuropil: bool = False,
     neuropil_coefficient: float = 0.7,
     chunk_size: int | None = None,
+    workers: int | None = None,
     progress: Callable[[Progress], object] | None = None,
     stop: StopFlag | Callable[[], bool] | None = None,
     **neuropil_options,
@@ -235,6 +252,8 @@ def extract_traces(
         `neuropil_masks` for the annulus and its options `inner_radius`, `min_pixels`, `max_radius`).
     chunk_size
         Frames read at once (default: about 64 MiB of movie). Memory is bounded by it.
+    workers
+        Threads that share each chunk (default: up to 4, one per CPU).
     progress, stop
         Called with a `Progress` after each chunk / checked after each chunk: a set stop flag
         raises `napari_neurt.Cancelled`.
@@ -245,40 +264,26 @@ def extract_traces(
         neuropil=neuropil,
         neuropil_coefficient=neuropil_coefficient,
         chunk_size=chunk_size,
+        workers=workers,
         **neuropil_options,
     )
     return run_steps(steps, progress, stop).traces
 
 
-def _frame_reader(movie, chunk_size: int) -> Callable[[int, int], np.ndarray]:
-    """A function ``read(start, stop)`` returning frames ``movie[start:stop]`` as a numpy array.
+def _release_pages(block) -> None:
+    """Unmap the pages of a chunk read through a read-only or shared numpy memmap.
 
-    A C-contiguous numpy memmap (what `tifffile.memmap` gives) is read with ``os.preadv`` into one
-    reusable buffer instead of through its mapping: the file's pages then never enter this process's
-    resident memory (a mapping keeps every page it touched), and copying from the page cache is
-    cheaper than faulting the pages in. Anything else is sliced and converted with `np.asarray`.
+    A mapping keeps every page it touched resident; dropping them after each chunk keeps the file
+    in the page cache but out of this process's memory, so a movie larger than RAM streams through
+    with memory bounded by the chunk size.
     """
-    if not (isinstance(movie, np.memmap) and movie.flags.c_contiguous and getattr(movie, "_mmap", None)):
-        return lambda start, stop: np.asarray(movie[start:stop])
-    # the mapping starts at the memmap's offset rounded down to the allocation granularity; a view
-    # shares that mapping, so its file position follows from its address inside the mapping
-    mapping_start = movie.offset - movie.offset % mmap.ALLOCATIONGRANULARITY
-    mapping_address = np.frombuffer(movie._mmap, dtype=np.uint8, count=1).ctypes.data
-    file_position = mapping_start + movie.ctypes.data - mapping_address
-    frame_bytes = movie[0].nbytes
-    buffer = np.empty((chunk_size, *movie.shape[1:]), dtype=movie.dtype)
-    handle = open(movie.filename, "rb")  # noqa: SIM115 - closed by the finaliser below
-    weakref.finalize(buffer, handle.close)
-
-    def read(start: int, stop: int) -> np.ndarray:
-        frames = buffer[: stop - start]
-        wanted = frames.nbytes
-        got = os.preadv(handle.fileno(), [memoryview(frames).cast("B")], file_position + start * frame_bytes)
-        if got != wanted:
-            raise ValueError(f"{movie.filename} ended early: frames {start}-{stop} are missing (truncated file?)")
-        return frames
-
-    return read
+    mapping = getattr(block, "_mmap", None)
+    if mapping is None or getattr(block, "mode", "c") == "c" or not hasattr(mapping, "madvise"):
+        return  # not a memmap, or a private copy-on-write one whose changes must not be dropped
+    base = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    start = block.ctypes.data - base
+    aligned = start - start % mmap.PAGESIZE
+    mapping.madvise(mmap.MADV_DONTNEED, aligned, start + block.nbytes - aligned)
 
 
 # -- dF/F ------------------------------------------------------------------------------------------
