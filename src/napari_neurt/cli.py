@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -238,6 +239,125 @@ def _run_import_weights(args: argparse.Namespace) -> int:
     )
     return 0
 
+# --- training: pretrain --------------------------------------------------------------------------
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain NEuRT by masked reconstruction on recordings (resumable; several GPUs or "
+        "nodes with torchrun)",
+    )
+    p.add_argument(
+        "recordings",
+        nargs="*",
+        metavar="RECORDING",
+        help="recordings in any format napari_neurt.io.read_recording reads",
+    )
+    p.add_argument("--list", metavar="TXT", help="a text file naming one recording per line")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="checkpoint folder (resumed if it holds a run)"
+    )
+    p.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="weights to start from ('neurt-microns', a checkpoint, a .pth); default: a fresh "
+        "network of the published shape",
+    )
+    p.add_argument(
+        "--shape",
+        metavar="JSON",
+        help='NeurtConfig fields of a fresh network, e.g. \'{"seq_len": 256, "n_layer": 6}\'',
+    )
+    p.add_argument("--steps", type=int, default=20_000, help="optimiser steps (default 20000)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per step and process")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, windows and masks")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes per trainer")
+    p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
+    p.add_argument("--no-resume", action="store_true", help="start over even if DIR holds a run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per process), mps")
+    p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
+    p.add_argument(
+        "--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)"
+    )
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from .model import NeurtConfig
+    from .training import PretrainConfig, pretrain
+
+    sources = list(args.recordings)
+    if args.list:
+        lines = Path(args.list).read_text().splitlines()
+        sources += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not sources:
+        raise ValueError("no recordings given (name them, or list them in a file with --list)")
+    if args.model and args.shape:
+        raise ValueError("give either --model (weights to start from) or --shape, not both")
+    model = args.model or NeurtConfig(**json.loads(args.shape or "{}"))
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        num_workers=args.workers,
+        save_every=args.save_every,
+        device=args.device,
+        frame_rate_hz=args.frame_rate,
+    )
+    read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
+    main_process = os.environ.get("RANK", "0") == "0"
+
+    def show(step) -> None:
+        if main_process and (step.done % args.log_every == 0 or step.done == step.total):
+            print(f"step {step.done}/{step.total}  loss {step.loss:.5f}  lr {step.lr:.2e}",
+                  file=sys.stderr, flush=True)
+
+    with _stop_on_signals() as stop:
+        result = pretrain(
+            sources,
+            args.out,
+            config,
+            model=model,
+            resume=not args.no_resume,
+            read_options={k: v for k, v in read_options.items() if v is not None},
+            progress=show,
+            stop=stop,
+        )
+    if main_process:
+        state = "stopped (run again to resume)" if result.stopped else "done"
+        print(f"pretrain {state} at step {result.step}/{result.steps} -> {result.folder}")
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """A stop flag that Ctrl-C or SIGTERM sets, so that training ends after the current step
+    with a checkpoint instead of dying mid-step; a second Ctrl-C interrupts at once."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+        flag.set()
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruct(sub)
     _add_classify(sub)
     _add_import_weights(sub)
+    _add_pretrain(sub)
     return parser
 
 

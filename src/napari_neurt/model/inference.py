@@ -262,7 +262,7 @@ class NeurtModel:
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
-            batch = _hide(x[neurons, frames], hidden[neurons, frames], channels)
+            batch = hide_steps(x[neurons, frames], hidden[neurons, frames], channels)
             with self.inference_context():
                 out = self.module(batch.to(self.device))
             total.index_put_((neurons, frames), out.float().cpu() * taper, accumulate=True)
@@ -386,7 +386,8 @@ class NeurtModel:
             raise ValueError(
                 f"start must be in [0, {n_frames - width}] for {n_frames} frames; got {start}"
             )
-        window = _hide(x[:, start : start + width], hidden[:, start : start + width], channels)
+        frames = slice(start, start + width)
+        window = hide_steps(x[:, frames], hidden[:, frames], channels)
         with torch.inference_mode():  # float32 even on CUDA: maps are for reading, not for speed
             _, maps = self.module.encode(window.to(self.device), exact=True)
         return torch.stack([m[0] for m in maps]).float().cpu().numpy()
@@ -497,8 +498,13 @@ class _WindowPlan:
         return neurons, frames
 
 
-def _hide(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> torch.Tensor:
-    """Zero the hidden time steps of gathered windows (a copy): all features, or feature 0 only."""
+def hide_steps(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> torch.Tensor:
+    """Zero the hidden time steps (B, T) of windows (B, T, F): all features, or feature 0 only.
+
+    The one definition of hiding, shared by inference and by training (`napari_neurt.training`),
+    so that a model is always asked what it was trained on. Returns a new tensor, or `windows`
+    itself when nothing is hidden.
+    """
     if not hidden.any():
         return windows
     if channels == "all":
@@ -566,6 +572,7 @@ def n_windows(n_frames: int, seq_len: int, overlap: int) -> int:
 __all__ = [
     "ClassificationResult",
     "NeurtModel",
+    "hide_steps",
     "load_model",
     "window_starts",
     "window_taper",

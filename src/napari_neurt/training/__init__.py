@@ -1,0 +1,29 @@
+"""Training NEuRT: masked-reconstruction pretraining, fine-tuning for classification, adaptation.
+
+- `pretrain` / `iter_pretrain` (`PretrainConfig`): masked reconstruction on any recordings,
+  streamed, resumable, on one process or many (``torchrun``, DDP).
+- `masking`: the two hiding regimes (published spans over all features; long gaps in the own
+  trace) and the loss on hidden entries.
+
+This package never imports Qt or napari.
+"""
+
+from .data import WindowStream, load_recording, source_tokens
+from .engine import TrainingProgress
+from .masking import MaskedBatch, MaskingConfig, mask_windows, masked_mse
+from .pretrain import PretrainConfig, TrainingResult, iter_pretrain, pretrain
+
+__all__ = [
+    "MaskedBatch",
+    "MaskingConfig",
+    "PretrainConfig",
+    "TrainingProgress",
+    "TrainingResult",
+    "WindowStream",
+    "iter_pretrain",
+    "load_recording",
+    "mask_windows",
+    "masked_mse",
+    "pretrain",
+    "source_tokens",
+]

@@ -1,0 +1,225 @@
+"""Training data: recordings from anywhere, streamed as batches of random windows of tokens.
+
+A *source* is anything that gives a recording, loaded only when it is needed:
+
+- a path that `napari_neurt.io.read_recording` reads (suite2p folder, CaImAn .hdf5, .nwb, .npz of
+  traces and centroids, a TIFF movie with ``labels=`` in `read_options`);
+- a `Recording`, or an object with a ``.recording()`` method (a simulated recording);
+- a callable without arguments that returns either (for example
+  ``lambda: simulate.two_photon(seed=7).recording()``), so that nothing is made before it is used;
+- tokens already built: `NeighborhoodTokens` or an array (N, T, n_features).
+
+`WindowStream` holds the sources, never their data: it loads a few recordings at a time, builds
+their tokens with the model's token settings, and yields batches of windows drawn uniformly over
+neurons and start frames. See its docstring for sharding and reproducibility.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..io import read_recording
+from ..model.tokens import NeighborhoodTokens, neighborhood_tokens
+from ..recording import Recording
+
+log = logging.getLogger(__name__)
+
+RecordingSource = Union[
+    str, os.PathLike, Recording, NeighborhoodTokens, np.ndarray, Callable[[], Any], Any
+]
+
+# Tags that keep the random streams drawn from one seed independent of each other.
+_ORDER, _WINDOWS, _MASK = 0, 1, 2
+
+
+def describe_source(source: RecordingSource) -> str:
+    """A short human-readable name for a source (for messages and reports)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, Recording):
+        return source.source or repr(source)
+    if isinstance(source, NeighborhoodTokens | np.ndarray):
+        return f"tokens {tuple(np.shape(getattr(source, 'tokens', source)))}"
+    return getattr(source, "source", None) or getattr(source, "__name__", None) or repr(source)
+
+
+def load_recording(source: RecordingSource, read_options: dict | None = None) -> Recording:
+    """The `Recording` a source stands for (read, made or returned as is)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_recording(source, **(read_options or {}))
+    if isinstance(source, Recording):
+        return source
+    if hasattr(source, "recording") and callable(source.recording):
+        return source.recording()
+    if callable(source):
+        return load_recording(source(), read_options)
+    raise TypeError(
+        f"cannot make a recording from {type(source).__name__}; give a path, a Recording, an "
+        "object with .recording() or a callable returning one"
+    )
+
+
+def delta_for(recording: Recording, token_settings: dict | None) -> float | None:
+    """The neighbourhood radius a model's token settings ask for, in the recording's unit.
+
+    The rule of `NeurtModel.tokens_for`: micrometres when the recording has a pixel size and the
+    settings say ``delta_um``, pixels when it has none and they say ``delta_px``, else None (the
+    default rule of `neighborhood_tokens`).
+    """
+    settings = token_settings or {}
+    if recording.pixel_size_um and settings.get("delta_um"):
+        return float(settings["delta_um"])
+    if not recording.pixel_size_um and settings.get("delta_px"):
+        return float(settings["delta_px"])
+    return None
+
+
+def source_tokens(
+    source: RecordingSource, token_settings: dict | None = None, read_options: dict | None = None
+) -> np.ndarray:
+    """float32 tokens (N, T, F) of a source, built as the model with `token_settings` wants them."""
+    if isinstance(source, NeighborhoodTokens):
+        return source.tokens
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3:
+            raise ValueError(f"tokens must be (neurons, frames, features); got {source.shape}")
+        return source.astype(np.float32, copy=False)
+    recording = load_recording(source, read_options)
+    return neighborhood_tokens(
+        recording.traces,
+        recording.centroids,
+        delta_for(recording, token_settings),
+        pixel_size_um=recording.pixel_size_um,
+    ).tokens
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: from torch.distributed when it is set up, else 0, 1."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class WindowStream(IterableDataset):
+    """An endless stream of batches ``(windows (B, L, F) float32, mask seed)`` from many sources.
+
+    The stream is cut into *rounds*. A round loads `recordings_per_round` recordings (each source
+    once per pass, in an order shuffled every pass), builds their tokens, and yields
+    `batches_per_round` batches of windows drawn uniformly over its recordings, their neurons and
+    start frames; then the recordings are dropped. So at most one round's tokens are in memory.
+
+    Sharding: each DDP rank and each DataLoader worker is a shard, ``rank * workers + worker``
+    of ``world_size * workers``, that streams every n-th source (all sources when there are
+    fewer sources than shards; the shards then still draw different windows). Every random draw
+    depends only on (seed, shard, round), never on the data, so a stream is reproducible and
+    `start_batch` (batches this rank already took) resumes it without loading what is skipped.
+    Use it with ``DataLoader(stream, batch_size=None, collate_fn=Masker(...))``.
+
+    Recordings shorter than `window_length` or without neurons are skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[RecordingSource],
+        *,
+        window_length: int,
+        batch_size: int,
+        seed: int = 0,
+        token_settings: dict | None = None,
+        read_options: dict | None = None,
+        windows_per_recording: int = 64,
+        recordings_per_round: int = 4,
+        start_batch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__()
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("no training recordings were given")
+        if window_length < 1 or batch_size < 1:
+            raise ValueError("window_length and batch_size must be at least 1")
+        self.window_length = int(window_length)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.token_settings = dict(token_settings or {})
+        self.read_options = dict(read_options or {})
+        self.recordings_per_round = max(1, int(recordings_per_round))
+        self.windows_per_recording = max(1, int(windows_per_recording))
+        self.start_batch = int(start_batch)
+        if rank is None or world_size is None:
+            rank, world_size = distributed_rank()
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    @property
+    def batches_per_round(self) -> int:
+        windows = self.recordings_per_round * self.windows_per_recording
+        return max(1, windows // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
+        worker = get_worker_info()
+        worker_id, n_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        shard = self.rank * n_workers + worker_id
+        n_shards = self.world_size * n_workers
+        mine = self.sources[shard::n_shards] if len(self.sources) >= n_shards else self.sources
+        # the DataLoader takes batches from its workers in turn: worker w served the batches
+        # w, w + n_workers, ... of the start_batch already taken
+        skipped = max(0, (self.start_batch - worker_id + n_workers - 1) // n_workers)
+        round_index, first_batch = divmod(skipped, self.batches_per_round)
+        empty_rounds = 0
+        while True:
+            produced = yield from self._round(mine, shard, round_index, first_batch)
+            empty_rounds = 0 if produced else empty_rounds + 1
+            if empty_rounds * min(self.recordings_per_round, len(mine)) >= 2 * len(mine):
+                raise ValueError(
+                    f"none of the {len(mine)} training recording(s) of this process has neurons "
+                    f"and at least {self.window_length} frames"
+                )
+            round_index, first_batch = round_index + 1, 0
+
+    def _round_sources(self, mine: Sequence, shard: int, round_index: int) -> list:
+        count = min(self.recordings_per_round, len(mine))
+        chosen = []
+        for position in range(round_index * count, (round_index + 1) * count):
+            epoch, index = divmod(position, len(mine))
+            order = np.random.default_rng([self.seed, shard, epoch, _ORDER]).permutation(len(mine))
+            chosen.append(mine[order[index]])
+        return chosen
+
+    def _round(self, mine: Sequence, shard: int, round_index: int, first_batch: int):
+        """Yield the batches [first_batch, batches_per_round) of a round; return how many."""
+        rng = np.random.default_rng([self.seed, shard, round_index, _WINDOWS])
+        n_windows = self.batches_per_round * self.batch_size
+        draws = rng.random((3, n_windows))  # recording, neuron, start: drawn before any data
+        sources = self._round_sources(mine, shard, round_index)
+        tokens = [x for x in map(self._usable_tokens, sources) if x is not None]
+        if not tokens:
+            return 0
+        which = (draws[0] * len(tokens)).astype(np.int64)
+        windows = np.empty((n_windows, self.window_length, tokens[0].shape[2]), dtype=np.float32)
+        for k, x in enumerate(tokens):
+            rows = np.flatnonzero(which == k)
+            neurons = (draws[1, rows] * x.shape[0]).astype(np.int64)
+            starts = (draws[2, rows] * (x.shape[1] - self.window_length + 1)).astype(np.int64)
+            windows[rows] = x[neurons[:, None], starts[:, None] + np.arange(self.window_length)]
+        for b in range(first_batch, self.batches_per_round):
+            batch = windows[b * self.batch_size : (b + 1) * self.batch_size]
+            yield torch.from_numpy(batch), [self.seed, shard, round_index, b, _MASK]
+        return self.batches_per_round - first_batch
+
+    def _usable_tokens(self, source: RecordingSource) -> np.ndarray | None:
+        x = source_tokens(source, self.token_settings, self.read_options)
+        if x.shape[0] == 0 or x.shape[1] < self.window_length:
+            log.warning(
+                "skipping %s: %d neurons x %d frames, windows need %d frames",
+                describe_source(source), x.shape[0], x.shape[1], self.window_length,
+            )
+            return None
+        return x

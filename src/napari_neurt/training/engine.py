@@ -1,0 +1,196 @@
+"""What every training loop here shares: processes and devices, optimiser, schedule, saved state.
+
+Saved training state never uses pickle: tensors (the optimiser's moments) go to a safetensors
+file, everything else (step, schedule, optimiser hyper-parameters, history) to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..device import resolve_device
+from ..io.atomic import atomic_path
+from ..progress import Progress
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+STATE_FORMAT = "napari-neurt training state"
+
+
+@dataclass(frozen=True)
+class TrainingProgress(Progress):
+    """`Progress` of a training loop: `done` of `total` optimiser steps, with the last loss."""
+
+    loss: float = math.nan
+    lr: float = math.nan
+
+
+@dataclass
+class DistributedContext:
+    """This process's place in a (possibly single-process) training job.
+
+    `setup` joins the process group that ``torchrun`` describes (WORLD_SIZE > 1): NCCL on CUDA,
+    gloo otherwise, one GPU per process (LOCAL_RANK). `close` leaves it, if `setup` created it.
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @classmethod
+    def setup(cls, device: str | torch.device = "auto") -> DistributedContext:
+        device = resolve_device(device)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size < 2 and not (dist.is_available() and dist.is_initialized()):
+            return cls(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        owns_group = not dist.is_initialized()
+        if owns_group:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        return cls(device, dist.get_rank(), dist.get_world_size(), owns_group)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """`module` in DistributedDataParallel when there are several processes."""
+        if not self.distributed:
+            return module
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if `flag` is true on any (so that all stop at the same step)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float):
+    """Two parameter groups: matrices with weight decay; biases, norms and vectors without."""
+    decay, no_decay = [], []
+    for _, parameter in named_parameters:
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Learning-rate factor at a step: linear warm-up to 1, then cosine decay to `final`."""
+
+    total_steps: int
+    warmup_steps: int
+    final: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        remaining = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / remaining)
+        return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_training_state(
+    folder: str | os.PathLike,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scalars: dict[str, Any],
+) -> None:
+    """Write the optimiser, the schedule and `scalars` (JSON-able) into `folder`, atomically."""
+    folder = Path(folder)
+    state = optimizer.state_dict()
+    tensors, values = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                values[f"{index}.{name}"] = value
+    schedule = scheduler.state_dict()
+    if "lr_lambdas" in schedule:  # the factor functions come from the config, not the file
+        schedule["lr_lambdas"] = [None] * len(schedule["lr_lambdas"])
+    document = {
+        "format": STATE_FORMAT,
+        "format_version": 1,
+        **scalars,
+        "optimizer": {"param_groups": state["param_groups"], "values": values},
+        "scheduler": schedule,
+    }
+    with atomic_path(folder / STATE_TENSORS) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(folder / STATE_JSON) as tmp:
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def has_training_state(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / STATE_JSON).is_file() and (Path(folder) / STATE_TENSORS).is_file()
+
+
+def read_training_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The JSON part of a saved training state (step, config, history...)."""
+    path = Path(folder) / STATE_JSON
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if document.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a napari-neurt training state")
+    return document
+
+
+def load_training_state(
+    folder: str | os.PathLike,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore the optimiser and the schedule from `folder`; return the JSON document."""
+    document = read_training_state(folder)
+    tensors = load_file(str(Path(folder) / STATE_TENSORS))
+    slots: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *document["optimizer"]["values"].items()]:
+        index, name = key.split(".", 1)
+        slots.setdefault(int(index), {})[name] = value
+    groups = [
+        {**group, "betas": tuple(group["betas"])} if "betas" in group else group
+        for group in document["optimizer"]["param_groups"]
+    ]
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    scheduler.load_state_dict(document["scheduler"])
+    return document

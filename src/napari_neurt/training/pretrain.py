@@ -1,0 +1,338 @@
+"""Masked-reconstruction pretraining of NEuRT on any number of recordings, on one or many GPUs.
+
+    from napari_neurt.training import PretrainConfig, pretrain
+    result = pretrain(paths, "runs/neurt", PretrainConfig(steps=20_000))
+    model = napari_neurt.load_model("runs/neurt")
+
+The output folder is a napari-neurt checkpoint (``load_model`` reads it) plus the training state
+(`engine.save_training_state`). Running again with the same folder resumes where it stopped: the
+data stream and the masks are functions of (seed, step), so a resumed run ends with the same
+weights as an uninterrupted one (on the same device, world size and number of workers).
+
+Launched by ``torchrun`` (WORLD_SIZE > 1), every process trains a DistributedDataParallel replica
+on its own shard of the recordings (`WindowStream`); rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.inference import NeurtModel, load_model
+from ..model.neurt import Neurt, NeurtConfig
+from ..model.tokens import token_settings
+from ..progress import Steps, StopFlag, run_steps
+from .data import RecordingSource, WindowStream
+from .engine import (
+    DistributedContext,
+    TrainingProgress,
+    WarmupCosine,
+    decay_groups,
+    has_training_state,
+    load_training_state,
+    read_training_state,
+    save_training_state,
+)
+from .masking import MaskedBatch, Masker, MaskingConfig, masked_mse
+
+log = logging.getLogger(__name__)
+
+Stop = StopFlag | Callable[[], bool]
+ModelSpec = NeurtConfig | NeurtModel | Neurt | str | os.PathLike | None
+
+# Settings that may change between a run and its resumption without changing what is learnt.
+_RESUMABLE_CHANGES = {"steps", "save_every", "num_workers", "device"}
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pretraining run (model shape aside: that is the `NeurtConfig`)."""
+
+    steps: int = 20_000  # optimiser steps in all (per process: each takes a batch)
+    batch_size: int = 32  # windows per step and process
+    lr: float = 5e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of the steps with a linear warm-up
+    final_lr: float = 0.0  # learning rate at the end, as a fraction of `lr` (cosine decay)
+    grad_clip: float = 1.0  # largest gradient norm; 0 turns clipping off
+    seed: int = 0
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    windows_per_recording: int = 64  # windows drawn from a recording each time it is loaded
+    recordings_per_round: int = 4  # recordings in memory at once (per worker), mixed in batches
+    num_workers: int = 0  # DataLoader worker processes loading recordings and masking
+    save_every: int = 1000  # steps between checkpoints (0: only at the end)
+    device: str = "auto"
+    bf16: bool = True  # bf16 autocast on CUDA (never elsewhere)
+    frame_rate_hz: float | None = None  # frame rate of the training data, kept in the checkpoint
+
+    def __post_init__(self) -> None:
+        if isinstance(self.masking, dict):
+            self.masking = MaskingConfig(**self.masking)
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a share of the steps in [0, 1); got {self.warmup}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class TrainingResult:
+    """How a training run ended. `folder` holds the checkpoint (``load_model(folder)``)."""
+
+    folder: Path
+    step: int
+    steps: int
+    stopped: bool  # True when a stop flag ended it before `steps`
+    history: list[tuple[int, float]]  # (step, loss) at every step of this process
+    network: Neurt = field(repr=False)  # the trained network of this process (on its device)
+
+
+class ReconstructionTrainer:
+    """A `Neurt` with its AdamW optimiser and warm-up + cosine schedule, trained on `MaskedBatch`es.
+
+    Shared by pretraining and `adapt`. Under DDP, `model` is the DistributedDataParallel wrapper
+    (gradients are averaged by DDP during backward) and `module` the network itself.
+    """
+
+    def __init__(self, module: Neurt, config: PretrainConfig, context: DistributedContext):
+        self.config = config
+        self.context = context
+        self.module = module.to(context.device).train()
+        self.model = context.wrap(self.module)
+        self.optimizer = torch.optim.AdamW(
+            decay_groups(self.module.named_parameters(), config.weight_decay), lr=config.lr
+        )
+        warmup_steps = math.ceil(config.warmup * config.steps)
+        schedule = WarmupCosine(config.steps, warmup_steps, config.final_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = 0
+        self.history: list[tuple[int, float]] = []
+        self.autocast = context.device.type == "cuda" and config.bf16
+
+    def train_step(self, batch: MaskedBatch) -> float:
+        """One optimiser step on `batch`; returns its loss."""
+        batch = batch.to(self.context.device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            prediction = self.model(batch.inputs)
+        loss = masked_mse(prediction.float(), batch.target, batch.loss_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        value = float(loss.detach())
+        self.history.append((self.step, value))
+        return value
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save_state(self, folder: Path) -> None:
+        save_training_state(
+            folder,
+            self.optimizer,
+            self.scheduler,
+            {"step": self.step, "config": self.config.to_dict(), "history": self.history},
+        )
+
+    def load_state(self, folder: Path) -> None:
+        document = load_training_state(folder, self.optimizer, self.scheduler)
+        self.step = int(document["step"])
+        self.history = [(int(s), float(v)) for s, v in document.get("history", [])]
+
+
+def pretrain(
+    sources: Iterable[RecordingSource],
+    out_dir: str | os.PathLike,
+    config: PretrainConfig | None = None,
+    *,
+    model: ModelSpec = None,
+    resume: bool = True,
+    read_options: dict | None = None,
+    progress: Callable[[TrainingProgress], object] | None = None,
+    stop: Stop | None = None,
+) -> TrainingResult:
+    """Pretrain NEuRT by masked reconstruction on `sources`; the checkpoint goes to `out_dir`.
+
+    `sources` are recordings in any form `napari_neurt.training.data` takes (paths, `Recording`
+    objects, simulated recordings, callables). `model` is where to start: a `NeurtConfig` (a fresh
+    network of that shape; default the published shape), or weights (a `NeurtModel`, a `Neurt`,
+    or anything `load_model` takes, e.g. ``"neurt-microns"``) to go on training. With `resume`,
+    a training state already in `out_dir` is continued (and `model` is ignored). `read_options`
+    go to `read_recording` (e.g. ``frame_rate``, ``labels``). `progress` is called with a
+    `TrainingProgress` after every step; when `stop` is set, training ends after the current step
+    with a resumable checkpoint, and the result says ``stopped=True``.
+    """
+    steps = iter_pretrain(
+        sources, out_dir, config, model=model, resume=resume, read_options=read_options, stop=stop
+    )
+    return run_steps(steps, progress=progress)
+
+
+def iter_pretrain(
+    sources: Iterable[RecordingSource],
+    out_dir: str | os.PathLike,
+    config: PretrainConfig | None = None,
+    *,
+    model: ModelSpec = None,
+    resume: bool = True,
+    read_options: dict | None = None,
+    stop: Stop | None = None,
+) -> Steps[TrainingResult]:
+    """`pretrain` as a generator of `TrainingProgress` that returns the `TrainingResult`.
+
+    Closing the generator early (a napari worker's ``quit()``) also saves a resumable checkpoint
+    first (single process; under DDP use `stop`, which all processes agree on).
+    """
+    config = config or PretrainConfig()
+    out_dir = Path(out_dir)
+    context = DistributedContext.setup(config.device)
+    try:
+        resuming = resume and has_training_state(out_dir)
+        if resuming:
+            module, tokens, frame_rate = _resumed_network(out_dir, config)
+        else:
+            module, tokens, frame_rate = _initial_network(model, config.seed)
+        frame_rate = config.frame_rate_hz or frame_rate
+        trainer = ReconstructionTrainer(module, config, context)
+        if resuming:
+            trainer.load_state(out_dir)
+            log.info("resuming %s at step %d of %d", out_dir, trainer.step, config.steps)
+
+        def save() -> None:
+            if context.is_main:
+                _save(out_dir, trainer, tokens, frame_rate)
+            context.barrier()
+
+        stream = WindowStream(
+            sources,
+            window_length=module.config.seq_len,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            token_settings=tokens,
+            read_options=read_options,
+            windows_per_recording=config.windows_per_recording,
+            recordings_per_round=config.recordings_per_round,
+            start_batch=trainer.step,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+        stopped = yield from _train(trainer, stream, config, save, stop, "pretrain")
+        save()
+        return TrainingResult(
+            out_dir, trainer.step, config.steps, stopped, trainer.history, trainer.module.eval()
+        )
+    finally:
+        context.close()
+
+
+def _train(
+    trainer: ReconstructionTrainer,
+    stream: WindowStream,
+    config: PretrainConfig,
+    save: Callable[[], None],
+    stop: Stop | None,
+    stage: str,
+) -> Steps[bool]:
+    """Train until `config.steps` or a stop; return whether it stopped early."""
+    should_stop = getattr(stop, "is_set", stop)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        collate_fn=Masker(config.masking),
+        num_workers=config.num_workers,
+        pin_memory=trainer.context.device.type == "cuda",
+        persistent_workers=False,
+    )
+    batches = iter(loader)
+    try:
+        while trainer.step < config.steps:
+            if trainer.context.any(bool(should_stop and should_stop())):
+                return True
+            loss = trainer.train_step(next(batches))
+            if config.save_every and trainer.step % config.save_every == 0:
+                save()
+            try:
+                yield TrainingProgress(
+                    trainer.step, config.steps, f"{stage} loss {loss:.5f}", loss, trainer.lr
+                )
+            except GeneratorExit:
+                save()
+                raise
+        return False
+    finally:
+        del batches  # shuts the DataLoader's workers down
+
+
+def _initial_network(spec: ModelSpec, seed: int) -> tuple[Neurt, dict, float | None]:
+    """The network to start from, its token settings and frame rate."""
+    if spec is None or isinstance(spec, NeurtConfig):
+        with torch.random.fork_rng():  # seeded initial weights, the global RNG left alone
+            torch.manual_seed(seed)
+            module = Neurt(spec or NeurtConfig())
+        return module, token_settings(), None
+    if isinstance(spec, Neurt):
+        return copy.deepcopy(spec), token_settings(), None
+    model = spec if isinstance(spec, NeurtModel) else load_model(spec, device="cpu")
+    return copy.deepcopy(model.module).cpu(), dict(model.token_settings), model.frame_rate_hz
+
+
+def _resumed_network(folder: Path, config: PretrainConfig) -> tuple[Neurt, dict, float | None]:
+    state = read_training_state(folder)
+    saved = PretrainConfig.from_dict(state["config"])
+    changed = [
+        f.name
+        for f in fields(PretrainConfig)
+        if f.name not in _RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)
+    ]
+    if changed:
+        raise ValueError(
+            f"{folder} holds a run with other settings ({', '.join(changed)}); resume it with "
+            "the same settings, or train into a new folder (or pass resume=False)"
+        )
+    checkpoint = read_checkpoint(folder)
+    if checkpoint.provenance.get("step") != state["step"]:
+        raise ValueError(
+            f"{folder}: the weights (step {checkpoint.provenance.get('step')}) and the training "
+            f"state (step {state['step']}) differ; the run was interrupted while saving"
+        )
+    return checkpoint.build().train(), checkpoint.tokens, checkpoint.frame_rate_hz
+
+
+def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        folder,
+        trainer.module,
+        tokens=tokens,
+        frame_rate_hz=frame_rate,
+        provenance={
+            "source": "napari-neurt pretrain",
+            "step": trainer.step,
+            "steps": trainer.config.steps,
+        },
+    )
+    trainer.save_state(folder)

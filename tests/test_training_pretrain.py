@@ -1,0 +1,203 @@
+"""Pretraining: data stream, learning, resuming, stopping, DDP across two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neurt import Recording, load_model
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+from napari_neurt.training import PretrainConfig, WindowStream, iter_pretrain, pretrain
+from napari_neurt.training.engine import read_training_state
+
+TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small models train fastest on one thread, and the test machine is shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sine_recording(seed: int, n_neurons: int = 10, n_frames: int = 300) -> Recording:
+    """Noisy sines with a shared period: a signal a tiny model can learn to fill in."""
+    rng = np.random.default_rng(seed)
+    frames = np.arange(n_frames)
+    phase = rng.uniform(0, 2 * np.pi, (n_neurons, 1))
+    traces = np.sin(2 * np.pi * frames / 24 + phase) + 0.05 * rng.standard_normal(
+        (n_neurons, n_frames)
+    )
+    return Recording(
+        traces=traces,
+        neuron_ids=np.arange(1, n_neurons + 1),
+        centroids=rng.uniform(0, 100, (n_neurons, 2)),
+        frame_rate=10.0,
+        source=f"sines {seed}",
+    )
+
+
+def config(**overrides) -> PretrainConfig:
+    values = dict(steps=12, batch_size=8, lr=3e-3, warmup=0.2, save_every=0, device="cpu")
+    return PretrainConfig(**{**values, **overrides})
+
+
+def flat(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.state_dict().values()])
+
+
+def test_stream_draws_windows_reproducibly_and_resumes_without_reloading():
+    sources = [sine_recording(k) for k in range(3)]
+    stream = WindowStream(sources, window_length=32, batch_size=4, seed=1,
+                          windows_per_recording=4, recordings_per_round=2)
+    items = [item for item, _ in zip(stream, range(7), strict=False)]
+    assert stream.batches_per_round == 2
+    assert all(windows.shape == (4, 32, 5) for windows, _ in items)
+    again = [item for item, _ in zip(stream, range(7), strict=False)]
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(items, again, strict=True))
+    stream.start_batch = 3
+    resumed = [item for item, _ in zip(stream, range(4), strict=False)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(items[3:], resumed, strict=True))
+
+
+def test_stream_shards_recordings_across_processes():
+    sources = [sine_recording(k) for k in range(4)]
+    seen = {}
+    for rank in (0, 1):
+        stream = WindowStream(sources, window_length=32, batch_size=2, rank=rank, world_size=2,
+                              windows_per_recording=2, recordings_per_round=1)
+        seen[rank] = stream._round_sources(stream.sources[rank::2], rank, 0)
+    assert seen[0][0] is not seen[1][0]
+    with pytest.raises(ValueError, match="no training recordings"):
+        WindowStream([], window_length=32, batch_size=2)
+
+
+def test_short_recordings_are_skipped_and_none_usable_is_an_error(caplog):
+    short = sine_recording(0, n_frames=20)
+    stream = WindowStream([short, sine_recording(1)], window_length=32, batch_size=2)
+    windows, _ = next(iter(stream))
+    assert windows.shape == (2, 32, 5) and "skipping" in caplog.text
+    with pytest.raises(ValueError, match="at least 32 frames"):
+        next(iter(WindowStream([short], window_length=32, batch_size=2)))
+
+
+def test_pretraining_learns_a_simple_signal(tmp_path):
+    sources = [sine_recording(k) for k in range(3)]
+    result = pretrain(sources, tmp_path, config(steps=120, batch_size=16), model=TINY)
+    losses = np.array([loss for _, loss in result.history])
+    assert result.step == 120 and not result.stopped
+    assert losses[-20:].mean() < 0.5 * losses[:10].mean()
+    model = load_model(tmp_path, device="cpu")  # the folder is a checkpoint
+    assert model.config == TINY and model.provenance["step"] == 120
+    assert torch.equal(flat(model.module), flat(result.network))
+
+
+def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path):
+    sources = [sine_recording(k) for k in range(3)]
+    straight = pretrain(sources, tmp_path / "straight", config(), model=TINY)
+
+    stop = threading.Event()
+    first = pretrain(sources, tmp_path / "resumed", config(), model=TINY, stop=stop,
+                     progress=lambda p: p.done == 5 and stop.set())
+    assert first.stopped and first.step == 5
+    second = pretrain(sources, tmp_path / "resumed", config(), model=TINY)
+    assert second.step == 12 and not second.stopped
+    assert torch.equal(flat(second.network), flat(straight.network))
+    assert [s for s, _ in second.history] == list(range(1, 13))
+
+
+def test_stop_ends_within_a_step_with_a_loadable_checkpoint(tmp_path):
+    stop = threading.Event()
+    seen = []
+
+    def progress(p):
+        seen.append(p.done)
+        if p.done == 3:
+            stop.set()
+
+    result = pretrain([sine_recording(0)], tmp_path, config(steps=50), model=TINY,
+                      stop=stop, progress=progress)
+    assert result.stopped and result.step == 3 and seen == [1, 2, 3]
+    assert read_training_state(tmp_path)["step"] == 3
+    assert load_model(tmp_path, device="cpu").provenance["step"] == 3
+
+
+def test_closing_the_generator_saves_a_checkpoint(tmp_path):
+    steps = iter_pretrain([sine_recording(0)], tmp_path, config(steps=50), model=TINY)
+    progress = [next(steps), next(steps)]
+    assert progress[-1].done == 2 and "loss" in progress[-1].stage and progress[-1].loss > 0
+    steps.close()  # what a napari worker's quit() does
+    assert read_training_state(tmp_path)["step"] == 2
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    pretrain([sine_recording(0)], tmp_path, config(steps=2), model=TINY)
+    with pytest.raises(ValueError, match="lr"):
+        pretrain([sine_recording(0)], tmp_path, config(steps=4, lr=1e-2), model=TINY)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from napari_neurt.model.neurt import NeurtConfig
+    from napari_neurt.training import PretrainConfig, pretrain
+
+    out, paths = sys.argv[1], sys.argv[2:]
+    model = NeurtConfig(**{config})
+    result = pretrain(paths, out, PretrainConfig(**{train}), model=model,
+                      read_options=dict(frame_rate=10.0))
+    weights = torch.cat([p.detach().reshape(-1) for p in result.network.state_dict().values()])
+    np.save(os.path.join(out, f"rank{{os.environ['RANK']}}.npy"), weights.numpy())
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path):
+    paths = []
+    for k in range(4):
+        recording = sine_recording(k)
+        paths.append(tmp_path / f"rec{k}.npz")
+        np.savez(paths[-1], traces=recording.traces, centroids=recording.centroids)
+    train = dict(steps=6, batch_size=4, lr=3e-3, save_every=3, device="cpu")
+    script = tmp_path / "train.py"
+    script.write_text(
+        DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train))
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "run"
+    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(script), str(out), *map(str, paths)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")
+    np.testing.assert_array_equal(rank0, rank1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        initial = flat(Neurt(TINY)).numpy()
+    assert np.abs(rank0 - initial).max() > 1e-3
+    saved = load_model(out, device="cpu")  # rank 0 wrote the checkpoint
+    np.testing.assert_array_equal(flat(saved.module).numpy(), rank0)
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["step"] == 6
