@@ -18,8 +18,10 @@ class Activity:
     neighbours tend to share activity. Each ensemble has Poisson events; at each of them, each
     member takes part with probability `participation`. Every event a neuron takes part in,
     private or shared, is a burst of ``1 + Poisson(mean - 1)`` spikes, delayed by exponentially
-    distributed latencies. The defaults describe an active population: about 3 spikes per second
-    per neuron on average, two thirds of the neurons in an ensemble.
+    distributed latencies. With `coupling` below 1, some of a member's ensemble bursts lose their
+    ensemble's timing and fall at random times instead: the same spikes, less synchrony. The
+    defaults describe an active population: about 3 spikes per second per neuron on average, two
+    thirds of the neurons in an ensemble.
 
     Attributes
     ----------
@@ -44,6 +46,9 @@ class Activity:
         Mean spikes a participating member fires per ensemble event.
     burst_duration_s
         Mean latency of a burst's spikes after its event.
+    coupling
+        Probability that a member's burst at an ensemble event keeps the event's time; otherwise
+        it falls at a uniformly random time (1: fully coupled ensembles).
     """
 
     rate_hz: float = 1.5
@@ -56,6 +61,7 @@ class Activity:
     participation: float = 0.9
     ensemble_burst_spikes: float = 3.0
     burst_duration_s: float = 0.05
+    coupling: float = 1.0
 
 
 def ensemble_spikes(
@@ -66,6 +72,7 @@ def ensemble_spikes(
     rng: np.random.Generator,
     activity: Activity = Activity(),
     extent_um: tuple[float, float] | None = None,
+    rate_scale: float | np.ndarray = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spike counts per frame of neurons grouped into spatial ensembles.
 
@@ -82,6 +89,9 @@ def ensemble_spikes(
     extent_um
         (height, width) of the area where ensemble centres are drawn, from the origin; default:
         the bounding box of the positions.
+    rate_scale
+        Factor on each neuron's private event rate, a scalar or (N,) (for example hyperactive
+        neurons); ensemble events are unchanged.
 
     Returns
     -------
@@ -98,7 +108,7 @@ def ensemble_spikes(
     spikes = np.zeros((n_neurons, n_frames), dtype=np.int32)
 
     # A Poisson process is a Poisson number of events at uniformly random times.
-    rates = log_normal(activity.rate_hz, activity.rate_spread, n_neurons, rng)
+    rates = log_normal(activity.rate_hz, activity.rate_spread, n_neurons, rng) * rate_scale
     neuron = np.repeat(np.arange(n_neurons), rng.poisson(rates * duration))
     time = rng.uniform(0, duration, neuron.size)
     _add_bursts(spikes, neuron, time, activity.burst_spikes, activity, frame_rate, rng)
@@ -110,6 +120,9 @@ def ensemble_spikes(
     event, neuron = _members_at_events(ensembles, events)
     takes_part = rng.random(neuron.size) < activity.participation
     time = event_time[event[takes_part]]
+    if activity.coupling < 1:
+        uncoupled = rng.random(time.size) >= activity.coupling
+        time[uncoupled] = rng.uniform(0, duration, np.count_nonzero(uncoupled))
     _add_bursts(
         spikes, neuron[takes_part], time, activity.ensemble_burst_spikes, activity, frame_rate, rng
     )
