@@ -16,6 +16,7 @@ neurons and start frames. See its docstring for sharding and reproducibility.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -223,3 +224,80 @@ class WindowStream(IterableDataset):
             )
             return None
         return x
+
+
+class BagStream(IterableDataset):
+    """An endless stream of labelled bags for fine-tuning: ``(windows (B, n, L, F), labels (B,))``.
+
+    A bag is `bag_size` neurons of one recording over the same `window_length` frames, labelled
+    with the recording's class. Each round loads `recordings_per_round` recordings drawn with
+    `weights` (with replacement; the weights balance classes and animals, see `finetune`) and
+    cuts `bags_per_recording` bags from each; the round's bags are shuffled and yielded
+    `bags_per_step` at a time. Reproducible for a seed (single process).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[RecordingSource],
+        labels: Sequence[int],
+        weights: Sequence[float],
+        *,
+        window_length: int,
+        bag_size: int,
+        bags_per_step: int,
+        seed: int = 0,
+        token_settings: dict | None = None,
+        read_options: dict | None = None,
+        recordings_per_round: int = 4,
+        bags_per_recording: int = 8,
+    ):
+        super().__init__()
+        if not len(sources) == len(labels) == len(weights) or not sources:
+            raise ValueError("need one label and one weight for each of at least one recording")
+        self.sources, self.labels = list(sources), np.asarray(labels, dtype=np.int64)
+        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.window_length, self.bag_size = int(window_length), int(bag_size)
+        self.bags_per_step, self.seed = int(bags_per_step), int(seed)
+        self.token_settings, self.read_options = token_settings, read_options
+        self.recordings_per_round = int(recordings_per_round)
+        self.bags_per_recording = int(bags_per_recording)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for round_index in itertools.count():
+            rng = np.random.default_rng([self.seed, round_index, _WINDOWS])
+            picked = rng.choice(len(self.sources), self.recordings_per_round, p=self.weights)
+            bags, labels = [], []
+            for index in np.unique(picked):
+                tokens = source_tokens(self.sources[index], self.token_settings, self.read_options)
+                n_bags = self.bags_per_recording * int(np.count_nonzero(picked == index))
+                try:
+                    bags.append(draw_bags(tokens, n_bags, self.bag_size, self.window_length, rng))
+                except ValueError as error:
+                    raise ValueError(f"{describe_source(self.sources[index])}: {error}") from None
+                labels.append(np.full(n_bags, self.labels[index]))
+            bags, labels = np.concatenate(bags), np.concatenate(labels)
+            order = rng.permutation(len(bags))
+            for first in range(0, len(order) - self.bags_per_step + 1, self.bags_per_step):
+                chosen = order[first : first + self.bags_per_step]
+                yield torch.from_numpy(bags[chosen]), torch.from_numpy(labels[chosen])
+
+
+def draw_bags(
+    tokens: np.ndarray, n_bags: int, bag_size: int, window_length: int, rng: np.random.Generator
+) -> np.ndarray:
+    """float32 (n_bags, bag_size, window_length, F): random neurons over a common random window.
+
+    Neurons are drawn without replacement when the recording has at least `bag_size` of them.
+    """
+    n_neurons, n_frames, n_features = tokens.shape
+    if n_neurons == 0 or n_frames < window_length:
+        raise ValueError(
+            f"a recording of {n_neurons} neurons x {n_frames} frames is too small for windows of "
+            f"{window_length} frames"
+        )
+    bags = np.empty((n_bags, bag_size, window_length, n_features), dtype=np.float32)
+    for k in range(n_bags):
+        neurons = rng.choice(n_neurons, bag_size, replace=n_neurons < bag_size)
+        start = rng.integers(0, n_frames - window_length + 1)
+        bags[k] = tokens[neurons, start : start + window_length]
+    return bags

@@ -6,11 +6,12 @@ file, everything else (step, schedule, optimiser hyper-parameters, history) to J
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..device import resolve_device
 from ..io.atomic import atomic_path
-from ..progress import Progress
+from ..model.inference import NeurtModel, load_model
+from ..model.neurt import Neurt, NeurtConfig
+from ..model.tokens import token_settings
+from ..progress import Progress, StopFlag
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 STATE_FORMAT = "napari-neurt training state"
+
+Stop = StopFlag | Callable[[], bool]
+# Where training starts: a fresh network of a shape, or weights (see `starting_point`).
+ModelSpec = NeurtConfig | NeurtModel | Neurt | str | os.PathLike | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,34 @@ class DistributedContext:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+
+
+@dataclass
+class StartingPoint:
+    """A network to train (a copy, on the CPU) and what goes with its weights."""
+
+    network: Neurt
+    token_settings: dict[str, Any]
+    frame_rate_hz: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
+    """What `spec` names: a `NeurtConfig` (fresh weights drawn with `seed`; None: the published
+    shape), a `Neurt`, a `NeurtModel`, or anything `load_model` takes ("neurt-microns", a path)."""
+    if spec is None or isinstance(spec, NeurtConfig):
+        with torch.random.fork_rng():  # seeded initial weights; the global RNG is left alone
+            torch.manual_seed(seed)
+            network = Neurt(spec or NeurtConfig())
+        return StartingPoint(network, token_settings(), None, {"initial": f"random, seed {seed}"})
+    if isinstance(spec, Neurt):
+        return StartingPoint(copy.deepcopy(spec).cpu(), token_settings())
+    model = spec if isinstance(spec, NeurtModel) else load_model(spec, device="cpu")
+    provenance = {k: v for k, v in model.provenance.items() if k != "path"}
+    return StartingPoint(
+        copy.deepcopy(model.module).cpu(), dict(model.token_settings), model.frame_rate_hz,
+        provenance,
+    )
 
 
 def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float):

@@ -15,7 +15,6 @@ on its own shard of the recordings (`WindowStream`); rank 0 writes the checkpoin
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -28,13 +27,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..model.checkpoint import read_checkpoint, save_checkpoint
-from ..model.inference import NeurtModel, load_model
-from ..model.neurt import Neurt, NeurtConfig
-from ..model.tokens import token_settings
-from ..progress import Steps, StopFlag, run_steps
+from ..model.neurt import Neurt
+from ..progress import Steps, run_steps
 from .data import RecordingSource, WindowStream
 from .engine import (
     DistributedContext,
+    ModelSpec,
+    StartingPoint,
+    Stop,
     TrainingProgress,
     WarmupCosine,
     decay_groups,
@@ -42,13 +42,11 @@ from .engine import (
     load_training_state,
     read_training_state,
     save_training_state,
+    starting_point,
 )
 from .masking import MaskedBatch, Masker, MaskingConfig, masked_mse
 
 log = logging.getLogger(__name__)
-
-Stop = StopFlag | Callable[[], bool]
-ModelSpec = NeurtConfig | NeurtModel | Neurt | str | os.PathLike | None
 
 # Settings that may change between a run and its resumption without changing what is learnt.
 _RESUMABLE_CHANGES = {"steps", "save_every", "num_workers", "device"}
@@ -212,11 +210,9 @@ def iter_pretrain(
     context = DistributedContext.setup(config.device)
     try:
         resuming = resume and has_training_state(out_dir)
-        if resuming:
-            module, tokens, frame_rate = _resumed_network(out_dir, config)
-        else:
-            module, tokens, frame_rate = _initial_network(model, config.seed)
-        frame_rate = config.frame_rate_hz or frame_rate
+        start = _resumed(out_dir, config) if resuming else starting_point(model, config.seed)
+        module, tokens = start.network.train(), start.token_settings
+        frame_rate = config.frame_rate_hz or start.frame_rate_hz
         trainer = ReconstructionTrainer(module, config, context)
         if resuming:
             trainer.load_state(out_dir)
@@ -224,7 +220,7 @@ def iter_pretrain(
 
         def save() -> None:
             if context.is_main:
-                _save(out_dir, trainer, tokens, frame_rate)
+                _save(out_dir, trainer, tokens, frame_rate, start.provenance)
             context.barrier()
 
         stream = WindowStream(
@@ -287,20 +283,7 @@ def _train(
         del batches  # shuts the DataLoader's workers down
 
 
-def _initial_network(spec: ModelSpec, seed: int) -> tuple[Neurt, dict, float | None]:
-    """The network to start from, its token settings and frame rate."""
-    if spec is None or isinstance(spec, NeurtConfig):
-        with torch.random.fork_rng():  # seeded initial weights, the global RNG left alone
-            torch.manual_seed(seed)
-            module = Neurt(spec or NeurtConfig())
-        return module, token_settings(), None
-    if isinstance(spec, Neurt):
-        return copy.deepcopy(spec), token_settings(), None
-    model = spec if isinstance(spec, NeurtModel) else load_model(spec, device="cpu")
-    return copy.deepcopy(model.module).cpu(), dict(model.token_settings), model.frame_rate_hz
-
-
-def _resumed_network(folder: Path, config: PretrainConfig) -> tuple[Neurt, dict, float | None]:
+def _resumed(folder: Path, config: PretrainConfig) -> StartingPoint:
     state = read_training_state(folder)
     saved = PretrainConfig.from_dict(state["config"])
     changed = [
@@ -319,10 +302,12 @@ def _resumed_network(folder: Path, config: PretrainConfig) -> tuple[Neurt, dict,
             f"{folder}: the weights (step {checkpoint.provenance.get('step')}) and the training "
             f"state (step {state['step']}) differ; the run was interrupted while saving"
         )
-    return checkpoint.build().train(), checkpoint.tokens, checkpoint.frame_rate_hz
+    return StartingPoint(
+        checkpoint.build(), checkpoint.tokens, checkpoint.frame_rate_hz, checkpoint.provenance
+    )
 
 
-def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate) -> None:
+def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate, origin) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         folder,
@@ -333,6 +318,7 @@ def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate
             "source": "napari-neurt pretrain",
             "step": trainer.step,
             "steps": trainer.config.steps,
+            "started_from": origin.get("started_from", origin),
         },
     )
     trainer.save_state(folder)

@@ -1,0 +1,768 @@
+"""Fine-tuning NEuRT to tell groups of animals apart (for example wild type vs a disease model).
+
+    from napari_neurt.training import FinetuneConfig, finetune
+    result = finetune("cohort/manifest.csv", "runs/classifier", base="neurt-microns")
+    result.report.animals        # accuracy and AUC per held-out animal (also report.csv/.json)
+    model = napari_neurt.load_model("runs/classifier")
+
+Data (`labelled_recordings`): a CSV manifest with columns path, animal and label (paths relative
+to the manifest); or a folder with one sub-folder per class, holding one folder per animal (or
+one recording per animal); or any iterable of `LabelledRecording`, of ``(source, animal,
+label)`` tuples, or of objects with ``.recording``, ``.animal`` and ``.label`` or ``.group``
+(the animals of ``napari_neurt.simulate.cohort``).
+
+Splits are by animal, never by window or recording: all recordings of an animal are on one side.
+``evaluation="split"`` holds out `test_per_class` animals per class for the report;
+``"leave-one-animal-out"`` (for small cohorts) trains one model per animal without it, reports
+on each held-out animal, then trains the saved model on all animals. Within each training, up to
+`validation_per_class` animals per class are kept aside for early stopping, when every class can
+spare them and keep a training animal.
+
+Training: the pretrained encoder with the published layer-wise learning-rate decay (the top
+block at `lr`, each block below ``layer_decay = 0.9`` times the one above, the embedding at
+``lr * embed_decay ** (n_layer - 1)`` with ``embed_decay = 0.8``), heads at `head_lr`. The
+window classifier (`TimePool`) and the recording head (`RecordingHead`, gated-attention pooling
+over neurons) learn together: each step takes bags of neurons' windows, each bag from one
+recording; every window is classified (cross-entropy against its recording's label) and the
+bag's pooled embeddings go through the recording head (cross-entropy again). Recordings are drawn
+so that every class, and every animal within a class, is seen equally often.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from torch.utils.data import DataLoader
+
+from ..device import resolve_device
+from ..io.atomic import atomic_path
+from ..io.suite2p import is_suite2p_folder
+from ..model.checkpoint import save_checkpoint
+from ..model.inference import NeurtModel
+from ..model.neurt import Neurt
+from ..progress import Steps, run_steps
+from .data import BagStream, RecordingSource, describe_source, draw_bags, source_tokens
+from .engine import ModelSpec, Stop, TrainingProgress, WarmupCosine, starting_point
+
+EVALUATIONS = ("split", "leave-one-animal-out")
+MANIFEST_COLUMNS = ("path", "animal", "label")
+
+
+@dataclass(frozen=True)
+class LabelledRecording:
+    """A recording (any source `napari_neurt.training.data` takes) of an animal of a class."""
+
+    source: RecordingSource
+    animal: str
+    label: str
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of a fine-tuning run (see the module docstring)."""
+
+    steps: int = 2000  # most optimiser steps per training; early stopping may end it sooner
+    bags_per_step: int = 4  # bags (each from one recording) per step
+    bag_size: int = 16  # neurons per bag, all over the same window
+    lr: float = 1e-4  # learning rate of the top encoder block
+    layer_decay: float = 0.9  # published: each block below gets this times the one above
+    embed_decay: float = 0.8  # published: the embedding gets lr * embed_decay ** (n_layer - 1)
+    head_lr: float = 1e-3  # classifier heads
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of the steps with a linear warm-up, then cosine decay
+    grad_clip: float = 1.0
+    window_loss_weight: float = 1.0
+    recording_loss_weight: float = 1.0
+    mil_hidden: int = 64  # width of the recording head's gated attention
+    evaluation: str = "split"  # or "leave-one-animal-out"
+    test_per_class: int = 1  # animals per class held out for the report ("split")
+    validation_per_class: int = 1  # animals per class kept aside for early stopping
+    eval_every: int = 50  # steps between validations
+    patience: int = 5  # validations without improvement before stopping
+    recordings_per_round: int = 4  # recordings loaded at once
+    bags_per_recording: int = 8  # bags cut from a recording each time it is loaded
+    validation_bags: int = 16  # fixed bags per validation recording
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True  # bf16 autocast on CUDA (never elsewhere)
+
+    def __post_init__(self) -> None:
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(
+                f"evaluation must be one of {', '.join(map(repr, EVALUATIONS))}; "
+                f"got {self.evaluation!r}"
+            )
+        for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FinetuneConfig.{name} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AnimalSplit:
+    """Animals used to train, to stop early (validation) and to report on (test)."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass
+class FinetuneReport:
+    """Results on held-out animals.
+
+    `animals` has one row per held-out animal: its label, fold, recordings and neurons, the
+    recording head's accuracy over its recordings and mean probability of its true class
+    (``p_true``), the window classifier's accuracy over its neurons, and ``neuron_auc``: how
+    well its neurons' P(its class) separates them from the held-out neurons of the other classes
+    (an AUC needs both classes, so it is measured against the other held-out animals).
+    `summary` pools the held-out animals: accuracy and AUC at the animal, recording and neuron
+    levels (AUC one-vs-rest, averaged over classes, when there are more than two).
+    """
+
+    class_names: tuple[str, ...]
+    evaluation: str
+    animals: list[dict[str, Any]]
+    summary: dict[str, Any]
+    folds: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``report.json`` (everything) and ``report.csv`` (per animal); return both."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "report.json") as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        with atomic_path(folder / "report.csv") as tmp, open(tmp, "w", newline="") as file:
+            columns = list(self.animals[0]) if self.animals else ["animal"]
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.animals)
+        return folder / "report.json", folder / "report.csv"
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model (saved in `folder`) and its report (also in `folder`)."""
+
+    folder: Path
+    model: NeurtModel
+    report: FinetuneReport
+    stopped: bool
+
+
+# --- data -----------------------------------------------------------------------------------
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    path_column: str = "path",
+    animal_column: str = "animal",
+    label_column: str = "label",
+) -> list[LabelledRecording]:
+    """Labelled recordings from a CSV manifest; relative paths are relative to the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        missing = [c for c in (path_column, animal_column, label_column) if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{path}: no column {', '.join(map(repr, missing))}; the manifest has "
+                f"{', '.join(map(repr, columns)) or 'no header'}"
+            )
+        rows = list(reader)
+    items = []
+    for line, row in enumerate(rows, start=2):
+        values = [(row.get(c) or "").strip() for c in (path_column, animal_column, label_column)]
+        if not all(values):
+            raise ValueError(f"{path}, line {line}: path, animal and label must all be given")
+        source = Path(values[0]) if Path(values[0]).is_absolute() else path.parent / values[0]
+        items.append(LabelledRecording(source, values[1], values[2]))
+    if not items:
+        raise ValueError(f"{path} lists no recordings")
+    missing = [str(item.source) for item in items if not item.source.exists()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists recordings that do not exist: {', '.join(missing)}")
+    return items
+
+
+def read_class_folders(root: str | os.PathLike) -> list[LabelledRecording]:
+    """Labelled recordings from ``root/<class>/<animal>/<recordings>``.
+
+    An entry of a class folder that is itself a recording (a file, or a suite2p folder) is an
+    animal with that one recording, named after it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    items = []
+    for class_folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for entry in sorted(class_folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and not is_suite2p_folder(entry):
+                recordings = sorted(p for p in entry.iterdir() if not p.name.startswith("."))
+                items += [LabelledRecording(p, entry.name, class_folder.name) for p in recordings]
+            else:
+                items.append(LabelledRecording(entry, entry.stem, class_folder.name))
+    if not items:
+        raise ValueError(f"{root} has no class folders with recordings in them")
+    return items
+
+
+def labelled_recordings(data: str | os.PathLike | Iterable[Any]) -> list[LabelledRecording]:
+    """`LabelledRecording`s from a manifest, class folders or an iterable (module docstring)."""
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.is_dir():
+            return read_class_folders(path)
+        return read_manifest(path)
+    items = []
+    for item in data:
+        if isinstance(item, LabelledRecording):
+            items.append(item)
+        elif isinstance(item, tuple) and len(item) == 3:
+            items.append(LabelledRecording(item[0], str(item[1]), str(item[2])))
+        elif hasattr(item, "recording") and hasattr(item, "animal"):
+            label = getattr(item, "label", None) or getattr(item, "group", None)
+            if label is None:
+                raise ValueError(f"{item!r} has neither .label nor .group")
+            items.append(LabelledRecording(item.recording, str(item.animal), str(label)))
+        else:
+            raise TypeError(
+                "each labelled recording must be a LabelledRecording, a (source, animal, label) "
+                f"tuple or an object with .recording, .animal and .label; got {item!r}"
+            )
+    if not items:
+        raise ValueError("no labelled recordings were given")
+    return items
+
+
+def check_cohort(
+    items: Sequence[LabelledRecording], class_names: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """Check that the cohort can be split by animal; return the class names (sorted by default)."""
+    if not items:
+        raise ValueError("no labelled recordings were given")
+    labels = sorted({item.label for item in items})
+    class_names = tuple(class_names) if class_names else tuple(labels)
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the class names {list(class_names)}")
+    if len(class_names) < 2:
+        raise ValueError(f"fine-tuning needs at least 2 classes; all recordings are {labels}")
+    animal_labels: dict[str, set[str]] = {}
+    for item in items:
+        animal_labels.setdefault(item.animal, set()).add(item.label)
+    mixed = {a: sorted(ls) for a, ls in animal_labels.items() if len(ls) > 1}
+    if mixed:
+        raise ValueError(f"an animal must have one label; these have several: {mixed}")
+    for name in class_names:
+        animals = sorted(a for a, ls in animal_labels.items() if name in ls)
+        if len(animals) < 2:
+            raise ValueError(
+                f"class {name!r} has {len(animals)} animal(s) ({', '.join(animals) or 'none'}); "
+                "splitting by animal needs at least 2 per class"
+            )
+    return class_names
+
+
+def animals_by_class(items: Sequence[LabelledRecording]) -> dict[str, list[str]]:
+    """Each label's animals, sorted."""
+    groups: dict[str, set[str]] = {}
+    for item in items:
+        groups.setdefault(item.label, set()).add(item.animal)
+    return {label: sorted(animals) for label, animals in sorted(groups.items())}
+
+
+def split_animals(
+    items: Sequence[LabelledRecording],
+    *,
+    test_per_class: int = 1,
+    validation_per_class: int = 1,
+    seed: int = 0,
+) -> AnimalSplit:
+    """Random animal-wise split, stratified by class (every class keeps a training animal)."""
+    rng = np.random.default_rng(seed)
+    test = []
+    remaining = {}
+    for label, animals in animals_by_class(items).items():
+        if len(animals) <= test_per_class:
+            raise ValueError(
+                f"class {label!r} has {len(animals)} animal(s): too few to hold out "
+                f"{test_per_class} for testing and keep one for training"
+            )
+        shuffled = list(rng.permutation(animals))
+        test += shuffled[:test_per_class]
+        remaining[label] = shuffled[test_per_class:]
+    train, validation = _validation_split(remaining, validation_per_class)
+    return AnimalSplit(tuple(sorted(train)), tuple(sorted(validation)), tuple(sorted(test)))
+
+
+def leave_one_animal_out(
+    items: Sequence[LabelledRecording], *, validation_per_class: int = 1, seed: int = 0
+) -> list[AnimalSplit]:
+    """One split per animal, holding out that animal for testing."""
+    groups = animals_by_class(items)
+    splits = []
+    for held_out in sorted(a for animals in groups.values() for a in animals):
+        rng = np.random.default_rng([seed, len(splits)])
+        remaining = {
+            label: list(rng.permutation([a for a in animals if a != held_out]))
+            for label, animals in groups.items()
+        }
+        train, validation = _validation_split(remaining, validation_per_class)
+        splits.append(AnimalSplit(tuple(sorted(train)), tuple(sorted(validation)), (held_out,)))
+    return splits
+
+
+def _validation_split(remaining: dict[str, list[str]], per_class: int):
+    """Take `per_class` animals of every class for validation, if every class keeps one."""
+    if per_class < 1 or any(len(animals) <= per_class for animals in remaining.values()):
+        return [a for animals in remaining.values() for a in animals], []
+    train = [a for animals in remaining.values() for a in animals[per_class:]]
+    validation = [a for animals in remaining.values() for a in animals[:per_class]]
+    return train, validation
+
+
+def balanced_weights(items: Sequence[LabelledRecording]) -> np.ndarray:
+    """Sampling weight per recording: classes equally likely, and animals within a class."""
+    groups = animals_by_class(items)
+    per_animal: dict[str, int] = {}
+    for item in items:
+        per_animal[item.animal] = per_animal.get(item.animal, 0) + 1
+    return np.array(
+        [1 / (len(groups) * len(groups[i.label]) * per_animal[i.animal]) for i in items]
+    )
+
+
+# --- model ----------------------------------------------------------------------------------
+def classifier_network(base: Neurt, n_classes: int, mil_hidden: int, seed: int = 0) -> Neurt:
+    """`base`'s encoder with a window classifier and a recording head for `n_classes` classes.
+
+    Heads of `base` that fit (same number of classes and width) are kept, others start fresh.
+    """
+    config = replace(base.config, n_classes=n_classes, mil_hidden=mil_hidden)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = Neurt(config)
+    fresh = module.state_dict()
+    kept = {k: v for k, v in base.state_dict().items() if k in fresh and v.shape == fresh[k].shape}
+    module.load_state_dict(kept, strict=False)
+    return module
+
+
+def layerwise_lr_groups(
+    module: Neurt,
+    *,
+    lr: float,
+    head_lr: float,
+    layer_decay: float = 0.9,
+    embed_decay: float = 0.8,
+    weight_decay: float = 0.01,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups with the published layer-wise learning-rate decay.
+
+    Block i of n gets ``lr * layer_decay ** (n - 1 - i)`` (the top block `lr`), the embedding
+    (input projection, positions and their LayerNorm) ``lr * embed_decay ** (n - 1)``, the heads
+    `head_lr`. Matrices have weight decay; biases, norms and vectors do not.
+    """
+    n_layer = module.config.n_layer
+    named: dict[str, tuple[float, list, list]] = {}
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith(("embed.", "pos.", "ln_embed.")):
+            group, group_lr = "embedding", lr * embed_decay ** (n_layer - 1)
+        elif name.startswith("blocks."):
+            index = int(name.split(".")[1])
+            group, group_lr = f"block {index}", lr * layer_decay ** (n_layer - 1 - index)
+        else:
+            group, group_lr = "heads", head_lr
+        decayed, plain = named.setdefault(group, (group_lr, [], []))[1:]
+        (decayed if parameter.ndim >= 2 else plain).append(parameter)
+    groups = []
+    for name, (group_lr, decayed, plain) in named.items():
+        groups.append({"name": name, "params": decayed, "lr": group_lr, "weight_decay": weight_decay})
+        groups.append({"name": f"{name} (no decay)", "params": plain, "lr": group_lr,
+                       "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+# --- training -------------------------------------------------------------------------------
+@dataclass
+class _Fit:
+    module: Neurt
+    steps: int
+    best_step: int
+    validation_loss: float | None
+    stopped: bool
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _losses(module: Neurt, windows: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig):
+    """(total, window, recording) losses of bags `windows` (B, n, L, F) labelled `labels` (B,)."""
+    bags, size, length, n_features = windows.shape
+    logits, _, pooled = module.classify_windows(windows.reshape(bags * size, length, n_features))
+    window_loss = F.cross_entropy(logits.float(), labels.repeat_interleave(size))
+    recording_logits, _ = module.classify_recording(pooled.reshape(bags, size, -1))
+    recording_loss = F.cross_entropy(recording_logits.float(), labels)
+    total = config.window_loss_weight * window_loss + config.recording_loss_weight * recording_loss
+    return total, window_loss, recording_loss
+
+
+def _fit(
+    module: Neurt,
+    items: Sequence[LabelledRecording],
+    validation: Sequence[LabelledRecording],
+    class_names: Sequence[str],
+    config: FinetuneConfig,
+    token_settings: dict,
+    read_options: dict | None,
+    *,
+    offset: int,
+    total: int,
+    stage: str,
+    stop: Callable[[], bool] | None,
+) -> Steps[_Fit]:
+    """Train `module` on `items`, stopping early on the `validation` recordings' loss."""
+    device = resolve_device(config.device)
+    autocast = device.type == "cuda" and config.bf16
+    module = module.to(device).train()
+    optimizer = torch.optim.AdamW(
+        layerwise_lr_groups(
+            module,
+            lr=config.lr,
+            head_lr=config.head_lr,
+            layer_decay=config.layer_decay,
+            embed_decay=config.embed_decay,
+            weight_decay=config.weight_decay,
+        )
+    )
+    schedule = WarmupCosine(config.steps, math.ceil(config.warmup * config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    index = {name: k for k, name in enumerate(class_names)}
+    stream = BagStream(
+        [item.source for item in items],
+        [index[item.label] for item in items],
+        balanced_weights(items),
+        window_length=module.config.seq_len,
+        bag_size=config.bag_size,
+        bags_per_step=config.bags_per_step,
+        seed=config.seed,
+        token_settings=token_settings,
+        read_options=read_options,
+        recordings_per_round=config.recordings_per_round,
+        bags_per_recording=config.bags_per_recording,
+    )
+    held = _validation_bags(validation, index, module.config.seq_len, config, token_settings,
+                            read_options)
+    fit = _Fit(module, 0, 0, None, False)
+    best_state, bad_validations = None, 0
+    batches = iter(DataLoader(stream, batch_size=None))
+    for step in range(1, config.steps + 1):
+        if stop is not None and stop():
+            fit.stopped = True
+            break
+        windows, labels = next(batches)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss, _, _ = _losses(module, windows.to(device), labels.to(device), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        fit.steps = step
+        fit.history.append((step, float(loss.detach())))
+        yield TrainingProgress(
+            offset + step, total, f"{stage} loss {fit.history[-1][1]:.4f}", fit.history[-1][1],
+            float(scheduler.get_last_lr()[-1]),
+        )
+        if held is not None and (step % config.eval_every == 0 or step == config.steps):
+            value = _validation_loss(module, held, config, device, autocast)
+            if fit.validation_loss is None or value < fit.validation_loss:
+                fit.validation_loss, fit.best_step, bad_validations = value, step, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                bad_validations += 1
+                if bad_validations >= config.patience:
+                    break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    else:
+        fit.best_step = fit.steps
+    fit.module = module.eval()
+    return fit
+
+
+def _validation_bags(items, index, window_length, config, token_settings, read_options):
+    """Fixed bags of the validation recordings: (windows (V, n, L, F), labels (V,)), or None."""
+    if not items:
+        return None
+    rng = np.random.default_rng([config.seed, 1])
+    bags, labels = [], []
+    for item in items:
+        tokens = source_tokens(item.source, token_settings, read_options)
+        try:
+            bags.append(draw_bags(tokens, config.validation_bags, config.bag_size, window_length,
+                                  rng))
+        except ValueError as error:
+            raise ValueError(f"{describe_source(item.source)}: {error}") from None
+        labels.append(np.full(config.validation_bags, index[item.label]))
+    return torch.from_numpy(np.concatenate(bags)), torch.from_numpy(np.concatenate(labels))
+
+
+@torch.no_grad()
+def _validation_loss(module, held, config, device, autocast) -> float:
+    module.eval()
+    windows, labels = held
+    total, count = 0.0, 0
+    for first in range(0, len(labels), config.bags_per_step):
+        chunk = slice(first, first + config.bags_per_step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss, _, _ = _losses(module, windows[chunk].to(device), labels[chunk].to(device),
+                                 config)
+        total += float(loss) * len(labels[chunk])
+        count += len(labels[chunk])
+    module.train()
+    return total / count
+
+
+# --- evaluation -----------------------------------------------------------------------------
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); None without both kinds."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _classify_held_out(model, items, class_names, read_options, fold) -> list[dict[str, Any]]:
+    """Per recording: the recording head's class probabilities and each neuron's."""
+    records = []
+    for item in items:
+        tokens = source_tokens(item.source, model.token_settings, read_options)
+        result = model.classify(tokens)
+        with model.inference_context():
+            logits, _ = model.module.classify_recording(
+                torch.from_numpy(result.neuron_embedding).to(model.device)
+            )
+        records.append(
+            {
+                "animal": item.animal,
+                "label": class_names.index(item.label),
+                "recording": describe_source(item.source),
+                "fold": fold,
+                "probability": logits.float().softmax(-1).cpu().numpy(),
+                "neuron_probability": result.class_probability,
+            }
+        )
+    return records
+
+
+def _report(records, class_names, evaluation, folds) -> FinetuneReport:
+    n_classes = len(class_names)
+    animals = sorted({r["animal"] for r in records})
+    rows = []
+    animal_probability = {}
+    for animal in animals:
+        mine = [r for r in records if r["animal"] == animal]
+        label = mine[0]["label"]
+        probabilities = np.stack([r["probability"] for r in mine])
+        neurons = np.concatenate([r["neuron_probability"] for r in mine])
+        others = [r["neuron_probability"][:, label] for r in records if r["label"] != label]
+        others = np.concatenate(others) if others else np.zeros(0)
+        animal_probability[animal] = (label, probabilities.mean(0))
+        rows.append(
+            {
+                "animal": animal,
+                "label": class_names[label],
+                "fold": mine[0]["fold"],
+                "recordings": len(mine),
+                "neurons": len(neurons),
+                "predicted": class_names[int(probabilities.mean(0).argmax())],
+                "p_true": float(probabilities[:, label].mean()),
+                "recording_accuracy": float((probabilities.argmax(1) == label).mean()),
+                "neuron_accuracy": float((neurons.argmax(1) == label).mean()),
+                "neuron_auc": auc(
+                    np.concatenate([neurons[:, label], others]),
+                    np.arange(len(neurons) + len(others)) < len(neurons),
+                ),
+            }
+        )
+
+    def pooled_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+        if n_classes == 2:
+            return auc(probabilities[:, 1], labels == 1)
+        values = [auc(probabilities[:, c], labels == c) for c in range(n_classes)]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    animal_labels = np.array([label for label, _ in animal_probability.values()])
+    animal_p = np.stack([p for _, p in animal_probability.values()])
+    recording_labels = np.array([r["label"] for r in records])
+    recording_p = np.stack([r["probability"] for r in records])
+    neuron_labels = np.concatenate(
+        [np.full(len(r["neuron_probability"]), r["label"]) for r in records]
+    )
+    neuron_p = np.concatenate([r["neuron_probability"] for r in records])
+    summary = {
+        "animals": len(animals),
+        "animal_accuracy": float((animal_p.argmax(1) == animal_labels).mean()),
+        "animal_auc": pooled_auc(animal_labels, animal_p),
+        "recording_accuracy": float((recording_p.argmax(1) == recording_labels).mean()),
+        "recording_auc": pooled_auc(recording_labels, recording_p),
+        "neuron_accuracy": float((neuron_p.argmax(1) == neuron_labels).mean()),
+        "neuron_auc": pooled_auc(neuron_labels, neuron_p),
+    }
+    return FinetuneReport(tuple(class_names), evaluation, rows, summary, folds)
+
+
+# --- entry points ---------------------------------------------------------------------------
+def finetune(
+    data: str | os.PathLike | Iterable[Any],
+    out_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    *,
+    base: ModelSpec = "default",
+    class_names: Sequence[str] | None = None,
+    read_options: dict | None = None,
+    progress: Callable[[TrainingProgress], object] | None = None,
+    stop: Stop | None = None,
+) -> FinetuneResult:
+    """Fine-tune `base` to classify the recordings of `data` by their animals' labels.
+
+    `data` is a manifest, class folders or an iterable of labelled recordings (module
+    docstring). `base` is the pretrained model: anything `load_model` takes, a `NeurtModel`, or a
+    `NeurtConfig` (an untrained network of that shape, for tests). `class_names` fixes the order
+    of the classes (default: sorted labels; probabilities in results are of class 1).
+    The model (with its class names) and ``report.json`` / ``report.csv`` are written to
+    `out_dir`. `progress` gets a `TrainingProgress` after each step; `stop` ends training early
+    (the model trained so far is evaluated and saved, and ``stopped`` is True).
+    """
+    steps = iter_finetune(
+        data, out_dir, config, base=base, class_names=class_names, read_options=read_options,
+        stop=stop,
+    )
+    return run_steps(steps, progress=progress)
+
+
+def iter_finetune(
+    data: str | os.PathLike | Iterable[Any],
+    out_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    *,
+    base: ModelSpec = "default",
+    class_names: Sequence[str] | None = None,
+    read_options: dict | None = None,
+    stop: Stop | None = None,
+) -> Steps[FinetuneResult]:
+    """`finetune` as a generator of `TrainingProgress` that returns the `FinetuneResult`."""
+    config = config or FinetuneConfig()
+    items = labelled_recordings(data)
+    class_names = check_cohort(items, class_names)
+    should_stop = getattr(stop, "is_set", stop)
+    start = starting_point(base, config.seed)
+    tokens, frame_rate = start.token_settings, start.frame_rate_hz
+    device = resolve_device(config.device)
+
+    if config.evaluation == "split":
+        splits = [
+            split_animals(
+                items,
+                test_per_class=config.test_per_class,
+                validation_per_class=config.validation_per_class,
+                seed=config.seed,
+            )
+        ]
+    else:
+        splits = leave_one_animal_out(
+            items, validation_per_class=config.validation_per_class, seed=config.seed
+        )
+        everyone = {label: list(np.random.default_rng(config.seed).permutation(animals))
+                    for label, animals in animals_by_class(items).items()}
+        train, validation = _validation_split(everyone, config.validation_per_class)
+        splits.append(AnimalSplit(tuple(sorted(train)), tuple(sorted(validation)), ()))
+
+    total = config.steps * len(splits)
+    records, folds, fit = [], [], None
+    for number, split in enumerate(splits):
+        final = not split.test or config.evaluation == "split"
+        name = "final model" if not split.test else f"held out {', '.join(split.test)}"
+        stage = f"fold {number + 1}/{len(splits)} ({name})"
+        module = classifier_network(start.network, len(class_names), config.mil_hidden, config.seed)
+        fit = yield from _fit(
+            module,
+            [i for i in items if i.animal in split.train],
+            [i for i in items if i.animal in split.validation],
+            class_names,
+            config,
+            tokens,
+            read_options,
+            offset=number * config.steps,
+            total=total,
+            stage=stage,
+            stop=should_stop,
+        )
+        model = NeurtModel(fit.module, class_names=class_names, tokens=tokens,
+                           frame_rate_hz=frame_rate, device=device)
+        if split.test:
+            records += _classify_held_out(
+                model, [i for i in items if i.animal in split.test], list(class_names),
+                read_options, number,
+            )
+        folds.append(
+            {
+                **asdict(split),
+                "steps": fit.steps,
+                "best_step": fit.best_step,
+                "validation_loss": fit.validation_loss,
+                "final_model": final,
+            }
+        )
+        if fit.stopped:
+            break
+
+    out_dir = Path(out_dir)
+    report = _report(records, class_names, config.evaluation, folds) if records else (
+        FinetuneReport(tuple(class_names), config.evaluation, [], {}, folds)
+    )
+    save_checkpoint(
+        out_dir,
+        model.module,
+        class_names=class_names,
+        tokens=tokens,
+        frame_rate_hz=frame_rate,
+        provenance={
+            "source": "napari-neurt finetune",
+            "started_from": start.provenance,
+            "train_animals": list(folds[-1]["train"]),
+            "validation_animals": list(folds[-1]["validation"]),
+            "steps": fit.steps,
+            "best_step": fit.best_step,
+            "config": config.to_dict(),
+        },
+    )
+    report.write(out_dir)
+    return FinetuneResult(out_dir, model, report, fit.stopped)

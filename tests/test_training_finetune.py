@@ -1,0 +1,213 @@
+"""Fine-tuning: labelled data, animal-wise splits, layer-wise learning rates, a separable cohort."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neurt import Recording, load_model
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+from napari_neurt.training import (
+    FinetuneConfig,
+    LabelledRecording,
+    finetune,
+    labelled_recordings,
+    layerwise_lr_groups,
+    leave_one_animal_out,
+    split_animals,
+)
+from napari_neurt.training.finetune import auc, balanced_weights, check_cohort
+
+TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_recording(kind: str, seed: int, n_neurons: int = 10, n_frames: int = 96) -> Recording:
+    """"calm": slow sines; "bursty": rare large events on a flat baseline. Trivially separable."""
+    rng = np.random.default_rng(seed)
+    frames = np.arange(n_frames)
+    if kind == "calm":
+        traces = np.sin(2 * np.pi * frames / 30 + rng.uniform(0, 6.3, (n_neurons, 1)))
+    else:
+        traces = (rng.random((n_neurons, n_frames)) < 0.04) * 5.0
+        traces[:, 0] = 5.0  # every neuron has an event, so none is constant
+    traces = traces + 0.05 * rng.standard_normal((n_neurons, n_frames))
+    return Recording(
+        traces=traces,
+        neuron_ids=np.arange(1, n_neurons + 1),
+        centroids=rng.uniform(0, 80, (n_neurons, 2)),
+        frame_rate=10.0,
+        source=f"{kind} {seed}",
+    )
+
+
+def toy_cohort(per_class: int = 3, recordings_per_animal: int = 1) -> list[LabelledRecording]:
+    items = []
+    for k, label in enumerate(("calm", "bursty")):
+        for a in range(per_class):
+            animal = f"{label}-{a}"
+            for r in range(recordings_per_animal):
+                seed = 1000 * k + 10 * a + r
+                items.append(LabelledRecording(toy_recording(label, seed), animal, label))
+    return items
+
+
+def write_manifest(folder, rows, header=("path", "animal", "label")):
+    path = folder / "manifest.csv"
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def save_npz(path, recording):
+    np.savez(path, traces=recording.traces, centroids=recording.centroids, frame_rate=10.0)
+
+
+def fast(**overrides) -> FinetuneConfig:
+    values = dict(steps=40, bags_per_step=4, bag_size=6, lr=3e-3, head_lr=1e-2, mil_hidden=8,
+                  eval_every=10, patience=3, validation_bags=4, device="cpu")
+    return FinetuneConfig(**{**values, **overrides})
+
+
+def test_manifest_and_class_folders(tmp_path):
+    save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
+    manifest = write_manifest(tmp_path, [["a.npz", "m1", "calm"], [tmp_path / "a.npz", "m2", "x"]])
+    items = labelled_recordings(manifest)
+    assert [(i.animal, i.label) for i in items] == [("m1", "calm"), ("m2", "x")]
+    assert items[0].source == tmp_path / "a.npz"
+
+    root = tmp_path / "classes"
+    (root / "wt" / "mouse1").mkdir(parents=True)
+    (root / "ad").mkdir(parents=True)
+    save_npz(root / "wt" / "mouse1" / "day1.npz", toy_recording("calm", 1))
+    save_npz(root / "wt" / "mouse1" / "day2.npz", toy_recording("calm", 2))
+    save_npz(root / "ad" / "mouse2.npz", toy_recording("bursty", 3))
+    items = labelled_recordings(root)
+    assert sorted((i.animal, i.label, i.source.name) for i in items) == [
+        ("mouse1", "wt", "day1.npz"), ("mouse1", "wt", "day2.npz"), ("mouse2", "ad", "mouse2.npz")
+    ]
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    empty = write_manifest(tmp_path, [])
+    with pytest.raises(ValueError, match="lists no recordings"):
+        labelled_recordings(empty)
+    wrong = write_manifest(tmp_path, [["a.npz", "m1", "calm"]], header=("path", "animal", "group"))
+    with pytest.raises(ValueError, match="no column 'label'.*'group'"):
+        labelled_recordings(wrong)
+    missing = write_manifest(tmp_path, [["nowhere.npz", "m1", "calm"]])
+    with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+        labelled_recordings(missing)
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        labelled_recordings(tmp_path / "absent.csv")
+    with pytest.raises(ValueError, match="no labelled recordings"):
+        labelled_recordings([])
+    one_animal = [
+        LabelledRecording("x", "m1", "calm"),
+        LabelledRecording("y", "m1", "calm"),
+        LabelledRecording("z", "m2", "bursty"),
+        LabelledRecording("w", "m3", "bursty"),
+    ]
+    with pytest.raises(ValueError, match="class 'calm' has 1 animal"):
+        check_cohort(one_animal)
+    with pytest.raises(ValueError, match="one label"):
+        check_cohort([*one_animal, LabelledRecording("v", "m1", "bursty")])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        check_cohort([LabelledRecording("x", "m1", "a"), LabelledRecording("y", "m2", "a")])
+    with pytest.raises(ValueError, match="evaluation"):
+        FinetuneConfig(evaluation="k-fold")
+
+
+def test_splits_keep_each_animal_on_one_side():
+    items = toy_cohort(per_class=4, recordings_per_animal=2)
+    split = split_animals(items, test_per_class=1, validation_per_class=1, seed=3)
+    sides = [set(split.train), set(split.validation), set(split.test)]
+    assert all(not (a & b) for k, a in enumerate(sides) for b in sides[k + 1 :])
+    assert set().union(*sides) == {i.animal for i in items}
+    labels = {i.animal: i.label for i in items}
+    for side in (split.test, split.validation):
+        assert sorted(labels[a] for a in side) == ["bursty", "calm"]  # stratified
+
+    folds = leave_one_animal_out(items)
+    assert sorted(f.test[0] for f in folds) == sorted({i.animal for i in items})
+    for fold in folds:
+        assert fold.test[0] not in fold.train + fold.validation
+        assert not set(fold.train) & set(fold.validation)
+    # with two animals per class, holding one out leaves none to spare for validation
+    assert all(not f.validation for f in leave_one_animal_out(toy_cohort(per_class=2)))
+
+
+def test_sampling_balances_classes_and_animals():
+    items = toy_cohort(per_class=2)
+    items += [LabelledRecording(f"extra{k}", "calm-0", "calm") for k in range(3)]
+    weights = balanced_weights(items)
+    per_class = {label: weights[[i.label == label for i in items]].sum() for label in ("calm", "bursty")}
+    assert per_class["calm"] == pytest.approx(per_class["bursty"])
+    per_animal = {a: weights[[i.animal == a for i in items]].sum() for a in ("calm-0", "calm-1")}
+    assert per_animal["calm-0"] == pytest.approx(per_animal["calm-1"])
+
+
+def test_layerwise_learning_rates_follow_the_published_rule():
+    module = Neurt(NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=4, n_ff=32, n_classes=2,
+                               mil_hidden=8))
+    groups = layerwise_lr_groups(module, lr=1e-3, head_lr=5e-3)
+    lr = {g["name"]: g["lr"] for g in groups}
+    # published: blocks 3, 2, 1, 0 at lr, 0.9 lr, 0.9^2 lr, 0.9^3 lr; embedding at 0.8^3 lr
+    expected = {"block 3": 1e-3, "block 2": 9e-4, "block 1": 8.1e-4, "block 0": 7.29e-4,
+                "embedding": 5.12e-4, "heads": 5e-3}
+    for name, value in expected.items():
+        assert lr[name] == pytest.approx(value) and lr[f"{name} (no decay)"] == pytest.approx(value)
+    covered = {id(p) for g in groups for p in g["params"]}
+    assert covered == {id(p) for p in module.parameters()}
+    assert all(g["weight_decay"] == 0 for g in groups if "no decay" in g["name"])
+    assert all(p.ndim == 1 for g in groups if "no decay" in g["name"] for p in g["params"])
+
+
+def test_auc():
+    assert auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auc([1, 2], [True, True]) is None
+
+
+def test_finetuning_separates_a_toy_cohort(tmp_path):
+    result = finetune(toy_cohort(per_class=3), tmp_path, fast(), base=TINY,
+                      class_names=("calm", "bursty"))
+    report = result.report
+    assert len(report.animals) == 2 and report.summary["animal_accuracy"] == 1.0
+    assert report.summary["recording_auc"] == 1.0
+    assert all(row["neuron_accuracy"] > 0.9 for row in report.animals)
+    assert {row["label"] for row in report.animals} == {"calm", "bursty"}
+    fold = report.folds[0]
+    assert not set(fold["test"]) & set(fold["train"] + fold["validation"])
+
+    model = load_model(tmp_path, device="cpu")
+    assert model.class_names == ("calm", "bursty")
+    assert model.config.n_classes == 2 and model.config.mil_hidden == 8
+    assert model.provenance["train_animals"] == list(fold["train"])
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["summary"]["animal_accuracy"] == 1.0
+    with open(tmp_path / "report.csv") as file:
+        assert len(list(csv.DictReader(file))) == 2
+
+
+def test_leave_one_animal_out_reports_every_animal(tmp_path):
+    result = finetune(toy_cohort(per_class=2), tmp_path, fast(steps=30, evaluation="leave-one-animal-out"),
+                      base=TINY)
+    rows = result.report.animals
+    assert sorted(r["animal"] for r in rows) == ["bursty-0", "bursty-1", "calm-0", "calm-1"]
+    assert len(result.report.folds) == 5 and result.report.folds[-1]["final_model"]
+    assert result.report.summary["animal_accuracy"] >= 0.75
+    assert all(r["neuron_auc"] is not None for r in rows)
+    assert load_model(tmp_path, device="cpu").class_names == ("bursty", "calm")
