@@ -27,6 +27,7 @@ _LAZY = {
     "load_model": "napari_neurt.model",
     "neighborhood_tokens": "napari_neurt.model",
     "pretrain": "napari_neurt.training",
+    "finetune": "napari_neurt.training",
 }
 
 __all__ = ["Cancelled", "Progress", "Recording", "run_steps", *_LAZY]

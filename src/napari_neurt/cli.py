@@ -93,6 +93,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         help="hide all features of a hidden frame (published) or only the own trace",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the hidden spans (default 0)")
+    p.add_argument(
+        "--adapt",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="first adapt the model to each recording by STEPS steps of masked reconstruction "
+        "(the hidden frames are kept from it); default 0, no adaptation",
+    )
     p.set_defaults(func=_run_model_task)
 
 
@@ -135,6 +143,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
                 frame_rate=args.frame_rate,
                 pixel_size_um=args.pixel_size,
             )
+            task_model = _adapted(model, recording, args) if getattr(args, "adapt", 0) else model
             options = dict(
                 delta=args.delta,
                 overlap=args.overlap,
@@ -148,11 +157,11 @@ def _run_model_task(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     channels=args.channels,
                 )
-                arrays = batch.reconstruct_recording(model, recording, **options)
+                arrays = batch.reconstruct_recording(task_model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")
                 summary = f"median R^2 on hidden frames {np.nanmedian(arrays['r2_hidden']):.3f}"
             else:
-                arrays = batch.classify_recording(model, recording, **options)
+                arrays = batch.classify_recording(task_model, recording, **options)
                 columns = (
                     "neuron_ids",
                     "neuron_probability",
@@ -177,7 +186,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
             out = batch.write_results(
                 batch.results_path(source, args.task, args.out),
                 arrays,
-                model=model,
+                model=task_model,
                 parameters=parameters,
                 csv_columns=columns if args.csv else (),
             )
@@ -238,6 +247,22 @@ def _run_import_weights(args: argparse.Namespace) -> int:
         f"sha256 {provenance['imported_from_sha256']}) -> {out}"
     )
     return 0
+
+def _adapted(model, recording, args: argparse.Namespace):
+    """`model` adapted to `recording` without seeing the frames `reconstruct_recording` hides."""
+    from .model import span_mask
+
+    hide = span_mask(  # the mask reconstruct_recording draws from the same arguments
+        recording.n_neurons,
+        recording.n_frames,
+        ratio=args.hide_ratio,
+        max_span=args.max_span,
+        seed=args.seed,
+    )
+    return model.adapt(
+        recording, args.adapt, hide=hide, channels=args.channels, seed=args.seed, delta=args.delta
+    )
+
 
 # --- training: pretrain --------------------------------------------------------------------------
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -335,6 +360,104 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- training: finetune --------------------------------------------------------------------------
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune NEuRT to classify animals' recordings by group (split by animal; writes "
+        "the model and a report of accuracy and AUC per held-out animal)",
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="a CSV manifest (columns path, animal, label; paths relative to it) or a folder "
+        "with one sub-folder per class, one folder (or recording) per animal in each",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the model and report")
+    p.add_argument(
+        "--base",
+        default="default",
+        metavar="SOURCE",
+        help="pretrained model: 'default', 'neurt-microns', a checkpoint folder or a .pth",
+    )
+    p.add_argument(
+        "--evaluation",
+        choices=("split", "leave-one-animal-out"),
+        default="split",
+        help="hold out animals per class for the report (split), or every animal in turn",
+    )
+    p.add_argument("--classes", metavar="A,B", help="class order (default: sorted labels)")
+    p.add_argument("--label-column", default="label", help="manifest column of the labels")
+    p.add_argument("--animal-column", default="animal", help="manifest column of the animals")
+    p.add_argument("--path-column", default="path", help="manifest column of the recordings")
+    p.add_argument("--steps", type=int, default=2000, help="most steps per training")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the top block")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
+    p.add_argument("--bag-size", type=int, default=16, help="neurons per bag")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
+    p.add_argument(
+        "--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)"
+    )
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .training import FinetuneConfig, finetune
+    from .training.finetune import read_class_folders, read_manifest
+
+    if Path(args.data).is_dir():
+        data = read_class_folders(args.data)
+    else:
+        data = read_manifest(
+            args.data,
+            path_column=args.path_column,
+            animal_column=args.animal_column,
+            label_column=args.label_column,
+        )
+    config = FinetuneConfig(
+        steps=args.steps,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        bag_size=args.bag_size,
+        evaluation=args.evaluation,
+        seed=args.seed,
+        device=args.device,
+    )
+    read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
+
+    def show(step) -> None:
+        if step.done % 50 == 0 or step.done == step.total:
+            print(f"{step.stage} [{step.done}/{step.total}]", file=sys.stderr, flush=True)
+
+    with _stop_on_signals() as stop:
+        result = finetune(
+            data,
+            args.out,
+            config,
+            base=args.base,
+            class_names=args.classes.split(",") if args.classes else None,
+            read_options={k: v for k, v in read_options.items() if v is not None},
+            progress=show,
+            stop=stop,
+        )
+    for row in result.report.animals:
+        print(
+            f"{row['animal']} ({row['label']}): predicted {row['predicted']}, "
+            f"P(true class) {row['p_true']:.3f}, neurons right {row['neuron_accuracy']:.0%}"
+        )
+    summary = result.report.summary
+    if summary:
+        auc = summary["animal_auc"]
+        auc_text = "n/a (needs both classes)" if auc is None else f"{auc:.3f}"
+        print(f"held-out animals: accuracy {summary['animal_accuracy']:.0%}, AUC {auc_text}")
+    print(f"model and report -> {result.folder}" + (" (stopped early)" if result.stopped else ""))
+    return 0
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
     """A stop flag that Ctrl-C or SIGTERM sets, so that training ends after the current step
@@ -366,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_import_weights(sub)
     _add_pretrain(sub)
+    _add_finetune(sub)
     return parser
 
 

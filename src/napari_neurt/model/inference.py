@@ -271,6 +271,62 @@ class NeurtModel:
         total /= torch.from_numpy(plan.weight_sum)[None, :, None]
         return total.numpy()
 
+    # --- adaptation -------------------------------------------------------------------------
+    def adapt(
+        self,
+        data: Recording | TokensLike,
+        steps: int = 200,
+        *,
+        hide: np.ndarray | torch.Tensor | None = None,
+        channels: str = "all",
+        lr: float = 1e-4,
+        batch_size: int = 16,
+        seed: int = 0,
+        delta: float | None = None,
+        progress: ProgressCallback | None = None,
+        stop: Stop | None = None,
+    ) -> NeurtModel:
+        """A copy of this model adapted to `data` by a short masked-reconstruction fine-tune.
+
+        `data` is a `Recording` (tokens from `tokens_for` with `delta`) or its tokens. Both
+        pretraining regimes are used (`napari_neurt.training.masking`). Steps in `hide` (bool
+        (N, T)) are kept from the model, hidden as ``reconstruct(..., channels=channels)`` hides
+        them and never scored, so that it can then be asked for them without having seen them.
+        `steps` AdamW steps at `lr` of `batch_size` windows; the same `seed` gives the same
+        weights. This model is left unchanged. `progress` and `stop` as in `reconstruct`.
+        """
+        steps_ = self.iter_adapt(
+            data, steps, hide=hide, channels=channels, lr=lr, batch_size=batch_size, seed=seed,
+            delta=delta,
+        )
+        return run_steps(steps_, progress=progress, stop=stop)
+
+    def iter_adapt(
+        self,
+        data: Recording | TokensLike,
+        steps: int = 200,
+        *,
+        hide: np.ndarray | torch.Tensor | None = None,
+        channels: str = "all",
+        lr: float = 1e-4,
+        batch_size: int = 16,
+        seed: int = 0,
+        delta: float | None = None,
+    ) -> Steps[NeurtModel]:
+        """`adapt` as a generator of `Progress` that returns the adapted model."""
+        from ..training.adapt import adaptation_steps  # training imports this module
+
+        tokens = self.tokens_for(data, delta) if isinstance(data, Recording) else data
+        x = self._check_tokens(tokens)
+        kept_out = self._check_hide(hide, x.shape[:2], channels)
+        source = data.source if isinstance(data, Recording) else "tokens"
+        return (
+            yield from adaptation_steps(
+                self, x.numpy(), kept_out.numpy(), steps, channels=channels, lr=lr,
+                batch_size=batch_size, seed=seed, source=source,
+            )
+        )
+
     # --- classification ---------------------------------------------------------------------
     def classify(
         self,

@@ -236,7 +236,14 @@ def iter_pretrain(
             rank=context.rank,
             world_size=context.world_size,
         )
-        stopped = yield from _train(trainer, stream, config, save, stop, "pretrain")
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=Masker(config.masking),
+            num_workers=config.num_workers,
+            pin_memory=context.device.type == "cuda",
+        )
+        stopped = yield from train_steps(trainer, loader, save, stop, "pretrain")
         save()
         return TrainingResult(
             out_dir, trainer.step, config.steps, stopped, trainer.history, trainer.module.eval()
@@ -245,25 +252,20 @@ def iter_pretrain(
         context.close()
 
 
-def _train(
+def train_steps(
     trainer: ReconstructionTrainer,
-    stream: WindowStream,
-    config: PretrainConfig,
+    batches: Iterable[MaskedBatch],
     save: Callable[[], None],
     stop: Stop | None,
     stage: str,
 ) -> Steps[bool]:
-    """Train until `config.steps` or a stop; return whether it stopped early."""
+    """Train until ``trainer.config.steps`` or a stop; return whether it stopped early.
+
+    `save` is called every ``save_every`` steps and when the generator is closed early.
+    """
+    config = trainer.config
     should_stop = getattr(stop, "is_set", stop)
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        collate_fn=Masker(config.masking),
-        num_workers=config.num_workers,
-        pin_memory=trainer.context.device.type == "cuda",
-        persistent_workers=False,
-    )
-    batches = iter(loader)
+    batches = iter(batches)
     try:
         while trainer.step < config.steps:
             if trainer.context.any(bool(should_stop and should_stop())):
