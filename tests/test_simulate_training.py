@@ -35,7 +35,7 @@ def mean_pairwise_correlation(traces: np.ndarray) -> float:
 
 
 def dff_from_fluorescence(traces: np.ndarray, frame_rate: float, block_s: float = 10.0):
-    """ΔF/F against a baseline following drift: the 10th percentile of 10 s blocks, interpolated."""
+    """ΔF/F over a baseline that follows drift: 10th percentile of 10 s blocks, interpolated."""
     n_neurons, n_frames = traces.shape
     block = max(int(block_s * frame_rate), 2)
     n_blocks = max(n_frames // block, 1)
@@ -47,9 +47,10 @@ def dff_from_fluorescence(traces: np.ndarray, frame_rate: float, block_s: float 
 
 
 def event_rates(dff: np.ndarray, duration_s: float) -> np.ndarray:
-    """Onsets per second of each row above 3 noise s.d. (noise from the frame-to-frame MAD)."""
+    """Onsets per second of each row 4 noise s.d. above its median (noise from the MAD of the
+    frame-to-frame differences; the median is the baseline of sparsely active neurons)."""
     noise = np.median(np.abs(np.diff(dff, axis=1)), axis=1) / (0.6745 * np.sqrt(2))
-    above = dff > 3 * noise[:, None]
+    above = dff - np.median(dff, axis=1, keepdims=True) > 4 * noise[:, None]
     return (above[:, 1:] & ~above[:, :-1]).sum(1) / duration_s
 
 
@@ -253,12 +254,9 @@ def test_affected_neurons_fire_more_than_their_unaffected_neighbours(animals):
 
 def test_ad_like_animals_are_less_synchronous_on_average(animals):
     def synchrony(animal, truth: bool) -> float:
-        recording = animal.recording
         if truth:
-            return mean_pairwise_correlation(recording.metadata["dff"])
-        return mean_pairwise_correlation(
-            dff_from_fluorescence(recording.traces, recording.frame_rate)
-        )
+            return mean_pairwise_correlation(animal.recording.metadata["dff"])
+        return recording_features(animal.recording)[1]
 
     for truth in (True, False):
         by_group = {group: [] for group in simulate.GROUPS}
@@ -294,8 +292,11 @@ def test_write_cohort_round_trips_through_read_recording(animals, tmp_path):
 
 
 def recording_features(recording) -> tuple[float, float]:
-    """Log mean event rate and mean pairwise correlation of ΔF/F, as an experimenter measures."""
-    dff = dff_from_fluorescence(recording.traces, recording.frame_rate)
+    """Log mean event rate and mean pairwise correlation of ΔF/F, as an experimenter measures
+    them, leaving out the dropped frames (one dark frame, shared by all neurons, would add a
+    large correlation of its own)."""
+    intact = np.setdiff1d(np.arange(recording.n_frames), recording.metadata["dropped_frames"])
+    dff = dff_from_fluorescence(recording.traces[:, intact], recording.frame_rate)
     return (
         float(np.log(event_rates(dff, recording.duration_s).mean())),
         mean_pairwise_correlation(dff),
@@ -342,5 +343,5 @@ def test_a_simple_baseline_is_better_than_chance_but_not_perfect():
     # the default phenotype is detectable from two summary statistics, a weak one is not.
     default, weak = baseline_accuracy(effect=1.0), baseline_accuracy(effect=0.25)
     print(f"baseline accuracy: {default:.2f} at effect 1, {weak:.2f} at effect 0.25")
-    assert default >= 0.75
-    assert weak < 0.85 and weak < default
+    assert default >= 0.7
+    assert weak < 0.8 and weak < default

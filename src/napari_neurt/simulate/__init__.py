@@ -30,10 +30,30 @@ resting light to its pixels (see `TWO_PHOTON`). The mean of the movie in each la
 with the true fluorescence at r > 0.9 for every cell (0.95 at worst, median 0.99; with suite2p's
 neuropil subtraction 0.96 at worst). `miniscope()` is much harder: out-of-focus light several
 times brighter than the cells, which are blurred by a 3.5 um point-spread function.
+
+For training, where thousands of neurons in many recordings are needed and a movie would only
+cost time, `population` simulates the extracted traces directly (photon and read noise,
+neuropil residue, drift and bleaching, dropped frames; `TraceImaging`, `TWO_PHOTON_TRACES`,
+`MINISCOPE_TRACES`) with the same spikes and kinetics. `random_condition` draws a recording
+condition (indicator, two-photon or miniscope, 3-30 Hz, quality, activity) and
+`training_recordings` streams varied recordings. `cohort` simulates wild-type and AD-like
+animals, the latter with hyperactive neurons around plaques and weaker ensembles (`Phenotype`),
+returning the affected neurons; `write_cohort` saves them with a manifest for fine-tuning.
 """
 
 from .activity import Activity, assign_ensembles, ensemble_spikes
 from .anatomy import cell_footprints, footprints_to_labels, place_cells, vessel_map
+from .cohort import (
+    AD_LIKE,
+    COHORT_CONDITION,
+    GROUPS,
+    WILD_TYPE,
+    CohortAnimal,
+    Phenotype,
+    cohort,
+    write_cohort,
+)
+from .conditions import Condition, random_condition, training_recordings
 from .imaging import (
     MINISCOPE,
     TWO_PHOTON,
@@ -46,7 +66,6 @@ from .imaging import (
     vignette,
 )
 from .kinetics import INDICATORS, Indicator, calcium_kernel, get_indicator, spikes_to_dff
-from .recordings import SimulatedRecording, generate, miniscope, two_photon
 from .population import (
     MINISCOPE_TRACES,
     TWO_PHOTON_TRACES,
@@ -56,17 +75,7 @@ from .population import (
     place_neurons,
     population,
 )
-from .conditions import Condition, random_condition, training_recordings
-from .cohort import (
-    AD_LIKE,
-    COHORT_CONDITION,
-    GROUPS,
-    WILD_TYPE,
-    CohortAnimal,
-    Phenotype,
-    cohort,
-    write_cohort,
-)
+from .recordings import SimulatedRecording, generate, miniscope, two_photon
 
 __all__ = [
     "AD_LIKE",

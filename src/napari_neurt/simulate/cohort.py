@@ -20,18 +20,27 @@ WILD_TYPE = "wild type"
 AD_LIKE = "AD-like"
 GROUPS = (WILD_TYPE, AD_LIKE)
 
-# The default cohort's population: few, broad ensembles (about two per 150 neurons), whose events
-# make the mean pairwise correlation a meaningful, if noisy, measure of synchrony (0.02-0.1 in
-# wild-type traces, as commonly reported for cortical L2/3).
+# The default cohort's population fires sparsely, as cortical L2/3 does (below 1 spike/s on
+# average, with a wide spread of rates), so that hyperactive neurons stand out; its ensembles are
+# few and broad (about three per 300 neurons), so that the mean pairwise correlation is a
+# meaningful, if noisy, measure of synchrony (about 0.04 in wild-type traces).
 COHORT_CONDITION = Condition(
-    activity=Activity(ensembles_per_mm2=20.0, ensemble_radius_um=100.0, event_rate_hz=0.6)
+    activity=Activity(
+        rate_hz=0.3,
+        rate_spread=0.5,
+        ensembles_per_mm2=20.0,
+        ensemble_radius_um=100.0,
+        event_rate_hz=0.15,
+    )
 )
+"""The default condition of `cohort`: two-photon GCaMP6f at 30 Hz, a sparsely firing population
+with broad ensembles."""
 
 # Animal-to-animal variability, the same in both groups (see `cohort`).
 _N_NEURONS_RANGE = (0.7, 1.3)  # times n_neurons, uniform
 _RATE_SPREAD = 0.3  # log s.d. of the median private event rate
 _EVENT_RATE_SPREAD = 0.3  # log s.d. of the ensemble event rate
-_COUPLING_RANGE = (0.7, 1.0)  # times the condition's coupling, uniform
+_COUPLING_RANGE = (0.6, 1.0)  # times the condition's coupling, uniform
 _PHOTON_SPREAD = 0.4  # log s.d. of the photon budget (SNR changes with its square root)
 _EXPRESSION_SPREAD = 0.2  # log s.d. of the single-spike ΔF/F (indicator expression)
 
@@ -67,7 +76,7 @@ class Phenotype:
     plaque_radius_um: float = 10.0
     hyperactive_radius_um: float = 60.0
     rate_gain: float = 3.0
-    coupling_loss: float = 0.5
+    coupling_loss: float = 0.35
 
 
 @dataclass(eq=False)
@@ -117,7 +126,7 @@ def cohort(
     Every animal is recorded under the same `condition` (one indicator, microscope and frame
     rate, as in one study), but animals differ as real ones do, in both groups alike: number of
     neurons (0.7-1.3 times `n_neurons`), median private event rate (log s.d. 0.3), ensemble
-    event rate (log s.d. 0.3), ensemble coupling (0.7-1 times the condition's), photon budget
+    event rate (log s.d. 0.3), ensemble coupling (0.6-1 times the condition's), photon budget
     hence SNR (log s.d. 0.4) and indicator expression, i.e. ΔF/F per spike (log s.d. 0.2).
 
     AD-like animals carry the `phenotype`, scaled by `effect` (0: none, the groups differ only
@@ -130,7 +139,7 @@ def cohort(
       2008); their private event rate is multiplied by ``1 + effect * (rate_gain - 1)``
       (3 at ``effect=1``: about 2.5 times the spikes, ensemble events included);
     - lower synchrony, in every neuron: the ensemble coupling is multiplied by
-      ``1 - effect * coupling_loss`` (0.5 at ``effect=1``), so that this share of ensemble
+      ``1 - effect * coupling_loss`` (0.65 at ``effect=1``): a further 35 % of ensemble
       bursts fall at random times; the spike count is unchanged.
 
     Parameters
@@ -141,7 +150,7 @@ def cohort(
         Seed of everything; animal ``k`` depends on `seed` and ``k`` only.
     condition
         The recording condition; default `COHORT_CONDITION`: two-photon GCaMP6f at 30 Hz, a
-        population with broad ensembles.
+        sparsely firing population with broad ensembles.
     n_neurons
         Mean number of neurons per animal.
     n_frames

@@ -65,7 +65,7 @@ class Condition:
 
 
 def random_condition(rng: np.random.Generator) -> Condition:
-    """A random recording condition, spanning the indicators, microscopes and quality met in practice.
+    """A random recording condition, spanning the indicators, microscopes and quality in use.
 
     - Microscope: two-photon (70 %) or one-photon miniscope (30 %: about half the SNR, four times
       the background, three times the neuropil residue, faster bleaching, more dropped frames;
