@@ -1,0 +1,403 @@
+"""`TracePlotWidget`: the selected neuron's dF/F trace, NEuRT's reconstruction and attention.
+
+For the neuron selected in the active NEuRT labels layer (a ROI layer carrying a recording, or
+its scores layer): its trace, the reconstruction (dashed), the frames hidden from the model
+(shaded; in k-fold mode every frame was hidden once, so nothing is shaded) and, in a strip under
+the trace, the classifier's temporal attention. A vertical line marks the viewer's current frame
+and follows the time slider; a click in the plot moves the viewer to that frame.
+
+Selecting: clicking a neuron in the labels (in pan/zoom mode), setting `selected_label`, or a
+row of napari's features table. Holding Shift while hovering previews the neuron under the
+cursor. With "overlay" on, each selected neuron is added to the plot (up to `MAX_OVERLAY`).
+
+Drawing is incremental: the artists are made once and their data replaced, and the canvas is
+redrawn on the next idle moment, so a selection costs a few milliseconds of work plus one draw.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
+
+from ..scores import analysis_of, recording_of
+from .base import PlotWidget
+
+if TYPE_CHECKING:
+    import napari
+
+    from ...analysis import Analysis
+    from ...recording import Recording
+
+TRACE_COLOUR = "#3fa7ff"
+RECON_COLOUR = "#ff9f1c"
+PREVIEW_COLOUR = "#bbbbbb"
+FRAME_COLOUR = "#ff5050"
+OVERLAY_COLOURS = ("#3fa7ff", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+MAX_OVERLAY = len(OVERLAY_COLOURS)
+
+
+class TracePlotWidget(PlotWidget):
+    """The selected neuron's trace, reconstruction and attention, with the current frame."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(viewer, parent, figsize=(6, 2.8), min_height=200)
+        self.labels_layer = None
+        self.pinned: list[int] = []
+        self.preview_label: int | None = None
+        self._spans_key = None
+        self._legend_key = None
+        self._strip_key = None
+        self.hidden_spans = None
+
+        axes, strip = self.axes, self.strip_axes
+        (self.trace_line,) = axes.plot([], [], lw=0.8, color=TRACE_COLOUR, label="trace")
+        (self.recon_line,) = axes.plot(
+            [], [], lw=0.9, ls="--", color=RECON_COLOUR, label="reconstruction"
+        )
+        (self.preview_line,) = axes.plot([], [], lw=0.7, color=PREVIEW_COLOUR, alpha=0.9)
+        self.overlay_lines = [
+            axes.plot([], [], lw=0.8, color=c, visible=False)[0] for c in OVERLAY_COLOURS
+        ]
+        self.frame_line = axes.axvline(0, color=FRAME_COLOUR, lw=1, alpha=0.8)
+        self.strip_frame_line = strip.axvline(0, color=FRAME_COLOUR, lw=1, alpha=0.8)
+        self.strip_image = strip.imshow(
+            np.zeros((1, 1)), aspect="auto", extent=(0, 1, 0, 1), cmap="magma",
+            interpolation="nearest", origin="lower",
+        )
+        self.strip_text = strip.text(
+            0.5, 0.5, "", transform=strip.transAxes, ha="center", va="center", fontsize=7
+        )
+        strip.set_yticks([])
+        strip.set_ylabel("attn.", fontsize=7, rotation=0, ha="right", va="center")
+
+        # controls: overlay several neurons
+        bar = QWidget()
+        row = QHBoxLayout(bar)
+        row.setContentsMargins(4, 0, 4, 0)
+        self.overlay_box = QCheckBox("overlay selected neurons")
+        self.overlay_box.setToolTip(
+            "keep the neurons you select on the plot (up to "
+            f"{MAX_OVERLAY}); Shift-hover over the labels previews a neuron"
+        )
+        self.overlay_box.toggled.connect(self._on_overlay_toggled)
+        clear = QPushButton("clear")
+        clear.clicked.connect(self.clear_overlay)
+        self.info = QLabel("")
+        row.addWidget(self.overlay_box)
+        row.addWidget(clear)
+        row.addStretch(1)
+        row.addWidget(self.info)
+        self.layout_.insertWidget(0, bar)
+
+        viewer.layers.selection.events.active.connect(self._follow_active_layer)
+        viewer.layers.events.inserted.connect(self._follow_active_layer)
+        viewer.layers.events.removed.connect(self._follow_active_layer)
+        viewer.dims.events.current_step.connect(self._move_frame_line)
+        viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        self.canvas.mpl_connect("button_press_event", self._on_click)
+        self._follow_active_layer()
+
+    def make_axes(self):
+        axes, strip = self.figure.subplots(2, 1, sharex=True, height_ratios=(5, 1))
+        self.strip_axes = strip
+        return axes
+
+    # -- wiring ------------------------------------------------------------------------------------
+    def _follow_active_layer(self, event=None) -> None:
+        candidates = [self.viewer.layers.selection.active, *reversed(self.viewer.layers)]
+        layer = next((l for l in candidates if l is not None and recording_of(l) is not None), None)
+        if layer is self.labels_layer:
+            return
+        if self.labels_layer is not None:
+            self._disconnect(self.labels_layer)
+        self.labels_layer = layer
+        if layer is not None:
+            layer.events.selected_label.connect(self._on_selected_label)
+            layer.events.metadata.connect(self.refresh)
+            if self._pick_on_click not in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.append(self._pick_on_click)
+        self.pinned = []
+        self.draw()
+
+    def _disconnect(self, layer) -> None:
+        layer.events.selected_label.disconnect(self._on_selected_label)
+        layer.events.metadata.disconnect(self.refresh)
+        if self._pick_on_click in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._pick_on_click)
+
+    def _pick_on_click(self, layer, event):
+        """In pan/zoom mode a click on a neuron selects it (painting modes are left alone)."""
+        if getattr(layer, "mode", "pan_zoom") != "pan_zoom" or event.type != "mouse_press":
+            return
+        value = layer.get_value(event.position, world=True)
+        if isinstance(value, (int, np.integer)) and value > 0:
+            layer.selected_label = int(value)
+
+    def _on_selected_label(self, event=None) -> None:
+        if self.overlay_box.isChecked():
+            self._pin(self.labels_layer.selected_label)
+        self.draw()
+
+    def _on_overlay_toggled(self, on: bool) -> None:
+        self.pinned = []
+        if on and self.labels_layer is not None:
+            self._pin(self.labels_layer.selected_label)
+        self.draw()
+
+    def _pin(self, label: int) -> None:
+        recording = self.recording
+        if recording is None or label not in set(recording.neuron_ids.tolist()):
+            return
+        if label in self.pinned:
+            return
+        self.pinned = [*self.pinned, int(label)][-MAX_OVERLAY:]
+
+    def show_neurons(self, labels) -> None:
+        """Overlay these neurons (label values), as if selected one after the other."""
+        self.overlay_box.blockSignals(True)
+        self.overlay_box.setChecked(True)
+        self.overlay_box.blockSignals(False)
+        self.pinned = []
+        for label in labels:
+            self._pin(int(label))
+        if self.pinned and self.labels_layer is not None:
+            with self.labels_layer.events.selected_label.blocker():
+                self.labels_layer.selected_label = self.pinned[-1]
+        self.draw()
+
+    def clear_overlay(self) -> None:
+        self.pinned = []
+        self.draw()
+
+    def refresh(self, event=None) -> None:
+        """Redraw after the recording or its analysis changed."""
+        self._spans_key = self._strip_key = None
+        self.draw()
+
+    @property
+    def recording(self) -> Recording | None:
+        return recording_of(self.labels_layer) if self.labels_layer is not None else None
+
+    @property
+    def analysis(self) -> Analysis | None:
+        analysis = analysis_of(self.labels_layer) if self.labels_layer is not None else None
+        if analysis is not None and analysis.recording is not self.recording:
+            return None  # results of an older recording of this layer
+        return analysis
+
+    def _frame_rate(self) -> float:
+        return self.recording.frame_rate if self.recording is not None else 1.0
+
+    def current_frame(self) -> int:
+        return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
+
+    def _move_frame_line(self, event=None) -> None:
+        x = self.current_frame() / self._frame_rate()
+        self.frame_line.set_xdata([x, x])
+        self.strip_frame_line.set_xdata([x, x])
+        self.canvas.draw_idle()
+
+    def _on_click(self, event) -> None:
+        if event.inaxes not in (self.axes, self.strip_axes) or event.xdata is None:
+            return
+        if self.recording is None:
+            return
+        frame = int(np.clip(round(event.xdata * self._frame_rate()), 0, self.recording.n_frames - 1))
+        if self.viewer.dims.ndim >= 3:
+            self.viewer.dims.set_current_step(0, frame)
+
+    def _on_mouse_move(self, viewer, event) -> None:
+        try:
+            layer = self.labels_layer
+            if layer is None:
+                return
+            if "Shift" not in event.modifiers:
+                if self.preview_label is not None:
+                    self.preview_label = None
+                    self.draw()
+                return
+            value = layer.get_value(event.position, world=True)
+            label = int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
+            if label != self.preview_label:
+                self.preview_label = label
+                self.draw()
+        except RuntimeError:  # this widget was deleted with its dock
+            if self._on_mouse_move in viewer.mouse_move_callbacks:
+                viewer.mouse_move_callbacks.remove(self._on_mouse_move)
+
+    # -- drawing -----------------------------------------------------------------------------------
+    def row_of(self, label) -> int | None:
+        recording = self.recording
+        if recording is None or label is None:
+            return None
+        rows = np.flatnonzero(recording.neuron_ids == label)
+        return int(rows[0]) if rows.size else None
+
+    def selected_row(self) -> int | None:
+        """Row of the selected neuron in the recording, or None when nothing valid is selected."""
+        if self.labels_layer is None:
+            return None
+        return self.row_of(self.labels_layer.selected_label)
+
+    def draw(self, event=None) -> None:
+        recording, row = self.recording, self.selected_row()
+        analysis = self.analysis
+        if row is None:
+            for line in (self.trace_line, self.recon_line, self.preview_line, *self.overlay_lines):
+                line.set_data([], [])
+            message = "select a neuron in a NEuRT labels layer" if recording is None else (
+                f"label {self.labels_layer.selected_label} is not a neuron of this recording"
+            )
+            self.axes.set_title(message, fontsize=9)
+            self._draw_spans(None, None)
+            self._draw_strip(None, None, None)
+            self.info.setText("")
+            self._move_frame_line()
+            return
+
+        times = recording.times
+        trace = recording.traces[row]
+        shown = [trace]
+        overlay = [l for l in self.pinned if l != recording.neuron_ids[row]] if self.overlay_box.isChecked() else []
+        self.trace_line.set_data(times, trace)
+        self.trace_line.set_color(OVERLAY_COLOURS[0])
+        for line, label in zip(self.overlay_lines, [*overlay, *[None] * MAX_OVERLAY]):
+            other = self.row_of(label)
+            if other is None:
+                line.set_visible(False)
+                line.set_data([], [])
+            else:
+                line.set_data(times, recording.traces[other])
+                line.set_visible(True)
+                shown.append(recording.traces[other])
+        preview = self.row_of(self.preview_label)
+        if preview is not None and preview != row:
+            self.preview_line.set_data(times, recording.traces[preview])
+            shown.append(recording.traces[preview])
+        else:
+            self.preview_line.set_data([], [])
+
+        reconstruction = analysis.reconstruction if analysis is not None else None
+        if reconstruction is not None:
+            self.recon_line.set_data(times, reconstruction.reconstruction[row])
+            shown.append(reconstruction.reconstruction[row])
+        else:
+            self.recon_line.set_data([], [])
+        self._draw_spans(reconstruction, recording)
+        classification = analysis.classification if analysis is not None else None
+        self._draw_strip(classification, recording, row)
+
+        self.axes.set_xlim(0, max(recording.duration_s, 1e-9))
+        low = min(float(np.nanmin(s)) for s in shown)
+        high = max(float(np.nanmax(s)) for s in shown)
+        if not np.isfinite(low) or not np.isfinite(high):
+            low, high = 0.0, 1.0
+        pad = 0.05 * (high - low or 1.0)
+        self.axes.set_ylim(low - pad, high + pad)
+
+        neuron = int(recording.neuron_ids[row])
+        title = f"neuron {neuron}"
+        if overlay:
+            title += " + " + ", ".join(map(str, overlay))
+        if preview is not None and preview != row:
+            title += f"  (preview: {int(recording.neuron_ids[preview])})"
+        self.axes.set_title(title, fontsize=9)
+        self.axes.set_ylabel(recording.metadata.get("trace_kind", "fluorescence"))
+        self.strip_axes.set_xlabel("time (s)")
+        self.info.setText(self._scores_text(analysis, row))
+        self._update_legend(reconstruction)
+        self._move_frame_line()
+
+    def _scores_text(self, analysis, row: int) -> str:
+        if analysis is None:
+            return ""
+        parts = []
+        if analysis.reconstruction is not None:
+            r2 = analysis.reconstruction.predictability[row]
+            if np.isfinite(r2):
+                parts.append(f"R² {r2:.2f}")
+        if analysis.classification is not None:
+            result = analysis.classification.result
+            name = result.class_names[1] if len(result.class_names) > 1 else "class 1"
+            parts.append(f"P({name}) {result.neuron_probability[row]:.2f}")
+        info = analysis.token_info
+        if info is not None and info.fallback[row]:
+            parts.append("too few neighbours")
+        return " · ".join(parts)
+
+    def _draw_spans(self, reconstruction, recording) -> None:
+        key = (id(reconstruction), id(recording))
+        if key == self._spans_key:
+            return
+        self._spans_key = key
+        if self.hidden_spans is not None:
+            self.hidden_spans.remove()
+            self.hidden_spans = None
+        if reconstruction is None or recording is None:
+            return
+        runs = reconstruction.hidden_runs
+        if not runs:
+            return
+        rate = recording.frame_rate
+        ranges = [(a / rate, (b - a + 1) / rate) for a, b in runs]
+        self.hidden_spans = self.axes.broken_barh(
+            ranges, (0, 1), transform=self.axes.get_xaxis_transform(),
+            facecolor="#888888", alpha=0.3, edgecolor="none", label="hidden frames",
+        )
+
+    def _draw_strip(self, classification, recording, row) -> None:
+        key = (id(classification), id(recording), row)
+        if key == self._strip_key:
+            return
+        self._strip_key = key
+        if classification is None or recording is None or row is None:
+            self.strip_image.set_visible(False)
+            self.strip_text.set_text(
+                "" if recording is None else "temporal attention: classify to see it"
+            )
+            self.strip_text.set_color(getattr(self, "text_color", "white"))
+            return
+        attention = np.asarray(classification.result.temporal_attention[row], dtype=np.float32)
+        self.strip_image.set_data(attention[None, :])
+        self.strip_image.set_extent((0, recording.duration_s, 0, 1))
+        finite = attention[np.isfinite(attention)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        self.strip_image.set_clim(low, high if high > low else low + 1e-9)
+        self.strip_image.set_visible(True)
+        self.strip_text.set_text("")
+
+    def _update_legend(self, reconstruction) -> None:
+        labels = ["trace"]
+        if reconstruction is not None:
+            labels.append("reconstruction")
+            if reconstruction.mode == "kfold":
+                self.recon_line.set_label("reconstruction (every frame predicted unseen)")
+            else:
+                self.recon_line.set_label(f"reconstruction ({reconstruction.mode} frames hidden)")
+            if self.hidden_spans is not None:
+                labels.append("hidden")
+        key = (tuple(labels), self.recon_line.get_label())
+        if key == self._legend_key:
+            return
+        self._legend_key = key
+        handles = [self.trace_line]
+        if reconstruction is not None:
+            handles.append(self.recon_line)
+            if self.hidden_spans is not None:
+                handles.append(self.hidden_spans)
+        legend = self.axes.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.4)
+        self._style_legend(legend)
+
+    def _style_legend(self, legend) -> None:
+        if legend is None:
+            return
+        for text in legend.get_texts():
+            text.set_color(getattr(self, "text_color", "white"))
+        legend.get_frame().set_facecolor(getattr(self, "background_color", "black"))
+
+    def on_theme(self) -> None:
+        if hasattr(self, "strip_text"):
+            self.strip_text.set_color(self.text_color)
+            self._style_legend(self.axes.get_legend())
