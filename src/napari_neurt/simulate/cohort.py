@@ -135,9 +135,10 @@ def cohort(
     - plaques: ``Poisson(plaques_per_mm2 * area)`` (at least one) at uniformly random places;
       no soma within ``plaque_radius_um`` of a plaque's centre;
     - affected neurons: those within ``hyperactive_radius_um`` of a plaque's edge (with the
-      defaults, about a fifth of the neurons, as the 21 % hyperactive neurons of Busche et al.
-      2008); their private event rate is multiplied by ``1 + effect * (rate_gain - 1)``
-      (3 at ``effect=1``: about 2.5 times the spikes, ensemble events included);
+      defaults a quarter of the neurons on average, from 5 to 45 % in an animal; Busche et al.
+      2008 found 21 % hyperactive); their private event rate is multiplied by
+      ``1 + effect * (rate_gain - 1)`` (3 at ``effect=1``: about 2.8 times the spikes of the
+      unaffected neurons, ensemble events included);
     - lower synchrony, in every neuron: the ensemble coupling is multiplied by
       ``1 - effect * coupling_loss`` (0.65 at ``effect=1``): a further 35 % of ensemble
       bursts fall at random times; the spike count is unchanged.
@@ -147,7 +148,7 @@ def cohort(
     n_per_group
         Animals per group.
     seed
-        Seed of everything; animal ``k`` depends on `seed` and ``k`` only.
+        Seed of everything; animal ``k`` depends on `seed`, ``k`` and its group only.
     condition
         The recording condition; default `COHORT_CONDITION`: two-photon GCaMP6f at 30 Hz, a
         sparsely firing population with broad ensembles.
