@@ -50,8 +50,8 @@ def sine_recording(seed: int, n_neurons: int = 10, n_frames: int = 300) -> Recor
 
 
 def config(**overrides) -> PretrainConfig:
-    values = dict(steps=12, batch_size=8, lr=3e-3, warmup=0.2, save_every=0, device="cpu")
-    return PretrainConfig(**{**values, **overrides})
+    values = {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup": 0.2, "save_every": 0}
+    return PretrainConfig(**{**values, "device": "cpu", **overrides})
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:
@@ -60,8 +60,14 @@ def flat(module: torch.nn.Module) -> torch.Tensor:
 
 def test_stream_draws_windows_reproducibly_and_resumes_without_reloading():
     sources = [sine_recording(k) for k in range(3)]
-    stream = WindowStream(sources, window_length=32, batch_size=4, seed=1,
-                          windows_per_recording=4, recordings_per_round=2)
+    stream = WindowStream(
+        sources,
+        window_length=32,
+        batch_size=4,
+        seed=1,
+        windows_per_recording=4,
+        recordings_per_round=2,
+    )
     items = [item for item, _ in zip(stream, range(7), strict=False)]
     assert stream.batches_per_round == 2
     assert all(windows.shape == (4, 32, 5) for windows, _ in items)
@@ -76,8 +82,15 @@ def test_stream_shards_recordings_across_processes():
     sources = [sine_recording(k) for k in range(4)]
     seen = {}
     for rank in (0, 1):
-        stream = WindowStream(sources, window_length=32, batch_size=2, rank=rank, world_size=2,
-                              windows_per_recording=2, recordings_per_round=1)
+        stream = WindowStream(
+            sources,
+            window_length=32,
+            batch_size=2,
+            rank=rank,
+            world_size=2,
+            windows_per_recording=2,
+            recordings_per_round=1,
+        )
         seen[rank] = stream._round_sources(stream.sources[rank::2], rank, 0)
     assert seen[0][0] is not seen[1][0]
     with pytest.raises(ValueError, match="no training recordings"):
@@ -104,15 +117,24 @@ def test_pretraining_learns_a_simple_signal(tmp_path):
     assert torch.equal(flat(model.module), flat(result.network))
 
 
-def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path, workers):
     sources = [sine_recording(k) for k in range(3)]
-    straight = pretrain(sources, tmp_path / "straight", config(), model=TINY)
+    # small rounds, so that the interrupted run stops inside a round, mid-way through a lane
+    settings = config(num_workers=workers, windows_per_recording=8, recordings_per_round=2)
+    straight = pretrain(sources, tmp_path / "straight", settings, model=TINY)
 
     stop = threading.Event()
-    first = pretrain(sources, tmp_path / "resumed", config(), model=TINY, stop=stop,
-                     progress=lambda p: p.done == 5 and stop.set())
+    first = pretrain(
+        sources,
+        tmp_path / "resumed",
+        settings,
+        model=TINY,
+        stop=stop,
+        progress=lambda p: p.done == 5 and stop.set(),
+    )
     assert first.stopped and first.step == 5
-    second = pretrain(sources, tmp_path / "resumed", config(), model=TINY)
+    second = pretrain(sources, tmp_path / "resumed", settings, model=TINY)
     assert second.step == 12 and not second.stopped
     assert torch.equal(flat(second.network), flat(straight.network))
     assert [s for s, _ in second.history] == list(range(1, 13))
@@ -127,8 +149,9 @@ def test_stop_ends_within_a_step_with_a_loadable_checkpoint(tmp_path):
         if p.done == 3:
             stop.set()
 
-    result = pretrain([sine_recording(0)], tmp_path, config(steps=50), model=TINY,
-                      stop=stop, progress=progress)
+    result = pretrain(
+        [sine_recording(0)], tmp_path, config(steps=50), model=TINY, stop=stop, progress=progress
+    )
     assert result.stopped and result.step == 3 and seen == [1, 2, 3]
     assert read_training_state(tmp_path)["step"] == 3
     assert load_model(tmp_path, device="cpu").provenance["step"] == 3
@@ -146,6 +169,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     pretrain([sine_recording(0)], tmp_path, config(steps=2), model=TINY)
     with pytest.raises(ValueError, match="lr"):
         pretrain([sine_recording(0)], tmp_path, config(steps=4, lr=1e-2), model=TINY)
+    with pytest.raises(ValueError, match="network shape"):
+        pretrain([sine_recording(0)], tmp_path, config(steps=4), model=NeurtConfig(seq_len=32))
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -178,17 +203,23 @@ def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path):
         recording = sine_recording(k)
         paths.append(tmp_path / f"rec{k}.npz")
         np.savez(paths[-1], traces=recording.traces, centroids=recording.centroids)
-    train = dict(steps=6, batch_size=4, lr=3e-3, save_every=3, device="cpu")
+    train = {"steps": 6, "batch_size": 4, "lr": 3e-3, "save_every": 3, "device": "cpu"}
     script = tmp_path / "train.py"
-    script.write_text(
-        DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train))
-    )
+    script.write_text(DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train)))
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "run"
-    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(script), str(out), *map(str, paths)]
+    command = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(script),
+        str(out),
+        *map(str, paths),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=240, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")

@@ -248,6 +248,7 @@ def _run_import_weights(args: argparse.Namespace) -> int:
     )
     return 0
 
+
 def _adapted(model, recording, args: argparse.Namespace):
     """`model` adapted to `recording` without seeing the frames `reconstruct_recording` hides."""
     from .model import span_mask
@@ -340,8 +341,11 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
     def show(step) -> None:
         if main_process and (step.done % args.log_every == 0 or step.done == step.total):
-            print(f"step {step.done}/{step.total}  loss {step.loss:.5f}  lr {step.lr:.2e}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"step {step.done}/{step.total}  loss {step.loss:.5f}  lr {step.lr:.2e}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     with _stop_on_signals() as stop:
         result = pretrain(
@@ -473,7 +477,8 @@ def _stop_on_signals():
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
         flag.set()
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
     try:
         yield flag
     finally:

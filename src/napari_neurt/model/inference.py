@@ -296,7 +296,13 @@ class NeurtModel:
         weights. This model is left unchanged. `progress` and `stop` as in `reconstruct`.
         """
         steps_ = self.iter_adapt(
-            data, steps, hide=hide, channels=channels, lr=lr, batch_size=batch_size, seed=seed,
+            data,
+            steps,
+            hide=hide,
+            channels=channels,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
             delta=delta,
         )
         return run_steps(steps_, progress=progress, stop=stop)
@@ -322,8 +328,15 @@ class NeurtModel:
         source = data.source if isinstance(data, Recording) else "tokens"
         return (
             yield from adaptation_steps(
-                self, x.numpy(), kept_out.numpy(), steps, channels=channels, lr=lr,
-                batch_size=batch_size, seed=seed, source=source,
+                self,
+                x.numpy(),
+                kept_out.numpy(),
+                steps,
+                channels=channels,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                source=source,
             )
         )
 

@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +32,10 @@ from ..recording import Recording
 
 log = logging.getLogger(__name__)
 
-RecordingSource = Union[
-    str, os.PathLike, Recording, NeighborhoodTokens, np.ndarray, Callable[[], Any], Any
-]
+# also accepted: any object with a .recording() method (a simulated recording)
+RecordingSource = (
+    str | os.PathLike | Recording | NeighborhoodTokens | np.ndarray | Callable[[], Any]
+)
 
 # Tags that keep the random streams drawn from one seed independent of each other.
 _ORDER, _WINDOWS, _MASK = 0, 1, 2
@@ -167,12 +168,15 @@ class WindowStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
         worker = get_worker_info()
         worker_id, n_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shard = self.rank * n_workers + worker_id
+        # The DataLoader takes batches from its workers in turn, starting with worker 0. In the
+        # run being resumed, batch `start_batch` came from worker start_batch % n_workers, so
+        # worker k continues the stream of worker (k + start_batch) % n_workers, which had
+        # served the batches lane, lane + n_workers, ... below start_batch.
+        lane = (worker_id + self.start_batch) % n_workers
+        shard = self.rank * n_workers + lane
         n_shards = self.world_size * n_workers
         mine = self.sources[shard::n_shards] if len(self.sources) >= n_shards else self.sources
-        # the DataLoader takes batches from its workers in turn: worker w served the batches
-        # w, w + n_workers, ... of the start_batch already taken
-        skipped = max(0, (self.start_batch - worker_id + n_workers - 1) // n_workers)
+        skipped = max(0, (self.start_batch - lane + n_workers - 1) // n_workers)
         round_index, first_batch = divmod(skipped, self.batches_per_round)
         empty_rounds = 0
         while True:
@@ -220,7 +224,10 @@ class WindowStream(IterableDataset):
         if x.shape[0] == 0 or x.shape[1] < self.window_length:
             log.warning(
                 "skipping %s: %d neurons x %d frames, windows need %d frames",
-                describe_source(source), x.shape[0], x.shape[1], self.window_length,
+                describe_source(source),
+                x.shape[0],
+                x.shape[1],
+                self.window_length,
             )
             return None
         return x

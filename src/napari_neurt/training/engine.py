@@ -121,7 +121,7 @@ def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
     """What `spec` names: a `NeurtConfig` (fresh weights drawn with `seed`; None: the published
     shape), a `Neurt`, a `NeurtModel`, or anything `load_model` takes ("neurt-microns", a path)."""
     if spec is None or isinstance(spec, NeurtConfig):
-        with torch.random.fork_rng():  # seeded initial weights; the global RNG is left alone
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left alone
             torch.manual_seed(seed)
             network = Neurt(spec or NeurtConfig())
         return StartingPoint(network, token_settings(), None, {"initial": f"random, seed {seed}"})
@@ -130,15 +130,17 @@ def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
     model = spec if isinstance(spec, NeurtModel) else load_model(spec, device="cpu")
     provenance = {k: v for k, v in model.provenance.items() if k != "path"}
     return StartingPoint(
-        copy.deepcopy(model.module).cpu(), dict(model.token_settings), model.frame_rate_hz,
+        copy.deepcopy(model.module).cpu(),
+        dict(model.token_settings),
+        model.frame_rate_hz,
         provenance,
     )
 
 
-def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float):
+def decay_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two parameter groups: matrices with weight decay; biases, norms and vectors without."""
     decay, no_decay = [], []
-    for _, parameter in named_parameters:
+    for parameter in parameters:
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
     return [

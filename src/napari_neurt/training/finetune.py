@@ -36,7 +36,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,33 @@ def _validation_split(remaining: dict[str, list[str]], per_class: int):
     return train, validation
 
 
+def plan_splits(items: Sequence[LabelledRecording], config: FinetuneConfig) -> list[AnimalSplit]:
+    """The trainings `config.evaluation` asks for, the one whose model is saved last.
+
+    "split": one training, tested on held-out animals. "leave-one-animal-out": one training per
+    animal, tested on it, then one on all animals (nothing held out for testing).
+    """
+    if config.evaluation == "split":
+        return [
+            split_animals(
+                items,
+                test_per_class=config.test_per_class,
+                validation_per_class=config.validation_per_class,
+                seed=config.seed,
+            )
+        ]
+    splits = leave_one_animal_out(
+        items, validation_per_class=config.validation_per_class, seed=config.seed
+    )
+    rng = np.random.default_rng(config.seed)
+    everyone = {
+        label: list(rng.permutation(animals)) for label, animals in animals_by_class(items).items()
+    }
+    train, validation = _validation_split(everyone, config.validation_per_class)
+    splits.append(AnimalSplit(tuple(sorted(train)), tuple(sorted(validation)), ()))
+    return splits
+
+
 def balanced_weights(items: Sequence[LabelledRecording]) -> np.ndarray:
     """Sampling weight per recording: classes equally likely, and animals within a class."""
     groups = animals_by_class(items)
@@ -361,7 +388,7 @@ def classifier_network(base: Neurt, n_classes: int, mil_hidden: int, seed: int =
     Heads of `base` that fit (same number of classes and width) are kept, others start fresh.
     """
     config = replace(base.config, n_classes=n_classes, mil_hidden=mil_hidden)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = Neurt(config)
     fresh = module.state_dict()
@@ -386,25 +413,32 @@ def layerwise_lr_groups(
     `head_lr`. Matrices have weight decay; biases, norms and vectors do not.
     """
     n_layer = module.config.n_layer
-    named: dict[str, tuple[float, list, list]] = {}
+    rates = {"embedding": lr * embed_decay ** (n_layer - 1)}
+    rates.update({f"block {i}": lr * layer_decay ** (n_layer - 1 - i) for i in range(n_layer)})
+    rates["heads"] = head_lr
+    decayed = {name: [] for name in rates}
+    plain = {name: [] for name in rates}
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if name.startswith(("embed.", "pos.", "ln_embed.")):
-            group, group_lr = "embedding", lr * embed_decay ** (n_layer - 1)
-        elif name.startswith("blocks."):
-            index = int(name.split(".")[1])
-            group, group_lr = f"block {index}", lr * layer_decay ** (n_layer - 1 - index)
-        else:
-            group, group_lr = "heads", head_lr
-        decayed, plain = named.setdefault(group, (group_lr, [], []))[1:]
-        (decayed if parameter.ndim >= 2 else plain).append(parameter)
+        if parameter.requires_grad:
+            (decayed if parameter.ndim >= 2 else plain)[_layer_of(name)].append(parameter)
     groups = []
-    for name, (group_lr, decayed, plain) in named.items():
-        groups.append({"name": name, "params": decayed, "lr": group_lr, "weight_decay": weight_decay})
-        groups.append({"name": f"{name} (no decay)", "params": plain, "lr": group_lr,
-                       "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+    for name, rate in rates.items():
+        groups.append(
+            {"name": name, "params": decayed[name], "lr": rate, "weight_decay": weight_decay}
+        )
+        groups.append(
+            {"name": f"{name} (no decay)", "params": plain[name], "lr": rate, "weight_decay": 0.0}
+        )
+    return [group for group in groups if group["params"]]
+
+
+def _layer_of(parameter_name: str) -> str:
+    """The learning-rate group of a `Neurt` parameter: embedding, block i, or heads."""
+    if parameter_name.startswith(("embed.", "pos.", "ln_embed.")):
+        return "embedding"
+    if parameter_name.startswith("blocks."):
+        return f"block {parameter_name.split('.')[1]}"
+    return "heads"
 
 
 # --- training -------------------------------------------------------------------------------
@@ -473,8 +507,9 @@ def _fit(
         recordings_per_round=config.recordings_per_round,
         bags_per_recording=config.bags_per_recording,
     )
-    held = _validation_bags(validation, index, module.config.seq_len, config, token_settings,
-                            read_options)
+    held = _validation_bags(
+        validation, index, module.config.seq_len, config, token_settings, read_options
+    )
     fit = _Fit(module, 0, 0, None, False)
     best_state, bad_validations = None, 0
     batches = iter(DataLoader(stream, batch_size=None))
@@ -491,16 +526,15 @@ def _fit(
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
+        value = float(loss.detach())
         fit.steps = step
-        fit.history.append((step, float(loss.detach())))
-        yield TrainingProgress(
-            offset + step, total, f"{stage} loss {fit.history[-1][1]:.4f}", fit.history[-1][1],
-            float(scheduler.get_last_lr()[-1]),
-        )
+        fit.history.append((step, value))
+        top_lr = config.lr * schedule(step)  # the top block's rate now
+        yield TrainingProgress(offset + step, total, f"{stage} loss {value:.4f}", value, top_lr)
         if held is not None and (step % config.eval_every == 0 or step == config.steps):
-            value = _validation_loss(module, held, config, device, autocast)
-            if fit.validation_loss is None or value < fit.validation_loss:
-                fit.validation_loss, fit.best_step, bad_validations = value, step, 0
+            held_loss = _validation_loss(module, held, config, device, autocast)
+            if fit.validation_loss is None or held_loss < fit.validation_loss:
+                fit.validation_loss, fit.best_step, bad_validations = held_loss, step, 0
                 best_state = copy.deepcopy(module.state_dict())
             else:
                 bad_validations += 1
@@ -523,8 +557,9 @@ def _validation_bags(items, index, window_length, config, token_settings, read_o
     for item in items:
         tokens = source_tokens(item.source, token_settings, read_options)
         try:
-            bags.append(draw_bags(tokens, config.validation_bags, config.bag_size, window_length,
-                                  rng))
+            bags.append(
+                draw_bags(tokens, config.validation_bags, config.bag_size, window_length, rng)
+            )
         except ValueError as error:
             raise ValueError(f"{describe_source(item.source)}: {error}") from None
         labels.append(np.full(config.validation_bags, index[item.label]))
@@ -539,8 +574,9 @@ def _validation_loss(module, held, config, device, autocast) -> float:
     for first in range(0, len(labels), config.bags_per_step):
         chunk = slice(first, first + config.bags_per_step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, _, _ = _losses(module, windows[chunk].to(device), labels[chunk].to(device),
-                                 config)
+            loss, _, _ = _losses(
+                module, windows[chunk].to(device), labels[chunk].to(device), config
+            )
         total += float(loss) * len(labels[chunk])
         count += len(labels[chunk])
     module.train()
@@ -582,6 +618,8 @@ def _classify_held_out(model, items, class_names, read_options, fold) -> list[di
 
 
 def _report(records, class_names, evaluation, folds) -> FinetuneReport:
+    if not records:  # stopped before any held-out animal was evaluated
+        return FinetuneReport(tuple(class_names), evaluation, [], {}, folds)
     n_classes = len(class_names)
     animals = sorted({r["animal"] for r in records})
     rows = []
@@ -662,7 +700,12 @@ def finetune(
     (the model trained so far is evaluated and saved, and ``stopped`` is True).
     """
     steps = iter_finetune(
-        data, out_dir, config, base=base, class_names=class_names, read_options=read_options,
+        data,
+        out_dir,
+        config,
+        base=base,
+        class_names=class_names,
+        read_options=read_options,
         stop=stop,
     )
     return run_steps(steps, progress=progress)
@@ -687,29 +730,11 @@ def iter_finetune(
     tokens, frame_rate = start.token_settings, start.frame_rate_hz
     device = resolve_device(config.device)
 
-    if config.evaluation == "split":
-        splits = [
-            split_animals(
-                items,
-                test_per_class=config.test_per_class,
-                validation_per_class=config.validation_per_class,
-                seed=config.seed,
-            )
-        ]
-    else:
-        splits = leave_one_animal_out(
-            items, validation_per_class=config.validation_per_class, seed=config.seed
-        )
-        everyone = {label: list(np.random.default_rng(config.seed).permutation(animals))
-                    for label, animals in animals_by_class(items).items()}
-        train, validation = _validation_split(everyone, config.validation_per_class)
-        splits.append(AnimalSplit(tuple(sorted(train)), tuple(sorted(validation)), ()))
-
+    splits = plan_splits(items, config)
     total = config.steps * len(splits)
     records, folds, fit = [], [], None
     for number, split in enumerate(splits):
-        final = not split.test or config.evaluation == "split"
-        name = "final model" if not split.test else f"held out {', '.join(split.test)}"
+        name = f"held out {', '.join(split.test)}" if split.test else "all animals"
         stage = f"fold {number + 1}/{len(splits)} ({name})"
         module = classifier_network(start.network, len(class_names), config.mil_hidden, config.seed)
         fit = yield from _fit(
@@ -725,12 +750,20 @@ def iter_finetune(
             stage=stage,
             stop=should_stop,
         )
-        model = NeurtModel(fit.module, class_names=class_names, tokens=tokens,
-                           frame_rate_hz=frame_rate, device=device)
+        model = NeurtModel(
+            fit.module,
+            class_names=class_names,
+            tokens=tokens,
+            frame_rate_hz=frame_rate,
+            device=device,
+        )
         if split.test:
             records += _classify_held_out(
-                model, [i for i in items if i.animal in split.test], list(class_names),
-                read_options, number,
+                model,
+                [i for i in items if i.animal in split.test],
+                list(class_names),
+                read_options,
+                number,
             )
         folds.append(
             {
@@ -738,16 +771,15 @@ def iter_finetune(
                 "steps": fit.steps,
                 "best_step": fit.best_step,
                 "validation_loss": fit.validation_loss,
-                "final_model": final,
+                "saved": number == len(splits) - 1,
             }
         )
         if fit.stopped:
+            folds[-1]["saved"] = True  # the last model trained is the one saved
             break
 
     out_dir = Path(out_dir)
-    report = _report(records, class_names, config.evaluation, folds) if records else (
-        FinetuneReport(tuple(class_names), config.evaluation, [], {}, folds)
-    )
+    report = _report(records, class_names, config.evaluation, folds)
     save_checkpoint(
         out_dir,
         model.module,

@@ -48,15 +48,21 @@ class MaskingConfig:
     def __post_init__(self) -> None:
         for name in ("ratio", "own_ratio"):
             if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"MaskingConfig.{name} must be in (0, 1); got {getattr(self, name)}")
+                raise ValueError(
+                    f"MaskingConfig.{name} must be in (0, 1); got {getattr(self, name)}"
+                )
         for name in ("span_p", "zero_prob", "own_fraction"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"MaskingConfig.{name} must be in [0, 1]; got {getattr(self, name)}")
+                raise ValueError(
+                    f"MaskingConfig.{name} must be in [0, 1]; got {getattr(self, name)}"
+                )
         if self.span_p == 0:
             raise ValueError("MaskingConfig.span_p must be positive")
         for name in ("max_span", "own_max_span"):
             if getattr(self, name) < 1:
-                raise ValueError(f"MaskingConfig.{name} must be at least 1; got {getattr(self, name)}")
+                raise ValueError(
+                    f"MaskingConfig.{name} must be at least 1; got {getattr(self, name)}"
+                )
 
 
 @dataclass
@@ -122,7 +128,7 @@ def place_spans(
 
 def hidden_count(n_steps: int, ratio: float) -> int:
     """Steps hidden per window: round(ratio * n_steps), at least 1 (as published)."""
-    return max(1, int(round(n_steps * ratio)))
+    return max(1, round(n_steps * ratio))
 
 
 def mask_windows(
@@ -132,7 +138,7 @@ def mask_windows(
     windows = windows.float()
     batch, n_steps, n_features = windows.shape
     own = np.zeros(batch, dtype=bool)
-    own[rng.permutation(batch)[: int(round(config.own_fraction * batch))]] = True
+    own[rng.permutation(batch)[: round(config.own_fraction * batch)]] = True
     random = ~own & (rng.random(batch) >= config.zero_prob)
 
     all_lengths = geometric_lengths(config.max_span, config.span_p)

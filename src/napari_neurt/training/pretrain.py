@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..model.checkpoint import read_checkpoint, save_checkpoint
-from ..model.neurt import Neurt
+from ..model.neurt import Neurt, NeurtConfig
 from ..progress import Steps, run_steps
 from .data import RecordingSource, WindowStream
 from .engine import (
@@ -48,7 +48,8 @@ from .masking import MaskedBatch, Masker, MaskingConfig, masked_mse
 
 log = logging.getLogger(__name__)
 
-# Settings that may change between a run and its resumption without changing what is learnt.
+# Settings that a resumed run may change: where and how often it saves, how it loads data, and
+# its length (to extend a run; the cosine schedule then stretches from where it is).
 _RESUMABLE_CHANGES = {"steps", "save_every", "num_workers", "device"}
 
 
@@ -118,7 +119,7 @@ class ReconstructionTrainer:
         self.module = module.to(context.device).train()
         self.model = context.wrap(self.module)
         self.optimizer = torch.optim.AdamW(
-            decay_groups(self.module.named_parameters(), config.weight_decay), lr=config.lr
+            decay_groups(self.module.parameters(), config.weight_decay), lr=config.lr
         )
         warmup_steps = math.ceil(config.warmup * config.steps)
         schedule = WarmupCosine(config.steps, warmup_steps, config.final_lr)
@@ -210,7 +211,7 @@ def iter_pretrain(
     context = DistributedContext.setup(config.device)
     try:
         resuming = resume and has_training_state(out_dir)
-        start = _resumed(out_dir, config) if resuming else starting_point(model, config.seed)
+        start = _resumed(out_dir, config, model) if resuming else starting_point(model, config.seed)
         module, tokens = start.network.train(), start.token_settings
         frame_rate = config.frame_rate_hz or start.frame_rate_hz
         trainer = ReconstructionTrainer(module, config, context)
@@ -285,7 +286,7 @@ def train_steps(
         del batches  # shuts the DataLoader's workers down
 
 
-def _resumed(folder: Path, config: PretrainConfig) -> StartingPoint:
+def _resumed(folder: Path, config: PretrainConfig, model: ModelSpec) -> StartingPoint:
     state = read_training_state(folder)
     saved = PretrainConfig.from_dict(state["config"])
     changed = [
@@ -299,6 +300,11 @@ def _resumed(folder: Path, config: PretrainConfig) -> StartingPoint:
             "the same settings, or train into a new folder (or pass resume=False)"
         )
     checkpoint = read_checkpoint(folder)
+    if isinstance(model, NeurtConfig) and model != checkpoint.config:
+        raise ValueError(
+            f"{folder} holds a run of another network shape ({checkpoint.config}); resume it "
+            "without a model, or train into a new folder"
+        )
     if checkpoint.provenance.get("step") != state["step"]:
         raise ValueError(
             f"{folder}: the weights (step {checkpoint.provenance.get('step')}) and the training "
