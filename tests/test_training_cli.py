@@ -1,0 +1,94 @@
+"""`neurt pretrain`, `neurt finetune` and `neurt reconstruct --adapt`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neurt import load_model
+from napari_neurt.cli import main
+from napari_neurt.model import NeurtModel
+from napari_neurt.model.neurt import Neurt, NeurtConfig
+
+SHAPE = {"seq_len": 32, "n_embd": 16, "n_head": 2, "n_layer": 2, "n_ff": 32}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_recording(path, kind: str = "calm", seed: int = 0, n_frames: int = 96):
+    rng = np.random.default_rng(seed)
+    frames = np.arange(n_frames)
+    if kind == "calm":
+        traces = np.sin(2 * np.pi * frames / 30 + rng.uniform(0, 6.3, (8, 1)))
+    else:
+        traces = (rng.random((8, n_frames)) < 0.05) * 5.0
+        traces[:, 0] = 5.0
+    traces = traces + 0.05 * rng.standard_normal(traces.shape)
+    np.savez(path, traces=traces, centroids=rng.uniform(0, 80, (8, 2)), frame_rate=10.0)
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = NeurtModel(Neurt(NeurtConfig(**SHAPE)), device="cpu")
+    return model.save(tmp_path / "tiny")
+
+
+def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
+    paths = [str(write_recording(tmp_path / f"r{k}.npz", seed=k)) for k in range(2)]
+    listing = tmp_path / "recordings.txt"
+    listing.write_text(f"# training data\n{paths[1]}\n")
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--shape", json.dumps(SHAPE), "--batch-size", "4"]
+    common += ["--device", "cpu", "--log-every", "1"]
+    assert main(["pretrain", paths[0], "--list", str(listing), "--steps", "3", *common]) == 0
+    captured = capsys.readouterr()
+    assert "step 3/3" in captured.err and "done at step 3/3" in captured.out
+    assert main(["pretrain", *paths, "--steps", "5", *common]) == 0  # resumes, longer
+    assert load_model(out, device="cpu").provenance["step"] == 5
+    assert main(["pretrain", "--out", str(out)]) == 2
+    assert "no recordings" in capsys.readouterr().err
+
+
+def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, capsys):
+    rows = []
+    for kind in ("calm", "bursty"):
+        for animal in range(2):
+            name = f"{kind}{animal}.npz"
+            write_recording(tmp_path / name, kind, seed=animal + (10 if kind == "calm" else 0))
+            rows.append([name, f"{kind}-{animal}", kind])
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as file:
+        csv.writer(file).writerows([["file", "mouse", "group"], *rows])
+    out = tmp_path / "classifier"
+    arguments = ["finetune", str(manifest), "--out", str(out), "--base", str(tiny_checkpoint)]
+    arguments += ["--steps", "6", "--bag-size", "4", "--device", "cpu"]
+    assert main(arguments) == 2
+    assert "no column 'path'" in capsys.readouterr().err
+    columns = ["--path-column", "file", "--animal-column", "mouse", "--label-column", "group"]
+    assert main([*arguments, *columns, "--classes", "calm,bursty"]) == 0
+    assert "model and report" in capsys.readouterr().out
+    assert load_model(out, device="cpu").class_names == ("calm", "bursty")
+    assert (out / "report.csv").is_file() and (out / "report.json").is_file()
+
+
+def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):
+    path = write_recording(tmp_path / "rec.npz")
+    out = tmp_path / "results"
+    arguments = ["reconstruct", str(path), "--model", str(tiny_checkpoint), "--out", str(out)]
+    assert main([*arguments, "--adapt", "3", "--device", "cpu"]) == 0
+    with np.load(out / "rec.neurt-reconstruct.npz") as results:
+        model = json.loads(str(results["model"]))
+    assert model["provenance"]["adapted"]["steps"] == 3
