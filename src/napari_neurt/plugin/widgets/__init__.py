@@ -9,14 +9,18 @@ a Labels layer's metadata, start the core's step generators in workers, and draw
 """
 
 from ..scores import ANALYSIS_KEY, RECORDING_KEY, SCORES_KEY, analysis_of, recording_of
+from .analysis import AnalysisWidget
 from .base import PlotWidget
+from .legend import ScoresLegend
 from .traces import TracePlotWidget
 
 __all__ = [
     "ANALYSIS_KEY",
     "RECORDING_KEY",
     "SCORES_KEY",
+    "AnalysisWidget",
     "PlotWidget",
+    "ScoresLegend",
     "TracePlotWidget",
     "analysis_of",
     "recording_of",

@@ -1,0 +1,105 @@
+"""Which NEuRT models the widgets offer, and one shared cache of loaded models.
+
+Nothing here imports Qt: the pickers (analysis, fine-tune) fill their combo boxes from
+`model_choices` and `device_choices`, and listen to `registry.changed` for checkpoints that
+fine-tuning adds during the session.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from psygnal import Signal
+
+CHECKPOINT = "checkpoint"  # the "a checkpoint file" entry: the path comes from a file field
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str
+    source: str  # what load_model takes ("default", "neurt-microns", a path) or CHECKPOINT
+
+
+BUILT_IN = (
+    ModelChoice("Embedded default", "default"),
+    ModelChoice("Published MICrONS (reconstruction)", "neurt-microns"),
+    ModelChoice("Published 5xFAD (classifier)", "neurt-5xfad"),
+)
+CHECKPOINT_CHOICE = ModelChoice("Checkpoint file…", CHECKPOINT)
+
+
+class ModelRegistry:
+    """Checkpoints made during this session (fine-tuning), offered by every model picker."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self._extra: list[ModelChoice] = []
+
+    def add(self, folder: str | Path, label: str | None = None) -> ModelChoice:
+        folder = str(Path(folder))
+        for choice in self._extra:
+            if choice.source == folder:
+                return choice
+        choice = ModelChoice(label or f"Fine-tuned: {Path(folder).name}", folder)
+        self._extra.append(choice)
+        self.changed.emit()
+        return choice
+
+    @property
+    def extra(self) -> tuple[ModelChoice, ...]:
+        return tuple(self._extra)
+
+
+registry = ModelRegistry()
+
+
+def model_choices() -> list[ModelChoice]:
+    """Built-in models, then session checkpoints, then "Checkpoint file…"."""
+    return [*BUILT_IN, *registry.extra, CHECKPOINT_CHOICE]
+
+
+def device_choices() -> list[str]:
+    """"auto", "cpu", every CUDA device, "mps" where available."""
+    import torch
+
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        choices.append("mps")
+    return choices
+
+
+_cache: dict[tuple[str, str], object] = {}
+_lock = threading.Lock()
+
+
+def get_model(source: str, device: str = "auto"):
+    """`load_model(source, device)`, loaded once per (source, device) and shared (thread-safe).
+
+    A checkpoint path is keyed by its resolved path and modification time, so that a file
+    rewritten by fine-tuning is read again.
+    """
+    from ..model import load_model
+
+    key_source = source
+    path = Path(source)
+    if source not in ("default", "neurt-microns", "neurt-5xfad") and path.exists():
+        stamp = max((p.stat().st_mtime_ns for p in [path, *path.glob("*")]), default=0)
+        key_source = f"{path.resolve()}@{stamp}"
+    key = (key_source, device)
+    with _lock:
+        model = _cache.get(key)
+        if model is None:
+            model = load_model(source, device=device)
+            _cache[key] = model
+    return model
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,829 @@
+"""`AnalysisWidget` (*NEuRT analysis*): from a movie and its ROIs to coloured per-neuron scores.
+
+Inputs: a movie (Image layer with time) and ROI labels (Labels layer), or a Labels layer that
+already carries a `Recording` (the suite2p / CaImAn / NWB readers, `add_recording`, a previous
+extraction). Frame rate and pixel size are prefilled from the recording or the layers' metadata.
+
+Actions, each a `Job` over a core step generator (so the viewer stays interactive and Cancel
+stops it at the next batch):
+
+- *Extract traces*: `iter_extract` (neuropil-corrected) then `delta_f_over_f`; the ROI layer
+  gets the `Recording`, and the scores layer appears with the model-free scores (event rate).
+- *Reconstruct*: `analysis.iter_reconstruct` with the chosen hiding (every frame in turn, marked
+  frames, or bad frames detected from the movie or the traces).
+- *Classify*: `analysis.iter_classify`.
+
+Everything a job shows is built in the job (the `ScoresLayerData`); the main thread only applies
+it, after the job ran to the end. A failed or cancelled job changes no layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ... import analysis as core
+from ...progress import Progress
+from ...recording import Recording
+from .. import models
+from ..scores import (
+    ANALYSIS_KEY,
+    COLORMAPS,
+    RECORDING_KEY,
+    SCORES_KEY,
+    analysis_of,
+    apply_scores,
+    colour_columns,
+    column_label,
+    recolour,
+    recording_of,
+    scores_layer_data,
+    scores_layer_of,
+)
+from ..workers import Job
+from .base import unwrap
+from .legend import ScoresLegend
+
+if TYPE_CHECKING:
+    import napari
+
+HIDE_CHOICES = (
+    ("every frame in turn (k-fold)", "kfold"),
+    ("frames I mark", "marked"),
+    ("bad frames (detected), imputed", "bad"),
+)
+
+
+@dataclass(frozen=True)
+class ModelLoaded(Progress):
+    """Yielded once the model is loaded: which device it really runs on."""
+
+    device: str = ""
+
+
+@dataclass
+class JobResult:
+    """What a job hands to the main thread: everything to apply, built beforehand."""
+
+    roi_layer: str
+    analysis: core.Analysis
+    scores: Any  # ScoresLayerData
+    message: str = ""
+    roi_features: Any = None
+    device: str | None = None
+
+
+def _is_scores_layer(layer) -> bool:
+    return bool(getattr(layer, "metadata", {}).get(SCORES_KEY))
+
+
+class AnalysisWidget(QWidget):
+    """The NEuRT analysis panel (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = unwrap(viewer)
+        self.job: Job | None = None
+        self.batch_size: int | None = None  # windows per batch (None: the device's default)
+        self._pipeline: list[tuple[str, dict]] = []
+        self._updating = False
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        outer.addWidget(scroll)
+        body = QWidget()
+        scroll.setWidget(body)
+        layout = QVBoxLayout(body)
+
+        # -- inputs --------------------------------------------------------------------------------
+        inputs = QGroupBox("Input")
+        form = QFormLayout(inputs)
+        self.movie_box = QComboBox()
+        self.movie_box.setToolTip("the movie (an Image layer with time first); needed to extract")
+        self.rois_box = QComboBox()
+        self.rois_box.setToolTip(
+            "the ROIs (a Labels layer); a recording opened by the suite2p, CaImAn or NWB reader "
+            "already carries its traces"
+        )
+        self.frame_rate = QDoubleSpinBox()
+        self.frame_rate.setRange(0.001, 100000)
+        self.frame_rate.setDecimals(3)
+        self.frame_rate.setValue(30.0)
+        self.frame_rate.setSuffix(" Hz")
+        self.pixel_size = QDoubleSpinBox()
+        self.pixel_size.setRange(0, 10000)
+        self.pixel_size.setDecimals(4)
+        self.pixel_size.setSpecialValueText("unknown")
+        self.pixel_size.setSuffix(" µm")
+        self.prefill_note = QLabel("")
+        self.prefill_note.setWordWrap(True)
+        self.neuropil = QCheckBox("subtract neuropil (0.7 × annulus)")
+        self.neuropil.setChecked(True)
+        form.addRow("Movie", self.movie_box)
+        form.addRow("ROIs", self.rois_box)
+        form.addRow("Frame rate", self.frame_rate)
+        form.addRow("Pixel size", self.pixel_size)
+        form.addRow(self.prefill_note)
+        form.addRow(self.neuropil)
+        layout.addWidget(inputs)
+
+        # -- model ---------------------------------------------------------------------------------
+        model_group = QGroupBox("Model")
+        form = QFormLayout(model_group)
+        self.model_box = QComboBox()
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("checkpoint folder, config.json or .pth")
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(self._browse_checkpoint)
+        self.checkpoint_row = QWidget()
+        row = QHBoxLayout(self.checkpoint_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        self.device_box = QComboBox()
+        self.device_box.addItems(models.device_choices())
+        self.device_label = QLabel("running on: (not loaded yet)")
+        form.addRow("Model", self.model_box)
+        form.addRow("Checkpoint", self.checkpoint_row)
+        form.addRow("Device", self.device_box)
+        form.addRow(self.device_label)
+        layout.addWidget(model_group)
+
+        # -- actions -------------------------------------------------------------------------------
+        actions = QGroupBox("Run")
+        form = QFormLayout(actions)
+        buttons = QHBoxLayout()
+        self.extract_button = QPushButton("Extract traces")
+        self.reconstruct_button = QPushButton("Reconstruct")
+        self.classify_button = QPushButton("Classify")
+        for button in (self.extract_button, self.reconstruct_button, self.classify_button):
+            buttons.addWidget(button)
+        form.addRow(buttons)
+        self.hide_box = QComboBox()
+        for text, value in HIDE_CHOICES:
+            self.hide_box.addItem(text, value)
+        self.folds = QSpinBox()
+        self.folds.setRange(2, 50)
+        self.folds.setValue(core.DEFAULT_FOLDS)
+        self.span = QSpinBox()
+        self.span.setRange(1, 1000)
+        self.span.setValue(core.DEFAULT_SPAN)
+        self.span.setSuffix(" frames")
+        self.kfold_row = QWidget()
+        row = QHBoxLayout(self.kfold_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("folds"))
+        row.addWidget(self.folds)
+        row.addWidget(QLabel("spans of"))
+        row.addWidget(self.span)
+        self.frames_edit = QLineEdit()
+        self.frames_edit.setPlaceholderText("frames to hide, e.g. 100-120, 300")
+        mark = QPushButton("+ current frame")
+        mark.clicked.connect(lambda: self.mark_current_frame())
+        self.marked_row = QWidget()
+        row = QHBoxLayout(self.marked_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.frames_edit)
+        row.addWidget(mark)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(1.0, 50.0)
+        self.threshold.setValue(5.0)
+        self.threshold.setToolTip(
+            "a frame is bad when its correlation with the reference image (or its brightness) "
+            "falls this many robust standard deviations below the median"
+        )
+        self.bad_row = QWidget()
+        row = QHBoxLayout(self.bad_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("drop of more than"))
+        row.addWidget(self.threshold)
+        row.addWidget(QLabel("robust SD"))
+        form.addRow("Hide", self.hide_box)
+        form.addRow(self.kfold_row)
+        form.addRow(self.marked_row)
+        form.addRow(self.bad_row)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        row_widget = QWidget()
+        row = QHBoxLayout(row_widget)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.progress_bar, 1)
+        row.addWidget(self.cancel_button)
+        form.addRow(row_widget)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        form.addRow(self.status)
+        layout.addWidget(actions)
+
+        # -- scores --------------------------------------------------------------------------------
+        scores = QGroupBox("Scores")
+        form = QFormLayout(scores)
+        self.colour_box = QComboBox()
+        self.cmap_box = QComboBox()
+        self.cmap_box.addItems(COLORMAPS)
+        self.legend = ScoresLegend(self.viewer)
+        self.export_button = QPushButton("Export… (CSV or NWB)")
+        form.addRow("Colour by", self.colour_box)
+        form.addRow("Colormap", self.cmap_box)
+        form.addRow(self.legend)
+        form.addRow(self.export_button)
+        layout.addWidget(scores)
+        layout.addStretch(1)
+
+        # -- wiring --------------------------------------------------------------------------------
+        # (clicked passes a `checked` flag: call the actions without it)
+        self.extract_button.clicked.connect(lambda: self.extract())
+        self.reconstruct_button.clicked.connect(lambda: self.reconstruct())
+        self.classify_button.clicked.connect(lambda: self.classify())
+        self.export_button.clicked.connect(lambda: self.export_dialog())
+        self.hide_box.currentIndexChanged.connect(self._show_hide_options)
+        self.model_box.currentIndexChanged.connect(self._show_checkpoint_row)
+        self.rois_box.currentIndexChanged.connect(self._inputs_changed)
+        self.movie_box.currentIndexChanged.connect(self._inputs_changed)
+        self.colour_box.currentIndexChanged.connect(self._recolour)
+        self.cmap_box.currentIndexChanged.connect(self._recolour)
+        models.registry.changed.connect(self._fill_models)
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._layers_changed)
+        layers.events.removed.connect(self._layers_changed)
+        layers.events.moved.connect(self._layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._layers_changed)
+        layers.events.inserted.connect(self._watch_name)
+        self._fill_models()
+        self._show_hide_options()
+        self._layers_changed()
+
+    # -- layer pickers -----------------------------------------------------------------------------
+    def _watch_name(self, event) -> None:
+        event.value.events.name.connect(self._layers_changed)
+
+    def _layers_changed(self, event=None) -> None:
+        from napari.layers import Image, Labels
+
+        self._updating = True
+        try:
+            movie, rois = self.movie_box.currentText(), self.rois_box.currentText()
+            movies = [
+                l.name for l in reversed(self.viewer.layers)
+                if isinstance(l, Image) and l.ndim == 3 and not l.rgb and not l.multiscale
+            ]
+            roi_layers = [
+                l.name for l in reversed(self.viewer.layers)
+                if isinstance(l, Labels) and not _is_scores_layer(l)
+            ]
+            self.movie_box.clear()
+            self.movie_box.addItems(["(none)", *movies])
+            self.rois_box.clear()
+            self.rois_box.addItems(roi_layers)
+            if rois in roi_layers:
+                self.rois_box.setCurrentText(rois)
+            elif roi_layers:  # prefer a layer with traces
+                with_traces = [n for n in roi_layers if recording_of(self.viewer.layers[n])]
+                self.rois_box.setCurrentText((with_traces or roi_layers)[0])
+            if movie in movies:
+                self.movie_box.setCurrentText(movie)
+            else:
+                self.movie_box.setCurrentText(self._matching_movie(movies) or "(none)")
+        finally:
+            self._updating = False
+        self._inputs_changed()
+
+    def _matching_movie(self, movies: list[str]) -> str | None:
+        roi = self.roi_layer()
+        if roi is None:
+            return movies[0] if movies else None
+        shape = tuple(np.shape(roi.data)[-2:])
+        for name in movies:
+            if tuple(self.viewer.layers[name].data.shape[1:]) == shape:
+                return name
+        return None
+
+    def roi_layer(self):
+        name = self.rois_box.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def movie_layer(self):
+        name = self.movie_box.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def scores_layer(self):
+        roi = self.roi_layer()
+        return scores_layer_of(self.viewer, roi.name) if roi is not None else None
+
+    def _inputs_changed(self, event=None) -> None:
+        if self._updating:
+            return
+        self._prefill()
+        self._refresh_scores_ui()
+
+    def _prefill(self) -> None:
+        """Frame rate and pixel size from the recording, else from the layers' metadata."""
+        roi, movie = self.roi_layer(), self.movie_layer()
+        recording = recording_of(roi) if roi is not None else None
+        found: dict[str, tuple[float | None, str]] = {}
+        if recording is not None:
+            found["frame_rate"] = (recording.frame_rate, "the recording")
+            found["pixel_size_um"] = (recording.pixel_size_um, "the recording")
+        for layer, where in ((movie, "the movie's metadata"), (roi, "the ROI layer's metadata")):
+            if layer is None:
+                continue
+            metadata = dict(layer.metadata)
+            truth = metadata.get("neurt_ground_truth")
+            for key in ("frame_rate", "pixel_size_um"):
+                value = metadata.get(key, getattr(truth, key, None))
+                if key not in found and value:
+                    found[key] = (float(value), where)
+        notes = []
+        if "frame_rate" in found:
+            self.frame_rate.setValue(found["frame_rate"][0])
+            notes.append(f"frame rate from {found['frame_rate'][1]}")
+        else:
+            notes.append("frame rate not in the metadata: check it")
+        if found.get("pixel_size_um", (None,))[0]:
+            self.pixel_size.setValue(found["pixel_size_um"][0])
+            notes.append(f"pixel size from {found['pixel_size_um'][1]}")
+        else:
+            self.pixel_size.setValue(0)
+            notes.append("pixel size unknown: neighbourhoods in pixels")
+        self.prefill_note.setText("; ".join(notes))
+
+    # -- model picker ------------------------------------------------------------------------------
+    def _fill_models(self) -> None:
+        current = self.model_box.currentData()
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for choice in models.model_choices():
+            self.model_box.addItem(choice.label, choice.source)
+        index = self.model_box.findData(current) if current is not None else 0
+        self.model_box.setCurrentIndex(max(index, 0))
+        self.model_box.blockSignals(False)
+        self._show_checkpoint_row()
+
+    def _show_checkpoint_row(self, *args) -> None:
+        self.checkpoint_row.setVisible(self.model_box.currentData() == models.CHECKPOINT)
+
+    def _browse_checkpoint(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "NEuRT checkpoint folder")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def set_model(self, source: str) -> None:
+        """Pick a model: a built-in or session source, or a checkpoint path."""
+        index = self.model_box.findData(str(source))
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+        else:
+            self.model_box.setCurrentIndex(self.model_box.findData(models.CHECKPOINT))
+            self.checkpoint_edit.setText(str(source))
+
+    def model_source(self) -> str:
+        source = self.model_box.currentData()
+        if source == models.CHECKPOINT:
+            path = self.checkpoint_edit.text().strip()
+            if not path:
+                raise ValueError("choose a checkpoint file or folder for the model")
+            if not Path(path).exists():
+                raise FileNotFoundError(f"the checkpoint {path} does not exist")
+            return path
+        return source
+
+    # -- hide options ------------------------------------------------------------------------------
+    def _show_hide_options(self, *args) -> None:
+        mode = self.hide_box.currentData()
+        self.kfold_row.setVisible(mode == "kfold")
+        self.marked_row.setVisible(mode == "marked")
+        self.bad_row.setVisible(mode == "bad")
+
+    def set_hide(self, mode: str) -> None:
+        self.hide_box.setCurrentIndex(self.hide_box.findData(mode))
+
+    def mark_current_frame(self) -> None:
+        frame = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
+        text = self.frames_edit.text().strip()
+        self.frames_edit.setText(f"{text}, {frame}" if text else str(frame))
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def _recording(self) -> tuple[Any, Recording]:
+        """The ROI layer and its recording with the frame rate / pixel size as set here."""
+        roi = self.roi_layer()
+        if roi is None:
+            raise ValueError("choose the ROIs: a Labels layer (open or draw one first)")
+        recording = recording_of(roi)
+        if recording is None:
+            raise ValueError(
+                f"{roi.name!r} has no traces yet: choose its movie and click Extract traces, or "
+                "open a suite2p, CaImAn or NWB recording"
+            )
+        frame_rate = self.frame_rate.value()
+        pixel = self.pixel_size.value() or None
+        if abs(frame_rate - recording.frame_rate) > 1e-9 or pixel != recording.pixel_size_um:
+            recording = replace(
+                recording, frame_rate=frame_rate, pixel_size_um=pixel,
+                metadata=dict(recording.metadata),
+            )
+        return roi, recording
+
+    def _prior_analysis(self, roi, recording: Recording) -> core.Analysis:
+        """The results so far for `recording`; none when its traces, frame rate or pixel size
+        changed (earlier results no longer apply)."""
+        previous = analysis_of(roi)
+        if previous is not None and previous.recording is recording:
+            return previous
+        return core.Analysis(recording)
+
+    def _layer_kwargs(self, roi) -> dict[str, Any]:
+        return {"scale": tuple(roi.scale[-2:]), "translate": tuple(roi.translate[-2:])}
+
+    def _start(self, name: str, make_steps, on_done) -> Job | None:
+        if self.job is not None:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{self.job.description} is still running: wait, or cancel it")
+            return None
+        self.job = Job(
+            make_steps,
+            description=f"NEuRT: {name}",
+            on_done=on_done,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+        )
+        self._set_running(True, name)
+        return self.job.start()
+
+    def _set_running(self, running: bool, name: str = "") -> None:
+        for button in (self.extract_button, self.reconstruct_button, self.classify_button,
+                       self.export_button):
+            button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress_bar.setRange(0, 0)  # busy until the first step
+            self.status.setText(f"{name}…")
+
+    def _on_progress(self, item: Progress) -> None:
+        if isinstance(item, ModelLoaded):
+            self.device_label.setText(f"running on: {item.device}")
+        total = max(int(item.total), 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(int(item.done), total))
+        if item.stage:
+            self.status.setText(f"{item.stage}: {item.done}/{item.total}")
+
+    def _on_finished(self, job: Job) -> None:
+        self.job = None
+        self._set_running(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if job.error is None and not job.cancelled else 0)
+        if job.cancelled:
+            self.status.setText("cancelled: nothing was changed")
+            self._pipeline = []
+        elif job.error is not None:
+            self.status.setText(job.error)
+            self._pipeline = []
+        elif self._pipeline:
+            action, options = self._pipeline.pop(0)
+            if getattr(self, action)(**options) is None:
+                self._pipeline = []
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step; no layer is changed."""
+        self._pipeline = []
+        if self.job is not None:
+            self.status.setText("cancelling…")
+            self.job.cancel()
+
+    def _refuse(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        from ..workers import describe_error
+
+        message = describe_error(error)
+        self.status.setText(message)
+        show_error(message)
+
+    def run_pipeline(self, steps: list[tuple[str, dict]]) -> Job | None:
+        """Run actions one after the other, e.g. ``[("extract", {}), ("reconstruct",
+        {"model": "neurt-microns"}), ("classify", {"model": "neurt-5xfad"})]``; a failure or a
+        cancel stops the rest."""
+        steps = list(steps)
+        if not steps:
+            return None
+        action, options = steps[0]
+        self._pipeline = steps[1:]
+        job = getattr(self, action)(**options)
+        if job is None:
+            self._pipeline = []
+        return job
+
+    def _apply(self, result: JobResult) -> None:
+        """Put a job's results into the viewer (main thread, after the job ran to the end)."""
+        from ..viewer import ensure_trace_dock, refresh_plots
+
+        if result.roi_layer not in self.viewer.layers:
+            raise ValueError(f"the ROI layer {result.roi_layer!r} was removed while NEuRT ran")
+        roi = self.viewer.layers[result.roi_layer]
+        apply_scores(self.viewer, result.scores)
+        metadata = {**roi.metadata, RECORDING_KEY: result.analysis.recording,
+                    ANALYSIS_KEY: result.analysis}
+        if result.roi_features is not None:
+            roi.features = result.roi_features
+        roi.metadata = metadata
+        if result.device:
+            self.device_label.setText(f"running on: {result.device}")
+        ensure_trace_dock(self.viewer)
+        self._refresh_scores_ui()
+        refresh_plots(self.viewer)
+        self.status.setText(result.message)
+
+    # -- actions -----------------------------------------------------------------------------------
+    def extract(self) -> Job | None:
+        """Extract dF/F traces of the ROIs from the movie."""
+        from ...extraction import check_labels, check_movie
+
+        try:
+            roi, movie_layer = self.roi_layer(), self.movie_layer()
+            if roi is None or movie_layer is None:
+                raise ValueError(
+                    "Extract traces needs a movie (an Image layer with time first) and its ROIs "
+                    "(a Labels layer): choose both under Input"
+                )
+            movie = movie_layer.data
+            n_frames, height, width = check_movie(movie)
+            labels = np.array(roi.data, copy=True)
+            if labels.ndim != 2:
+                raise ValueError(
+                    f"the ROIs must be one 2-D label image; {roi.name!r} has shape {labels.shape}"
+                )
+            labels = check_labels(labels, (height, width))
+        except (ValueError, FileNotFoundError) as error:
+            self._refuse(error)
+            return None
+        frame_rate = self.frame_rate.value()
+        pixel = self.pixel_size.value() or None
+        neuropil = self.neuropil.isChecked()
+        source = f"{movie_layer.name} with ROIs {roi.name}"
+        roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
+        extra = _extra_features(roi)
+        colour, cmap = self.colour_box.currentData(), self.cmap_box.currentText()
+
+        def steps():
+            from ...extraction import delta_f_over_f, iter_extract
+
+            extraction = yield from iter_extract(movie, labels, neuropil=neuropil)
+            yield Progress(0, 1, "dF/F")
+            dff = delta_f_over_f(extraction.traces, frame_rate)
+            recording = Recording.from_labels(
+                dff, labels, frame_rate, pixel_size_um=pixel, source=source,
+                metadata={"trace_kind": "dF/F", "neuropil": neuropil},
+            )
+            analysis = core.Analysis(recording)
+            data = scores_layer_data(
+                analysis, roi_layer_name=roi_name, extra_features=extra, colour_by=colour,
+                cmap=cmap, layer_kwargs=layer_kwargs,
+            )
+            yield Progress(1, 1, "dF/F")
+            return JobResult(
+                roi_name, analysis, data,
+                message=f"extracted {recording.n_neurons} neurons × {recording.n_frames} frames",
+                roi_features=_roi_features(recording, extra),
+            )
+
+        return self._start("extract traces", steps, self._apply)
+
+    def reconstruct(self, model: str | None = None) -> Job | None:
+        """Reconstruct with the chosen hiding; `model` overrides the picker."""
+        try:
+            if model is not None:
+                self.set_model(model)
+            roi, recording = self._recording()
+            source, device = self.model_source(), self.device_box.currentText()
+            mode = self.hide_box.currentData()
+            frames = None
+            if mode == "marked":
+                frames = core.parse_frames(self.frames_edit.text(), recording.n_frames)
+                if not frames.any():
+                    raise ValueError("mark the frames to hide (e.g. 100-120, 300) first")
+            movie = None
+            if mode == "bad":
+                movie_layer = self.movie_layer()
+                if movie_layer is not None and movie_layer.data.shape[0] == recording.n_frames:
+                    movie = movie_layer.data
+        except (ValueError, FileNotFoundError) as error:
+            self._refuse(error)
+            return None
+        prior = self._prior_analysis(roi, recording)
+        options = dict(n_folds=self.folds.value(), span=self.span.value(),
+                       batch_size=self.batch_size)
+        threshold = self.threshold.value()
+        roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
+        extra = _extra_features(roi)
+        cmap = self.cmap_box.currentText()
+
+        def steps():
+            model_ = yield from _load(source, device)
+            hidden = frames
+            if mode == "bad":
+                if movie is not None:
+                    quality = yield from core.iter_frame_quality(movie, threshold=threshold)
+                    hidden = quality.bad
+                else:
+                    hidden = core.bad_frames_from_traces(recording.traces, threshold=threshold)
+                if not hidden.any():
+                    raise ValueError(
+                        "no bad frames were found (lower the threshold to flag more)"
+                    )
+            result = yield from core.iter_reconstruct(
+                model_, recording, hide=mode, frames=hidden, **options
+            )
+            result.parameters["model_source"] = source
+            analysis = prior.with_results(reconstruction=result)
+            data = scores_layer_data(
+                analysis, roi_layer_name=roi_name, extra_features=extra, colour_by=None,
+                cmap=cmap, layer_kwargs=layer_kwargs,
+            )
+            r2 = result.predictability
+            summary = (
+                f"median predictability R² {np.nanmedian(r2):.3f}" if np.isfinite(r2).any()
+                else f"imputed {int(result.hidden.sum())} bad frames"
+            )
+            return JobResult(roi_name, analysis, data, message=f"reconstructed: {summary}",
+                             device=str(model_.device))
+
+        return self._start("reconstruct", steps, self._apply)
+
+    def classify(self, model: str | None = None) -> Job | None:
+        """Classify the neurons and the recording; `model` overrides the picker."""
+        try:
+            if model is not None:
+                self.set_model(model)
+            roi, recording = self._recording()
+            source, device = self.model_source(), self.device_box.currentText()
+        except (ValueError, FileNotFoundError) as error:
+            self._refuse(error)
+            return None
+        prior = self._prior_analysis(roi, recording)
+        batch_size = self.batch_size
+        roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
+        extra = _extra_features(roi)
+        cmap = self.cmap_box.currentText()
+
+        def steps():
+            model_ = yield from _load(source, device)
+            result = yield from core.iter_classify(model_, recording, batch_size=batch_size)
+            result.parameters["model_source"] = source
+            analysis = prior.with_results(classification=result)
+            data = scores_layer_data(
+                analysis, roi_layer_name=roi_name, extra_features=extra, colour_by=None,
+                cmap=cmap, layer_kwargs=layer_kwargs,
+            )
+            names = result.result.class_names
+            name = names[1] if len(names) > 1 else "class 1"
+            message = f"classified: P({name}) = {result.result.recording_probability:.3f}"
+            return JobResult(roi_name, analysis, data, message=message, device=str(model_.device))
+
+        return self._start("classify", steps, self._apply)
+
+    # -- scores ------------------------------------------------------------------------------------
+    def _refresh_scores_ui(self) -> None:
+        layer = self.scores_layer()
+        self.colour_box.blockSignals(True)
+        self.cmap_box.blockSignals(True)
+        try:
+            self.colour_box.clear()
+            if layer is None:
+                self.legend.show_info(None)
+                return
+            info = layer.metadata.get(SCORES_KEY, {})
+            analysis = analysis_of(layer)
+            for column in colour_columns(layer.features):
+                self.colour_box.addItem(column_label(column, layer.features, analysis), column)
+            self.colour_box.setCurrentIndex(max(self.colour_box.findData(info.get("column")), 0))
+            if info.get("cmap"):
+                self.cmap_box.setCurrentText(info["cmap"])
+            self.legend.show_info(info)
+        finally:
+            self.colour_box.blockSignals(False)
+            self.cmap_box.blockSignals(False)
+
+    def _recolour(self, *args) -> None:
+        layer = self.scores_layer()
+        column = self.colour_box.currentData()
+        if layer is None or column is None:
+            return
+        try:
+            colours = recolour(layer, column, self.cmap_box.currentText())
+        except ValueError as error:
+            self._refuse(error)
+            return
+        self.legend.show_info(colours.legend())
+
+    def colour_by(self, column: str, cmap: str | None = None) -> None:
+        """Colour the scores layer by `column` (a features column) and optionally `cmap`."""
+        if cmap is not None:
+            self.cmap_box.setCurrentText(cmap)
+        index = self.colour_box.findData(column)
+        if index < 0:
+            raise ValueError(f"no scores column {column!r} to colour by")
+        self.colour_box.setCurrentIndex(index)
+        self._recolour()
+
+    # -- export ------------------------------------------------------------------------------------
+    def export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export NEuRT results", "", "CSV tables (*.csv);;NWB file (*.nwb)"
+        )
+        if path:
+            self.export(path)
+
+    def export(self, path: str | Path) -> Job | None:
+        """Write traces, reconstruction and scores (with provenance) to `path` (.csv or .nwb)."""
+        roi = self.roi_layer()
+        analysis = analysis_of(roi) if roi is not None else None
+        if analysis is None and roi is not None and recording_of(roi) is not None:
+            analysis = core.Analysis(recording_of(roi))
+        if analysis is None:
+            self._refuse(ValueError("nothing to export yet: extract traces or open a recording"))
+            return None
+
+        def steps():
+            from ...io.export import export_analysis
+
+            yield Progress(0, 1, "writing")
+            written = export_analysis(path, analysis)
+            yield Progress(1, 1, "writing")
+            return written
+
+        def done(written) -> None:
+            from napari.utils.notifications import show_info
+
+            names = ", ".join(Path(p).name for p in written)
+            self.status.setText(f"exported {names}")
+            show_info(f"NEuRT results written to {Path(written[0]).parent}: {names}")
+
+        return self._start("export", steps, done)
+
+
+def _load(source: str, device: str):
+    """Step generator: load (or reuse) the model, then say which device it runs on."""
+    yield Progress(0, 1, "loading model")
+    model = models.get_model(source, device)
+    yield ModelLoaded(1, 1, "model loaded", device=str(model.device))
+    return model
+
+
+def _extra_features(layer):
+    """The ROI layer's own per-label columns (e.g. suite2p's iscell), or None."""
+    features = getattr(layer, "features", None)
+    if features is None or not len(features) or "index" not in features.columns:
+        return None
+    return features.copy()
+
+
+def _roi_features(recording: Recording, extra):
+    """The ROI layer's features after an extraction: like the readers' (background first)."""
+    import pandas as pd
+
+    ids = recording.neuron_ids
+    frame = pd.DataFrame({
+        "index": np.concatenate([[0], ids]),
+        "neuron_id": np.concatenate([[0], ids]),
+        "centroid_y": np.concatenate([[np.nan], recording.centroids[:, 0]]),
+        "centroid_x": np.concatenate([[np.nan], recording.centroids[:, 1]]),
+    })
+    if extra is not None:
+        others = [c for c in extra.columns if c not in frame.columns]
+        if others:
+            frame = frame.join(extra.drop_duplicates("index").set_index("index")[others], on="index")
+    return frame

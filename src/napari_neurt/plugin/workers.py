@@ -1,0 +1,198 @@
+"""Run the core's step generators in napari thread workers.
+
+A `Job` takes a function that returns a step generator (`napari_neurt.progress`), runs it in a
+napari `GeneratorWorker`, and
+
+- turns each yielded `Progress` into a napari progress bar (in the activity dock, with its own
+  cancel button) and an optional callback (the widget's own bar), at most every 50 ms;
+- cancels with `Job.cancel()`: the worker stops at the next yield (between batches, so within
+  a fraction of a second) and the generator is closed in the worker thread, so its ``finally``
+  blocks run there; nothing is returned, so nothing is added;
+- reports errors with `show_error` and a clear message (the exception's own text; its type for
+  unexpected ones), never as a traceback dialog;
+- calls `on_done(result)` in the main thread only when the job ran to the end. Whatever
+  `on_done` does must be cheap: build layer data in the job, apply it in `on_done`.
+
+superqt treats a RuntimeError raised in a worker as "the worker was deleted" and drops it, so
+every exception from a job is re-raised as `JobFailed` (not a RuntimeError) carrying the original.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import cancelable_progress
+from napari.utils.notifications import show_error, show_info
+
+from ..progress import Progress
+
+#: Exceptions whose message is written for users; anything else also shows its type.
+EXPECTED = (ValueError, FileNotFoundError, KeyError, ImportError, OSError, TypeError)
+UPDATE_INTERVAL_S = 0.05
+
+
+class JobFailed(Exception):
+    """A job raised; `.error` is what it raised."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(describe_error(error))
+        self.error = error
+
+
+def describe_error(error: BaseException) -> str:
+    from .. import Cancelled
+
+    if isinstance(error, JobFailed):
+        return str(error)
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, (*EXPECTED, Cancelled)):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+class _ClosingWorker(GeneratorWorker):
+    """A GeneratorWorker that closes its generator (in its own thread) when it is aborted."""
+
+    def work(self):
+        try:
+            return super().work()
+        finally:
+            if self.abort_requested:
+                try:
+                    self._gen.close()
+                except Exception:  # the job is being thrown away; its cleanup must not raise
+                    pass
+
+
+def _guarded(make_steps: Callable[[], Any]):
+    """Run the generator from `make_steps`, re-raising any error as `JobFailed`."""
+    try:
+        steps = make_steps()
+        result = yield from steps
+    except GeneratorExit:
+        raise
+    except Exception as error:
+        raise JobFailed(error) from error
+    return result
+
+
+class Job:
+    """One run of a step generator in a napari thread worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        make_steps: Callable[[], Any],
+        *,
+        description: str,
+        on_done: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        notify_errors: bool = True,
+    ):
+        self.description = description
+        self.on_done = on_done
+        self.on_progress = on_progress
+        self.on_finished = on_finished
+        self.on_error = on_error
+        self.notify_errors = notify_errors
+        self.error: str | None = None
+        self.result: Any = None
+        self.cancelled = False
+        self.done = False
+        self.last_progress: Progress | None = None
+        self._last_update = 0.0
+        self._bar = None
+        self.worker = create_worker(
+            _guarded,
+            make_steps,
+            _worker_class=_ClosingWorker,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+
+    # -- control -----------------------------------------------------------------------------------
+    def start(self) -> Job:
+        self._bar = cancelable_progress(total=0, desc=self.description, cancel_callback=self.cancel)
+        self.worker.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step; nothing it made is kept."""
+        if not self.done:
+            self.cancelled = True
+            self.worker.quit()
+
+    @property
+    def running(self) -> bool:
+        return not self.done
+
+    # -- signals (main thread) ---------------------------------------------------------------------
+    def _on_yielded(self, item) -> None:
+        if not isinstance(item, Progress):
+            return
+        self.last_progress = item
+        if self.done or self.cancelled:  # a step delivered after the end: nothing to show
+            return
+        now = time.perf_counter()
+        if now - self._last_update < UPDATE_INTERVAL_S and item.done < item.total:
+            return
+        self._last_update = now
+        bar = self._bar
+        if bar is not None:
+            if bar.total != item.total:
+                bar.total = item.total
+            bar.n = 0
+            bar.update(item.done)
+            description = f"{self.description}: {item.stage}" if item.stage else self.description
+            if bar.desc != description:
+                bar.set_description(description)
+        if self.on_progress is not None:
+            self.on_progress(item)
+
+    def _on_returned(self, result) -> None:
+        if self.cancelled:
+            return
+        try:
+            if self.on_done is not None:
+                self.on_done(result)
+            self.result = result
+        except Exception as error:  # applying the result failed: say so, keep the viewer usable
+            self._report(f"{self.description} failed while showing its results: "
+                         f"{describe_error(error)}")
+
+    def _on_errored(self, error) -> None:
+        self._report(f"{self.description} failed: {describe_error(error)}")
+
+    def _on_aborted(self) -> None:
+        self.cancelled = True
+
+    def _on_finished(self) -> None:
+        self.done = True
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.cancelled and self.error is None:
+            show_info(f"{self.description}: cancelled, nothing was changed")
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+    def _report(self, message: str) -> None:
+        self.error = message
+        if self.notify_errors:
+            show_error(message)
+        if self.on_error is not None:
+            self.on_error(message)
+
+
+def start_job(make_steps: Callable[[], Any], **options) -> Job:
+    """`Job(make_steps, **options).start()`."""
+    return Job(make_steps, **options).start()

@@ -1,0 +1,235 @@
+"""The NEuRT analysis panel under Xvfb: the whole pipeline through its buttons, in workers, with a
+tiny random checkpoint picked as "checkpoint file"; the scores layer; cancel; bad input."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+napari = pytest.importorskip("napari")
+
+from napari_neurt import simulate  # noqa: E402
+from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint  # noqa: E402
+from napari_neurt.plugin import models  # noqa: E402
+from napari_neurt.plugin.samples import layer_data  # noqa: E402
+from napari_neurt.plugin.scores import ANALYSIS_KEY, RECORDING_KEY, SCORES_KEY  # noqa: E402
+from napari_neurt.plugin.widgets import AnalysisWidget, TracePlotWidget  # noqa: E402
+
+TINY = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, n_classes=2, mil_hidden=8)
+TIMEOUT_MS = 60_000
+LEFT = pytest.importorskip("qtpy.QtCore").Qt.MouseButton.LeftButton
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-neurt"
+    save_checkpoint(folder, Neurt(TINY), class_names=("quiet", "busy"),
+                    provenance={"source": "random test weights"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return simulate.two_photon(shape=(64, 64), n_cells=15, n_frames=300, seed=0)
+
+
+@pytest.fixture
+def panel(make_napari_viewer, sample, checkpoint):
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in layer_data(sample, "two-photon"):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = AnalysisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NEuRT analysis")
+    widget.set_model(str(checkpoint))
+    widget.device_box.setCurrentText("cpu")
+    yield viewer, widget
+    if widget.job is not None:
+        widget.cancel()
+    models.clear_cache()
+
+
+def wait_idle(qtbot, widget, timeout=TIMEOUT_MS):
+    qtbot.waitUntil(lambda: widget.job is None, timeout=timeout)
+
+
+def layer_state(viewer):
+    return [(layer.name, type(layer).__name__, dict(layer.metadata).keys()) for layer in viewer.layers]
+
+
+def test_inputs_are_prefilled_from_the_sample(panel, sample):
+    viewer, widget = panel
+    assert widget.movie_box.currentText() == "two-photon movie (simulated)"
+    assert widget.rois_box.currentText() == "two-photon ROIs (simulated)"
+    assert widget.frame_rate.value() == pytest.approx(sample.frame_rate)
+    assert widget.pixel_size.value() == pytest.approx(sample.pixel_size_um, rel=1e-3)
+
+
+def test_full_pipeline_through_the_buttons(panel, qtbot, sample):
+    viewer, widget = panel
+    qtbot.mouseClick(widget.extract_button, LEFT)
+    assert widget.job is not None  # runs in a worker: the click returns at once
+    wait_idle(qtbot, widget)
+    roi = viewer.layers["two-photon ROIs (simulated)"]
+    recording = roi.metadata[RECORDING_KEY]
+    assert recording.n_neurons == sample.n_cells and recording.n_frames == sample.n_frames
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    assert scores.metadata[SCORES_KEY]["column"] == "event_rate_per_min"
+    assert any(isinstance(w, TracePlotWidget) for w in viewer.window.dock_widgets.values())
+
+    widget.set_hide("kfold")
+    widget.folds.setValue(3)
+    qtbot.mouseClick(widget.reconstruct_button, LEFT)
+    wait_idle(qtbot, widget)
+    assert widget.device_label.text() == "running on: cpu"
+    analysis = scores.metadata[ANALYSIS_KEY]
+    assert analysis.reconstruction is not None
+    assert scores.metadata[SCORES_KEY]["column"] == "predictability_r2"
+    assert "predictability_r2" in scores.features.columns
+
+    qtbot.mouseClick(widget.classify_button, LEFT)
+    wait_idle(qtbot, widget)
+    analysis = scores.metadata[ANALYSIS_KEY]
+    assert analysis.classification is not None and analysis.reconstruction is not None
+    column = scores.metadata[SCORES_KEY]["column"]
+    assert column == "neuron_attention"  # the tiny model has a recording head
+    assert widget.colour_box.currentData() == column
+    assert roi.metadata[ANALYSIS_KEY] is analysis
+
+    # colours follow the scores' order: position along the colormap rises with the value
+    check_colours_follow(scores, "class_probability", widget)
+
+
+def check_colours_follow(scores, column, widget):
+    import matplotlib
+
+    widget.colour_by(column, "viridis")
+    table = scores.features[scores.features["index"] != 0]
+    values = table[column].to_numpy()
+    lut = matplotlib.colormaps["viridis"](np.linspace(0, 1, 1024))
+    colours = np.array([scores.colormap.color_dict[int(i)] for i in table["index"]])
+    position = np.array([np.argmin(((lut - c) ** 2).sum(axis=1)) for c in colours])
+    order = np.argsort(values)
+    assert (np.diff(position[order]) >= 0).all()
+    low, high = scores.metadata[SCORES_KEY]["limits"]
+    assert low == pytest.approx(values.min()) and high == pytest.approx(values.max())
+    assert widget.legend.info["column"] == column
+
+
+def test_marked_and_bad_frames(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    widget.set_hide("marked")
+    widget.frames_edit.setText("100-129")
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    reconstruction = scores.metadata[ANALYSIS_KEY].reconstruction
+    assert reconstruction.mode == "marked" and reconstruction.hidden_runs == [(100, 129)]
+
+    movie = viewer.layers["two-photon movie (simulated)"]
+    movie.data = movie.data.copy()
+    movie.data[40] = np.roll(movie.data[40], 20, axis=1)  # a frame out of place
+    widget.set_hide("bad")
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    reconstruction = scores.metadata[ANALYSIS_KEY].reconstruction
+    assert reconstruction.mode == "bad" and 40 in np.flatnonzero(reconstruction.hidden)
+
+
+def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    before = layer_state(viewer)
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    features_before = scores.features.copy()
+    widget.batch_size = 1  # many small steps
+    widget.folds.setValue(50)
+    job = widget.reconstruct()
+    qtbot.waitUntil(lambda: job.last_progress is not None and job.last_progress.done > 2,
+                    timeout=TIMEOUT_MS)
+    started = time.perf_counter()
+    qtbot.mouseClick(widget.cancel_button, LEFT)
+    wait_idle(qtbot, widget, timeout=5000)
+    assert time.perf_counter() - started < 1.0
+    assert job.cancelled and job.result is None
+    assert layer_state(viewer) == before
+    assert scores.metadata[ANALYSIS_KEY].reconstruction is None
+    assert scores.features.equals(features_before)
+    assert "cancelled" in widget.status.text()
+
+
+def test_bad_input_notifies_and_changes_no_layer(panel, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = panel
+    before = layer_state(viewer)
+    # no traces yet: reconstruct is refused at once
+    seen = len(notification_manager.records)
+    widget.reconstruct()
+    assert widget.job is None
+    assert "no traces yet" in notification_manager.records[-1].message
+    # ROIs that do not fit the movie: refused before any worker starts
+    viewer.add_labels(np.ones((10, 10), np.int32), name="wrong ROIs")
+    widget.rois_box.setCurrentText("wrong ROIs")
+    widget.movie_box.setCurrentText("two-photon movie (simulated)")
+    widget.extract()
+    assert "differs from the movie's frame shape" in notification_manager.records[-1].message
+    # a checkpoint that is not one: the worker fails, the notification says why
+    widget.rois_box.setCurrentText("two-photon ROIs (simulated)")
+    widget.extract()
+    wait_idle(qtbot, widget)
+    after_extract = layer_state(viewer)
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    features = scores.features.copy()
+    widget.set_model(str(viewer.layers[0].name))  # not a path at all
+    widget.reconstruct()
+    assert "does not exist" in notification_manager.records[-1].message
+    bogus = Path_with_garbage()
+    widget.set_model(str(bogus))
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    assert "reconstruct failed" in notification_manager.records[-1].message
+    assert layer_state(viewer) == after_extract
+    assert scores.features.equals(features)
+    assert len(notification_manager.records) > seen
+    assert [l.name for l in viewer.layers][: len(before)] == [n for n, *_ in before]
+
+
+def Path_with_garbage():
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp()) / "broken-checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    (folder / "model.safetensors").write_bytes(b"nope")
+    return folder
+
+
+def test_selecting_a_label_updates_the_plot_quickly(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    widget.folds.setValue(2)
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    widget.classify()
+    wait_idle(qtbot, widget)
+    plot = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, TracePlotWidget))
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    analysis = scores.metadata[ANALYSIS_KEY]
+    recording = analysis.recording
+    assert plot.labels_layer is scores
+    scores.selected_label = 7
+    row = 6
+    np.testing.assert_allclose(plot.trace_line.get_ydata(), recording.traces[row])
+    np.testing.assert_allclose(
+        plot.recon_line.get_ydata(), analysis.reconstruction.reconstruction[row]
+    )
+    strip = np.asarray(plot.strip_image.get_array())[0]
+    np.testing.assert_allclose(strip, analysis.classification.result.temporal_attention[row])
+    assert plot.hidden_spans is None  # k-fold: every frame hidden once, nothing to shade
