@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -136,8 +137,8 @@ class WindowStream(IterableDataset):
         seed: int = 0,
         token_settings: dict | None = None,
         read_options: dict | None = None,
-        windows_per_recording: int = 64,
-        recordings_per_round: int = 4,
+        windows_per_recording: int = 256,
+        recordings_per_round: int = 8,
         start_batch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
@@ -240,7 +241,9 @@ class BagStream(IterableDataset):
     with the recording's class. Each round loads `recordings_per_round` recordings drawn with
     `weights` (with replacement; the weights balance classes and animals, see `finetune`) and
     cuts `bags_per_recording` bags from each; the round's bags are shuffled and yielded
-    `bags_per_step` at a time. Reproducible for a seed (single process).
+    `bags_per_step` at a time. The tokens of the `cached_recordings` most recently used
+    recordings are kept, since a cohort's recordings come back often. Reproducible for a seed
+    (single process).
     """
 
     def __init__(
@@ -257,6 +260,7 @@ class BagStream(IterableDataset):
         read_options: dict | None = None,
         recordings_per_round: int = 4,
         bags_per_recording: int = 8,
+        cached_recordings: int = 16,
     ):
         super().__init__()
         if not len(sources) == len(labels) == len(weights) or not sources:
@@ -268,14 +272,16 @@ class BagStream(IterableDataset):
         self.token_settings, self.read_options = token_settings, read_options
         self.recordings_per_round = int(recordings_per_round)
         self.bags_per_recording = int(bags_per_recording)
+        self.cached_recordings = int(cached_recordings)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cache: OrderedDict[int, np.ndarray] = OrderedDict()
         for round_index in itertools.count():
             rng = np.random.default_rng([self.seed, round_index, _WINDOWS])
             picked = rng.choice(len(self.sources), self.recordings_per_round, p=self.weights)
             bags, labels = [], []
             for index in np.unique(picked):
-                tokens = source_tokens(self.sources[index], self.token_settings, self.read_options)
+                tokens = self._tokens(index, cache)
                 n_bags = self.bags_per_recording * int(np.count_nonzero(picked == index))
                 try:
                     bags.append(draw_bags(tokens, n_bags, self.bag_size, self.window_length, rng))
@@ -287,6 +293,17 @@ class BagStream(IterableDataset):
             for first in range(0, len(order) - self.bags_per_step + 1, self.bags_per_step):
                 chosen = order[first : first + self.bags_per_step]
                 yield torch.from_numpy(bags[chosen]), torch.from_numpy(labels[chosen])
+
+    def _tokens(self, index: int, cache: OrderedDict[int, np.ndarray]) -> np.ndarray:
+        """Tokens of recording `index`, from `cache` (least recently used dropped) or built."""
+        if index in cache:
+            cache.move_to_end(index)
+            return cache[index]
+        tokens = source_tokens(self.sources[index], self.token_settings, self.read_options)
+        cache[index] = tokens
+        if len(cache) > self.cached_recordings:
+            cache.popitem(last=False)
+        return tokens
 
 
 def draw_bags(

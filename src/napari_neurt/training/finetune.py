@@ -91,7 +91,8 @@ class FinetuneConfig:
     validation_per_class: int = 1  # animals per class kept aside for early stopping
     eval_every: int = 50  # steps between validations
     patience: int = 5  # validations without improvement before stopping
-    recordings_per_round: int = 4  # recordings loaded at once
+    recordings_per_round: int = 4  # recordings bags are drawn from in turn
+    cached_recordings: int = 16  # recordings whose tokens are kept in memory
     bags_per_recording: int = 8  # bags cut from a recording each time it is loaded
     validation_bags: int = 16  # fixed bags per validation recording
     seed: int = 0
@@ -506,6 +507,7 @@ def _fit(
         read_options=read_options,
         recordings_per_round=config.recordings_per_round,
         bags_per_recording=config.bags_per_recording,
+        cached_recordings=config.cached_recordings,
     )
     held = _validation_bags(
         validation, index, module.config.seq_len, config, token_settings, read_options

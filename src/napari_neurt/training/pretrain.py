@@ -66,8 +66,11 @@ class PretrainConfig:
     grad_clip: float = 1.0  # largest gradient norm; 0 turns clipping off
     seed: int = 0
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    windows_per_recording: int = 64  # windows drawn from a recording each time it is loaded
-    recordings_per_round: int = 4  # recordings in memory at once (per worker), mixed in batches
+    # Each worker holds `recordings_per_round` recordings' tokens at a time and draws
+    # `windows_per_recording` windows from each before loading the next ones: more windows per
+    # visit load less often, more recordings per round mix batches better; both cost memory.
+    windows_per_recording: int = 256
+    recordings_per_round: int = 8
     num_workers: int = 0  # DataLoader worker processes loading recordings and masking
     save_every: int = 1000  # steps between checkpoints (0: only at the end)
     device: str = "auto"
