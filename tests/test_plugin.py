@@ -71,15 +71,65 @@ def test_sample_data_open_as_image_and_labels(make_napari_viewer):
     assert labels.data.max() > 10
 
 
-def test_demo_screenshot_shows_the_coloured_neurons(tmp_path, qapp):
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    config = NeurtConfig(
+        seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, n_classes=2, mil_hidden=8
+    )
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-neurt"
+    return save_checkpoint(folder, Neurt(config), class_names=("quiet", "busy"))
+
+
+def coloured_fraction(path):
+    from skimage.io import imread
+
+    image = imread(path)[..., :3].astype(int)
+    assert image.shape[0] > 400 and image.shape[1] > 600
+    saturation = image.max(axis=-1) - image.min(axis=-1)
+    # napari's chrome is grey; coloured label pixels, the legend and the traces are not
+    return (saturation > 80).mean()
+
+
+def test_demo_screenshot_runs_the_whole_pipeline(tmp_path, qapp, tiny_checkpoint, capsys):
     from napari_neurt.cli import main
 
     out = tmp_path / "demo.png"
-    assert main(["demo", "--screenshot", str(out)]) == 0
-    from skimage.io import imread
+    assert main(["demo", "--screenshot", str(out), "--model", str(tiny_checkpoint)]) == 0
+    assert coloured_fraction(out) > 0.02, "screenshot shows no coloured labels or trace"
+    log = capsys.readouterr().err
+    assert "classified" in log  # extract, reconstruct and classify all ran
 
-    image = imread(out)[..., :3].astype(int)
-    assert image.shape[0] > 400 and image.shape[1] > 600
-    saturation = image.max(axis=-1) - image.min(axis=-1)
-    # napari's chrome is grey; coloured label pixels and the blue trace are not
-    assert (saturation > 80).mean() > 0.005, "screenshot shows no coloured labels or trace"
+
+def test_demo_without_weights_says_so_and_still_shows_scores(tmp_path, qapp, monkeypatch, capsys):
+    from napari_neurt.cli import main
+
+    monkeypatch.delenv("NEURT_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("NEURT_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("napari_neurt.plugin.demo._default_weights_here", lambda: False)
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--screenshot", str(out)]) == 0
+    assert coloured_fraction(out) > 0.02  # the labels coloured by event rate
+    assert "No NEuRT weights on this machine" in capsys.readouterr().err
+
+
+def test_demo_prefers_its_own_weights_then_the_published_ones(tmp_path, monkeypatch):
+    from napari_neurt.plugin import demo
+
+    monkeypatch.setenv("NEURT_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(demo, "_default_weights_here", lambda: True)
+    assert demo.demo_models().reconstruct == "default"
+    monkeypatch.setattr(demo, "_default_weights_here", lambda: False)
+    weights = tmp_path / "weights"
+    (weights / "bert_recon").mkdir(parents=True)
+    (weights / "bert_recon" / "model_epoch_20.pth").write_bytes(b"")
+    monkeypatch.setenv("NEURT_WEIGHTS_DIR", str(weights))
+    choice = demo.demo_models()
+    assert (choice.reconstruct, choice.classify) == ("neurt-microns", None)
+    assert "published" in choice.message
+    monkeypatch.delenv("NEURT_WEIGHTS_DIR")
+    assert demo.demo_models().reconstruct is None

@@ -8,16 +8,26 @@ import sys
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="open napari with the simulated two-photon sample and its traces")
+    p = sub.add_parser(
+        "demo",
+        help="open napari with the simulated two-photon sample: traces extracted, reconstructed "
+        "and classified with NEuRT, scores coloured, trace plot",
+    )
     p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and exit")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="weights to use ('neurt-microns', a checkpoint folder, ...); default: napari-neurt's "
+        "own, else the published weights found on this machine",
+    )
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .plugin.demo import run_demo
 
-    return run_demo(screenshot=args.screenshot, seed=args.seed)
+    return run_demo(screenshot=args.screenshot, seed=args.seed, model=args.model)
 
 
 # --- NEuRT model: reconstruct, classify, import-weights -------------------------------------------

@@ -146,17 +146,22 @@ class Job:
         if now - self._last_update < UPDATE_INTERVAL_S and item.done < item.total:
             return
         self._last_update = now
-        bar = self._bar
-        if bar is not None:
-            if bar.total != item.total:
-                bar.total = item.total
-            bar.n = 0
-            bar.update(item.done)
-            description = f"{self.description}: {item.stage}" if item.stage else self.description
-            if bar.desc != description:
-                bar.set_description(description)
         if self.on_progress is not None:
             self.on_progress(item)
+        # napari's progress bar may process Qt events while it updates, so the job's end can be
+        # handled in the middle of this: hence the callback first and the checks below
+        bar = self._bar
+        if bar is None or self.done:
+            return
+        if bar.total != item.total:
+            bar.total = item.total
+        bar.n = 0
+        if self.done:
+            return
+        bar.update(item.done)
+        description = f"{self.description}: {item.stage}" if item.stage else self.description
+        if bar.desc != description and not self.done:
+            bar.set_description(description)
 
     def _on_returned(self, result) -> None:
         if self.cancelled:

@@ -111,7 +111,7 @@ class AnalysisWidget(QWidget):
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         outer.addWidget(scroll)
         body = QWidget()
@@ -144,8 +144,7 @@ class AnalysisWidget(QWidget):
         self.neuropil.setChecked(True)
         form.addRow("Movie", self.movie_box)
         form.addRow("ROIs", self.rois_box)
-        form.addRow("Frame rate", self.frame_rate)
-        form.addRow("Pixel size", self.pixel_size)
+        form.addRow("Frame rate", _row(self.frame_rate, QLabel("pixel"), self.pixel_size))
         form.addRow(self.prefill_note)
         form.addRow(self.neuropil)
         layout.addWidget(inputs)
@@ -159,18 +158,13 @@ class AnalysisWidget(QWidget):
         browse = QPushButton("…")
         browse.setFixedWidth(28)
         browse.clicked.connect(self._browse_checkpoint)
-        self.checkpoint_row = QWidget()
-        row = QHBoxLayout(self.checkpoint_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
+        self.checkpoint_row = _row(self.checkpoint_edit, browse)
         self.device_box = QComboBox()
         self.device_box.addItems(models.device_choices())
-        self.device_label = QLabel("running on: (not loaded yet)")
+        self.device_label = QLabel("running on: –")
         form.addRow("Model", self.model_box)
-        form.addRow("Checkpoint", self.checkpoint_row)
-        form.addRow("Device", self.device_box)
-        form.addRow(self.device_label)
+        form.addRow(self.checkpoint_row)
+        form.addRow("Device", _row(self.device_box, self.device_label))
         layout.addWidget(model_group)
 
         # -- actions -------------------------------------------------------------------------------
@@ -193,22 +187,12 @@ class AnalysisWidget(QWidget):
         self.span.setRange(1, 1000)
         self.span.setValue(core.DEFAULT_SPAN)
         self.span.setSuffix(" frames")
-        self.kfold_row = QWidget()
-        row = QHBoxLayout(self.kfold_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(QLabel("folds"))
-        row.addWidget(self.folds)
-        row.addWidget(QLabel("spans of"))
-        row.addWidget(self.span)
+        self.kfold_row = _row(QLabel("folds"), self.folds, QLabel("spans of"), self.span)
         self.frames_edit = QLineEdit()
         self.frames_edit.setPlaceholderText("frames to hide, e.g. 100-120, 300")
         mark = QPushButton("+ current frame")
         mark.clicked.connect(lambda: self.mark_current_frame())
-        self.marked_row = QWidget()
-        row = QHBoxLayout(self.marked_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.frames_edit)
-        row.addWidget(mark)
+        self.marked_row = _row(self.frames_edit, mark)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(1.0, 50.0)
         self.threshold.setValue(5.0)
@@ -216,12 +200,7 @@ class AnalysisWidget(QWidget):
             "a frame is bad when its correlation with the reference image (or its brightness) "
             "falls this many robust standard deviations below the median"
         )
-        self.bad_row = QWidget()
-        row = QHBoxLayout(self.bad_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(QLabel("drop of more than"))
-        row.addWidget(self.threshold)
-        row.addWidget(QLabel("robust SD"))
+        self.bad_row = _row(QLabel("bad: a drop of"), self.threshold, QLabel("robust SD"))
         form.addRow("Hide", self.hide_box)
         form.addRow(self.kfold_row)
         form.addRow(self.marked_row)
@@ -232,12 +211,7 @@ class AnalysisWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(lambda: self.cancel())
-        row_widget = QWidget()
-        row = QHBoxLayout(row_widget)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.progress_bar, 1)
-        row.addWidget(self.cancel_button)
-        form.addRow(row_widget)
+        form.addRow(_row((self.progress_bar, 1), self.cancel_button))
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form.addRow(self.status)
@@ -251,8 +225,7 @@ class AnalysisWidget(QWidget):
         self.cmap_box.addItems(COLORMAPS)
         self.legend = ScoresLegend(self.viewer)
         self.export_button = QPushButton("Export… (CSV or NWB)")
-        form.addRow("Colour by", self.colour_box)
-        form.addRow("Colormap", self.cmap_box)
+        form.addRow("Colour by", _row((self.colour_box, 2), self.cmap_box))
         form.addRow(self.legend)
         form.addRow(self.export_button)
         layout.addWidget(scores)
@@ -365,15 +338,16 @@ class AnalysisWidget(QWidget):
         notes = []
         if "frame_rate" in found:
             self.frame_rate.setValue(found["frame_rate"][0])
-            notes.append(f"frame rate from {found['frame_rate'][1]}")
         else:
             notes.append("frame rate not in the metadata: check it")
         if found.get("pixel_size_um", (None,))[0]:
             self.pixel_size.setValue(found["pixel_size_um"][0])
-            notes.append(f"pixel size from {found['pixel_size_um'][1]}")
         else:
             self.pixel_size.setValue(0)
             notes.append("pixel size unknown: neighbourhoods in pixels")
+        sources = sorted({where for _, where in found.values()})
+        if sources:
+            notes.insert(0, "from " + " and ".join(sources))
         self.prefill_note.setText("; ".join(notes))
 
     # -- model picker ------------------------------------------------------------------------------
@@ -759,6 +733,10 @@ class AnalysisWidget(QWidget):
         self.colour_box.setCurrentIndex(index)
         self._recolour()
 
+    def show_legend(self) -> None:
+        """Scroll the panel so that the scores' legend is in view."""
+        self.scroll.ensureWidgetVisible(self.legend)
+
     # -- export ------------------------------------------------------------------------------------
     def export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -793,6 +771,17 @@ class AnalysisWidget(QWidget):
             show_info(f"NEuRT results written to {Path(written[0]).parent}: {names}")
 
         return self._start("export", steps, done)
+
+
+def _row(*items) -> QWidget:
+    """Widgets side by side (an item may be ``(widget, stretch)``)."""
+    widget = QWidget()
+    row = QHBoxLayout(widget)
+    row.setContentsMargins(0, 0, 0, 0)
+    for item in items:
+        child, stretch = item if isinstance(item, tuple) else (item, 0)
+        row.addWidget(child, stretch)
+    return widget
 
 
 def _load(source: str, device: str):
