@@ -10,7 +10,9 @@ a Labels layer's metadata, start the core's step generators in workers, and draw
 
 from ..scores import ANALYSIS_KEY, RECORDING_KEY, SCORES_KEY, analysis_of, recording_of
 from .analysis import AnalysisWidget
+from .attention import AttentionMapWidget
 from .base import PlotWidget
+from .finetune import FineTuneWidget
 from .legend import ScoresLegend
 from .traces import TracePlotWidget
 
@@ -19,6 +21,8 @@ __all__ = [
     "RECORDING_KEY",
     "SCORES_KEY",
     "AnalysisWidget",
+    "AttentionMapWidget",
+    "FineTuneWidget",
     "PlotWidget",
     "ScoresLegend",
     "TracePlotWidget",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
@@ -27,6 +28,33 @@ def unwrap(viewer):
     return getattr(viewer, "__wrapped__", viewer)
 
 
+class Canvas(FigureCanvasQTAgg):
+    """A Qt canvas that lays its figure out (constrained layout) only when asked to.
+
+    Constrained layout measures every tick label on each draw, which costs more than drawing a
+    10,000-point trace; the plots here change data far more often than their size or labels, so
+    the layout is computed on the first draw, after a resize, and when `relayout` is called.
+    """
+
+    def __init__(self, figure):
+        super().__init__(figure)
+        self.layout_dirty = True
+        self._engine = ConstrainedLayoutEngine(h_pad=0.03, w_pad=0.03)
+
+    def relayout(self) -> None:
+        self.layout_dirty = True
+
+    def draw(self):
+        if self.layout_dirty:
+            self.layout_dirty = False
+            self._engine.execute(self.figure)
+        super().draw()
+
+    def resizeEvent(self, event):
+        self.layout_dirty = True
+        super().resizeEvent(event)
+
+
 class PlotWidget(QWidget):
     """A matplotlib canvas that follows the napari theme; subclasses implement `draw`."""
 
@@ -40,8 +68,8 @@ class PlotWidget(QWidget):
     ):
         super().__init__(parent)
         self.viewer = unwrap(viewer)
-        self.figure = Figure(figsize=figsize, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.figure = Figure(figsize=figsize)
+        self.canvas = Canvas(self.figure)
         self.canvas.setMinimumHeight(min_height)
         self.layout_ = QVBoxLayout(self)
         self.layout_.setContentsMargins(0, 0, 0, 0)
@@ -74,6 +102,7 @@ class PlotWidget(QWidget):
         self.text_color = text
         self.background_color = background
         self.on_theme()
+        self.canvas.relayout()
         self.canvas.draw_idle()
 
     def on_theme(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.collections import PolyCollection
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
@@ -38,6 +39,39 @@ OVERLAY_COLOURS = ("#3fa7ff", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377
 MAX_OVERLAY = len(OVERLAY_COLOURS)
 
 
+def envelope(times: np.ndarray, values: np.ndarray, max_points: int):
+    """The line as it can be seen at this width: ``(x, mean, low, high)`` over ``max_points``
+    equal runs of samples, or ``(times, values, None, None)`` when there are no more samples than
+    that. A trace has far more samples than the plot has pixel columns; the mean line plus the
+    band between each run's minimum and maximum draws like the whole line, at a fraction of the
+    cost."""
+    n = len(values)
+    if n <= max_points:
+        return times, values, None, None
+    edges = np.linspace(0, n, max_points + 1).astype(np.int64)
+    starts = edges[:-1]
+    low = np.minimum.reduceat(values, starts)
+    high = np.maximum.reduceat(values, starts)
+    mean = np.add.reduceat(values, starts) / np.diff(edges)
+    centres = times[(starts + edges[1:] - 1) // 2]
+    return centres, mean, low, high
+
+
+def nice_limits(low: float, high: float) -> tuple[float, float]:
+    """Limits around [low, high] that end on round ticks (1, 2, 2.5, 5 x 10^k steps), so that
+    neurons of similar amplitude share their axes and the plot only needs redrawing in full when
+    the scale really changes."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return 0.0, 1.0
+    span = high - low
+    if span <= 0:
+        span = abs(high) or 1.0
+    raw = span / 4
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return float(np.floor(low / step) * step), float(np.ceil(high / step) * step)
+
+
 class TracePlotWidget(PlotWidget):
     """The selected neuron's trace, reconstruction and attention, with the current frame."""
 
@@ -47,7 +81,9 @@ class TracePlotWidget(PlotWidget):
         self.pinned: list[int] = []
         self.preview_label: int | None = None
         self._spans_key = None
+        self._layout_key = None
         self._legend_key = None
+        self.trace_data: tuple[np.ndarray, np.ndarray] | None = None  # the selected neuron's
         self._strip_key = None
         self.hidden_spans = None
 
@@ -60,6 +96,12 @@ class TracePlotWidget(PlotWidget):
         self.overlay_lines = [
             axes.plot([], [], lw=0.8, color=c, visible=False)[0] for c in OVERLAY_COLOURS
         ]
+        self.bands = {
+            line: axes.add_collection(PolyCollection(
+                [], facecolors=line.get_color(), edgecolors="none", alpha=0.45
+            ))
+            for line in (self.trace_line, self.recon_line, self.preview_line, *self.overlay_lines)
+        }
         self.frame_line = axes.axvline(0, color=FRAME_COLOUR, lw=1, alpha=0.8)
         self.strip_frame_line = strip.axvline(0, color=FRAME_COLOUR, lw=1, alpha=0.8)
         self.strip_image = strip.imshow(
@@ -71,6 +113,22 @@ class TracePlotWidget(PlotWidget):
         )
         strip.set_yticks([])
         strip.set_ylabel("attn.", fontsize=7, rotation=0, ha="right", va="center")
+        # What changes with the selection is drawn over a saved background (blitting); axes,
+        # ticks and legend are redrawn only when they change (`_static_key`).
+        self.title = axes.set_title("", fontsize=9)
+        # the y axis too (its scale follows the neuron): the background then only changes when
+        # the recording, the legend or the size does
+        self.animated = [
+            self.axes.yaxis,
+            *self.bands.values(),
+            self.trace_line, self.recon_line, self.preview_line, *self.overlay_lines,
+            self.frame_line, self.strip_image, self.strip_text, self.strip_frame_line, self.title,
+        ]
+        for artist in self.animated:
+            artist.set_animated(True)
+        self._background = None
+        self._background_key = None
+        self.canvas.mpl_connect("draw_event", self._on_draw_event)
 
         # controls: overlay several neurons
         bar = QWidget()
@@ -197,7 +255,43 @@ class TracePlotWidget(PlotWidget):
         x = self.current_frame() / self._frame_rate()
         self.frame_line.set_xdata([x, x])
         self.strip_frame_line.set_xdata([x, x])
-        self.canvas.draw_idle()
+        if event is not None:
+            self.render()
+
+    # -- rendering: blit what changed, redraw in full only when the axes changed --------------------
+    def _static_key(self):
+        return (
+            self.axes.get_xlim(), self.canvas.width(), self.canvas.height(), self._legend_key,
+            self._spans_key, getattr(self, "text_color", None),
+        )
+
+    def _on_draw_event(self, event) -> None:
+        """After a full draw (animated artists left out): keep it as the background."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._background_key = self._static_key()
+        self._draw_animated()
+
+    def _draw_animated(self) -> None:
+        for artist in self.animated:
+            if artist.get_visible():
+                self.figure.draw_artist(artist)
+
+    def render(self) -> None:
+        """Show the current state: a blit when only the animated artists changed, else a full
+        redraw at the next idle moment."""
+        if (
+            self._background is None
+            or self.canvas.layout_dirty
+            or self._static_key() != self._background_key
+            or not self.isVisible()
+        ):
+            self.canvas.draw_idle()
+            return
+        self.canvas.restore_region(self._background)
+        self._draw_animated()
+        # paint with the rest of the window on the next pass of the event loop (a synchronous
+        # blit would paint the window twice)
+        self.canvas.update()
 
     def _on_click(self, event) -> None:
         if event.inaxes not in (self.axes, self.strip_axes) or event.xdata is None:
@@ -247,55 +341,76 @@ class TracePlotWidget(PlotWidget):
         if row is None:
             for line in (self.trace_line, self.recon_line, self.preview_line, *self.overlay_lines):
                 line.set_data([], [])
+                self.bands[line].set_visible(False)
             message = "select a neuron in a NEuRT labels layer" if recording is None else (
                 f"label {self.labels_layer.selected_label} is not a neuron of this recording"
             )
-            self.axes.set_title(message, fontsize=9)
+            self.title.set_text(message)
             self._draw_spans(None, None)
             self._draw_strip(None, None, None)
+            self.trace_data = None
             self.info.setText("")
             self._move_frame_line()
+            self.render()
             return
 
         times = recording.times
         trace = recording.traces[row]
+        self.trace_data = (times, trace)
+        points = max(500, self.canvas.width())
+
+        def show(line, values):
+            x, y, low, high = envelope(times, values, points)
+            line.set_data(x, y)
+            band = self.bands[line]
+            if low is None:
+                band.set_visible(False)
+            else:
+                band.set_verts([np.column_stack([np.r_[x, x[::-1]], np.r_[low, high[::-1]]])])
+                band.set_facecolor(line.get_color())
+                band.set_visible(line.get_visible())
+
         shown = [trace]
         overlay = [l for l in self.pinned if l != recording.neuron_ids[row]] if self.overlay_box.isChecked() else []
-        self.trace_line.set_data(times, trace)
+        show(self.trace_line, trace)
         self.trace_line.set_color(OVERLAY_COLOURS[0])
         for line, label in zip(self.overlay_lines, [*overlay, *[None] * MAX_OVERLAY]):
             other = self.row_of(label)
             if other is None:
                 line.set_visible(False)
                 line.set_data([], [])
+                self.bands[line].set_visible(False)
             else:
-                line.set_data(times, recording.traces[other])
                 line.set_visible(True)
+                show(line, recording.traces[other])
                 shown.append(recording.traces[other])
         preview = self.row_of(self.preview_label)
         if preview is not None and preview != row:
-            self.preview_line.set_data(times, recording.traces[preview])
+            show(self.preview_line, recording.traces[preview])
             shown.append(recording.traces[preview])
         else:
             self.preview_line.set_data([], [])
+            self.bands[self.preview_line].set_visible(False)
 
         reconstruction = analysis.reconstruction if analysis is not None else None
         if reconstruction is not None:
-            self.recon_line.set_data(times, reconstruction.reconstruction[row])
+            show(self.recon_line, reconstruction.reconstruction[row])
             shown.append(reconstruction.reconstruction[row])
         else:
             self.recon_line.set_data([], [])
+            self.bands[self.recon_line].set_visible(False)
         self._draw_spans(reconstruction, recording)
         classification = analysis.classification if analysis is not None else None
         self._draw_strip(classification, recording, row)
 
-        self.axes.set_xlim(0, max(recording.duration_s, 1e-9))
+        xlim = (0.0, max(recording.duration_s, 1e-9))
+        if xlim != tuple(self.axes.get_xlim()):
+            self.axes.set_xlim(*xlim)
         low = min(float(np.nanmin(s)) for s in shown)
         high = max(float(np.nanmax(s)) for s in shown)
-        if not np.isfinite(low) or not np.isfinite(high):
-            low, high = 0.0, 1.0
-        pad = 0.05 * (high - low or 1.0)
-        self.axes.set_ylim(low - pad, high + pad)
+        limits = nice_limits(low, high)
+        if limits != self.axes.get_ylim():
+            self.axes.set_ylim(*limits)
 
         neuron = int(recording.neuron_ids[row])
         title = f"neuron {neuron}"
@@ -303,12 +418,19 @@ class TracePlotWidget(PlotWidget):
             title += " + " + ", ".join(map(str, overlay))
         if preview is not None and preview != row:
             title += f"  (preview: {int(recording.neuron_ids[preview])})"
-        self.axes.set_title(title, fontsize=9)
-        self.axes.set_ylabel(recording.metadata.get("trace_kind", "fluorescence"))
+        self.title.set_text(title)
+        ylabel = recording.metadata.get("trace_kind", "fluorescence")
+        self.axes.set_ylabel(ylabel)
         self.strip_axes.set_xlabel("time (s)")
+        # tick labels of another magnitude need other margins: lay the figure out again
+        layout_key = (ylabel, max(len(f"{v:g}") for v in limits))
+        if layout_key != self._layout_key:
+            self._layout_key = layout_key
+            self.canvas.relayout()
         self.info.setText(self._scores_text(analysis, row))
         self._update_legend(reconstruction)
         self._move_frame_line()
+        self.render()
 
     def _scores_text(self, analysis, row: int) -> str:
         if analysis is None:
@@ -349,9 +471,9 @@ class TracePlotWidget(PlotWidget):
 
     def _draw_strip(self, classification, recording, row) -> None:
         key = (id(classification), id(recording), row)
-        if key == self._strip_key:
+        if key + (self.canvas.width(),) == self._strip_key:
             return
-        self._strip_key = key
+        self._strip_key = key + (self.canvas.width(),)
         if classification is None or recording is None or row is None:
             self.strip_image.set_visible(False)
             self.strip_text.set_text(
@@ -360,6 +482,11 @@ class TracePlotWidget(PlotWidget):
             self.strip_text.set_color(getattr(self, "text_color", "white"))
             return
         attention = np.asarray(classification.result.temporal_attention[row], dtype=np.float32)
+        points = max(500, self.canvas.width())
+        if len(attention) > points:  # a column per pixel or so, keeping each run's peak
+            attention = np.maximum.reduceat(
+                attention, np.linspace(0, len(attention), points + 1).astype(np.int64)[:-1]
+            )
         self.strip_image.set_data(attention[None, :])
         self.strip_image.set_extent((0, recording.duration_s, 0, 1))
         finite = attention[np.isfinite(attention)]

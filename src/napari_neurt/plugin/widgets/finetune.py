@@ -1,0 +1,367 @@
+"""`FineTuneWidget` (*NEuRT fine-tune*): teach NEuRT to tell groups of animals apart.
+
+Pick labelled recordings (a CSV manifest with columns path, animal, label, or a folder with one
+sub-folder per class; see `napari_neurt.training.labelled_recordings`), a model to start from
+and an output folder, and run `napari_neurt.training.iter_finetune` in a worker. The training
+loss is plotted live; when training ends the held-out animals' accuracy is shown and the new
+checkpoint is added to the model picker of every NEuRT analysis panel (`models.registry`).
+
+*Stop early* ends training after the current step and still evaluates and saves the model;
+*Cancel* throws the run away (nothing is saved).
+
+The training API is called through `finetune_steps`, a function with the signature of
+`iter_finetune` (``data, out_dir, config, *, base, stop``) that returns a step generator whose
+items have ``done``, ``total``, ``stage`` and ``loss`` (and, when present, ``accuracy`` and
+``validation_loss``, which are plotted too) and which returns an object with ``folder`` and
+``report``; tests may replace it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import models
+from ..workers import Job
+from .analysis import _row
+from .base import PlotWidget, unwrap
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _default_finetune_steps(*args, **kwargs):
+    from ...training import iter_finetune
+
+    return iter_finetune(*args, **kwargs)
+
+
+class LossPlot(PlotWidget):
+    """Training loss (and validation metrics when the trainer reports them) against steps."""
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(viewer, parent, figsize=(4, 2.2), min_height=160)
+        (self.loss_line,) = self.axes.plot([], [], lw=0.6, color="#3fa7ff", alpha=0.5,
+                                           label="loss")
+        (self.smooth_line,) = self.axes.plot([], [], lw=1.2, color="#3fa7ff",
+                                             label="loss (running mean)")
+        self.accuracy_axes = self.axes.twinx()
+        (self.accuracy_line,) = self.accuracy_axes.plot(
+            [], [], "o-", ms=3, color="#ff9f1c", label="accuracy"
+        )
+        self.accuracy_axes.set_ylim(0, 1.05)
+        self.accuracy_axes.set_visible(False)
+        self.axes.set_xlabel("step")
+        self.axes.set_ylabel("loss")
+        self._apply_theme()
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.accuracy: list[tuple[int, float]] = []
+        self.draw()
+
+    def add(self, item) -> None:
+        loss = getattr(item, "loss", None)
+        if loss is not None and np.isfinite(loss):
+            self.steps.append(int(item.done))
+            self.losses.append(float(loss))
+        accuracy = getattr(item, "accuracy", None)
+        if accuracy is not None and np.isfinite(accuracy):
+            self.accuracy.append((int(item.done), float(accuracy)))
+
+    def draw(self) -> None:
+        steps, losses = np.asarray(self.steps), np.asarray(self.losses)
+        self.loss_line.set_data(steps, losses)
+        if len(losses):
+            k = max(1, min(25, len(losses) // 10))
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            self.smooth_line.set_data(steps[k - 1 :], smooth)
+            self.axes.set_xlim(0, max(int(steps.max()), 1))
+            low, high = float(losses.min()), float(losses.max())
+            pad = 0.05 * (high - low or 1.0)
+            self.axes.set_ylim(low - pad, high + pad)
+        else:
+            self.smooth_line.set_data([], [])
+        if self.accuracy:
+            a = np.asarray(self.accuracy)
+            self.accuracy_line.set_data(a[:, 0], a[:, 1])
+            self.accuracy_axes.set_visible(True)
+        self.canvas.draw_idle()
+
+    def all_axes(self):
+        return self.figure.axes
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a NEuRT classifier on labelled recordings (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = unwrap(viewer)
+        self.job: Job | None = None
+        self.stop_flag = threading.Event()
+        self.items: list | None = None
+        self.result: Any = None
+        self.finetune_steps = _default_finetune_steps
+        self.config_overrides: dict[str, Any] = {}
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        layout.addLayout(form)
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("manifest.csv (path, animal, label) or class folders")
+        csv_button = QPushButton("CSV…")
+        csv_button.clicked.connect(lambda: self._browse_data(folder=False))
+        folder_button = QPushButton("folder…")
+        folder_button.clicked.connect(lambda: self._browse_data(folder=True))
+        form.addRow("Recordings", _row((self.data_edit, 1), csv_button, folder_button))
+        self.data_summary = QLabel("")
+        self.data_summary.setWordWrap(True)
+        form.addRow(self.data_summary)
+        self.data_edit.editingFinished.connect(lambda: self.load_data())
+
+        self.base_box = QComboBox()
+        self.base_edit = QLineEdit()
+        self.base_edit.setPlaceholderText("checkpoint folder or .pth to start from")
+        form.addRow("Start from", self.base_box)
+        form.addRow(self.base_edit)
+        self.out_edit = QLineEdit()
+        out_button = QPushButton("…")
+        out_button.setFixedWidth(28)
+        out_button.clicked.connect(self._browse_out)
+        form.addRow("Save to", _row((self.out_edit, 1), out_button))
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(2000)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-5)
+        self.lr_spin.setValue(1e-4)
+        form.addRow("Steps", _row(self.steps_spin, QLabel("learning rate"), self.lr_spin))
+        self.evaluation_box = QComboBox()
+        self.evaluation_box.addItem("hold out one animal per class", "split")
+        self.evaluation_box.addItem("leave one animal out (small cohorts)", "leave-one-animal-out")
+        form.addRow("Evaluation", self.evaluation_box)
+        self.device_box = QComboBox()
+        self.device_box.addItems(models.device_choices())
+        form.addRow("Device", self.device_box)
+
+        self.run_button = QPushButton("Fine-tune")
+        self.stop_button = QPushButton("Stop early")
+        self.stop_button.setToolTip("end after this step; the model so far is evaluated and saved")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop now and keep nothing")
+        self.run_button.clicked.connect(lambda: self.start())
+        self.stop_button.clicked.connect(lambda: self.stop_early())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        layout.addWidget(_row(self.run_button, self.stop_button, self.cancel_button))
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        layout.addWidget(self.progress_bar)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.plot = LossPlot(self.viewer)
+        layout.addWidget(self.plot)
+        self._set_running(False)
+        models.registry.changed.connect(self._fill_models)
+        self._fill_models()
+        self.base_box.currentIndexChanged.connect(self._show_base_edit)
+        self._show_base_edit()
+
+    # -- pickers -----------------------------------------------------------------------------------
+    def _fill_models(self) -> None:
+        current = self.base_box.currentData()
+        self.base_box.blockSignals(True)
+        self.base_box.clear()
+        for choice in models.model_choices():
+            if choice.source == "neurt-5xfad":
+                continue  # a classifier already; fine-tuning starts from an encoder
+            self.base_box.addItem(choice.label, choice.source)
+        index = self.base_box.findData(current if current is not None else "neurt-microns")
+        self.base_box.setCurrentIndex(max(index, 0))
+        self.base_box.blockSignals(False)
+
+    def _show_base_edit(self, *args) -> None:
+        self.base_edit.setVisible(self.base_box.currentData() == models.CHECKPOINT)
+
+    def set_base(self, source: str) -> None:
+        index = self.base_box.findData(str(source))
+        if index < 0:
+            index = self.base_box.findData(models.CHECKPOINT)
+            self.base_edit.setText(str(source))
+        self.base_box.setCurrentIndex(index)
+
+    def _browse_data(self, folder: bool) -> None:
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, "Folder with one sub-folder per class")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Manifest", "", "CSV (*.csv)")
+        if path:
+            self.data_edit.setText(path)
+            self.load_data()
+
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for the fine-tuned model")
+        if path:
+            self.out_edit.setText(path)
+
+    def load_data(self) -> list | None:
+        """Read the manifest or class folders and summarise them; None (and a message) if bad."""
+        from ...training import labelled_recordings
+
+        text = self.data_edit.text().strip()
+        if not text:
+            self.items = None
+            self.data_summary.setText("")
+            return None
+        try:
+            items = labelled_recordings(text)
+        except (ValueError, FileNotFoundError, TypeError) as error:
+            self.items = None
+            self.data_summary.setText(f"cannot use these recordings: {error}")
+            return None
+        by_class: dict[str, set] = {}
+        for item in items:
+            by_class.setdefault(item.label, set()).add(item.animal)
+        classes = ", ".join(f"{label}: {len(a)} animals" for label, a in sorted(by_class.items()))
+        self.items = items
+        self.data_summary.setText(f"{len(items)} recordings; {classes}")
+        if not self.out_edit.text().strip():
+            base = Path(text)
+            self.out_edit.setText(str((base if base.is_dir() else base.parent) / "neurt-finetuned"))
+        return items
+
+    # -- running -----------------------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.cancel_button.setEnabled(running)
+
+    def _config(self):
+        from ...training import FinetuneConfig
+
+        values = {
+            "steps": self.steps_spin.value(),
+            "lr": self.lr_spin.value(),
+            "evaluation": self.evaluation_box.currentData(),
+            "device": self.device_box.currentText(),
+            **self.config_overrides,
+        }
+        known = {f.name for f in fields(FinetuneConfig)}
+        return FinetuneConfig(**{k: v for k, v in values.items() if k in known})
+
+    def start(self) -> Job | None:
+        """Start fine-tuning with the settings shown."""
+        from napari.utils.notifications import show_error
+
+        try:
+            if self.job is not None:
+                raise ValueError("fine-tuning is already running")
+            items = self.items if self.items is not None else self.load_data()
+            if items is None:
+                raise ValueError(
+                    self.data_summary.text()
+                    or "choose the labelled recordings (a manifest CSV or class folders)"
+                )
+            out = self.out_edit.text().strip()
+            if not out:
+                raise ValueError("choose a folder to save the fine-tuned model in")
+            base = self.base_box.currentData()
+            if base == models.CHECKPOINT:
+                base = self.base_edit.text().strip()
+                if not base or not Path(base).exists():
+                    raise FileNotFoundError(f"the checkpoint to start from {base!r} does not exist")
+            config = self._config()
+        except (ValueError, FileNotFoundError, TypeError) as error:
+            self.status.setText(str(error))
+            show_error(str(error))
+            return None
+        self.stop_flag = threading.Event()
+        stop = self.stop_flag
+        run = self.finetune_steps
+        self.plot.reset()
+        self.result = None
+
+        def steps():
+            return (yield from run(items, out, config, base=base, stop=stop))
+
+        self.job = Job(steps, description="NEuRT fine-tune", on_done=self._done,
+                       on_progress=self._on_progress, on_finished=self._finished)
+        self._set_running(True)
+        self.status.setText("fine-tuning…")
+        self.progress_bar.setRange(0, 0)
+        return self.job.start()
+
+    def stop_early(self) -> None:
+        """End training after the current step; the model so far is evaluated and saved."""
+        if self.job is not None:
+            self.stop_flag.set()
+            self.status.setText("stopping after this step…")
+
+    def cancel(self) -> None:
+        """Stop now; nothing is saved or added."""
+        if self.job is not None:
+            self.status.setText("cancelling…")
+            self.job.cancel()
+
+    def _on_progress(self, item) -> None:
+        total = max(int(item.total), 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(int(item.done), total))
+        self.plot.add(item)
+        self.plot.draw()
+        if item.stage:
+            self.status.setText(f"{item.stage} ({item.done}/{item.total})")
+
+    def _done(self, result) -> None:
+        from napari.utils.notifications import show_info
+
+        self.result = result
+        folder = Path(result.folder)
+        choice = models.registry.add(folder, f"Fine-tuned: {folder.name}")
+        summary = getattr(getattr(result, "report", None), "summary", None) or {}
+        accuracy = next(
+            (summary[k] for k in ("animal_accuracy", "recording_accuracy", "accuracy")
+             if isinstance(summary.get(k), (int, float))),
+            None,
+        )
+        text = f"saved {folder}" + (f"; held-out accuracy {accuracy:.2f}" if accuracy is not None
+                                    else "")
+        if getattr(result, "stopped", False):
+            text += " (stopped early)"
+        if accuracy is not None:
+            self.plot.accuracy.append((self.plot.steps[-1] if self.plot.steps else 0, accuracy))
+            self.plot.draw()
+        self.status.setText(text + f"; pick it as “{choice.label}” in NEuRT analysis")
+        show_info(f"NEuRT fine-tune: {text}")
+
+    def _finished(self, job) -> None:
+        self.job = None
+        self._set_running(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if job.error is None and not job.cancelled else 0)
+        if job.cancelled:
+            self.status.setText("cancelled: nothing was saved")
+        elif job.error:
+            self.status.setText(job.error)

@@ -1,0 +1,250 @@
+"""Scripted use (add_recording with an Analysis), the trace plot's interactions and speed, the
+attention map and the fine-tune panel, under Xvfb."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+napari = pytest.importorskip("napari")
+
+from napari_neurt import Recording, analysis, simulate  # noqa: E402
+from napari_neurt.model import ClassificationResult, Neurt, NeurtConfig, NeurtModel, save_checkpoint  # noqa: E402
+from napari_neurt.plugin import models  # noqa: E402
+from napari_neurt.plugin.scores import SCORES_KEY  # noqa: E402
+from napari_neurt.plugin.viewer import add_recording  # noqa: E402
+from napari_neurt.plugin.widgets import (  # noqa: E402
+    AnalysisWidget,
+    AttentionMapWidget,
+    FineTuneWidget,
+    TracePlotWidget,
+)
+
+TINY = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, n_classes=2, mil_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-neurt"
+    return save_checkpoint(folder, Neurt(TINY), class_names=("quiet", "busy"))
+
+
+@pytest.fixture(scope="module")
+def result(checkpoint):
+    sim = simulate.two_photon(shape=(64, 64), n_cells=15, n_frames=300, seed=0)
+    recording = sim.recording()
+    model = models.get_model(str(checkpoint), "cpu")
+    out = analysis.analyse(recording, model, hide="kfold", n_folds=2, span=5)
+    out.reconstruction.parameters["model_source"] = str(checkpoint)
+    out.classification.parameters["model_source"] = str(checkpoint)
+    return sim, out
+
+
+def dock(viewer, kind):
+    return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, kind))
+
+
+class Event:
+    """What napari passes to mouse callbacks (only what our callbacks read)."""
+
+    def __init__(self, position, modifiers=(), type="mouse_press"):
+        self.position, self.modifiers, self.type = position, list(modifiers), type
+
+
+def test_scripted_use_puts_recording_scores_and_docks_in_the_viewer(make_napari_viewer, result):
+    sim, out = result
+    viewer = make_napari_viewer()
+    roi = add_recording(viewer, movie=sim.movie, analysis=out, name="cells",
+                        colour_by="class_probability", cmap="magma")
+    scores = viewer.layers["cells scores"]
+    assert roi.name == "cells" and scores.metadata[SCORES_KEY]["column"] == "class_probability"
+    assert scores.metadata[SCORES_KEY]["cmap"] == "magma"
+    plot, panel = dock(viewer, TracePlotWidget), dock(viewer, AnalysisWidget)
+    assert plot.labels_layer is scores
+    assert panel.rois_box.currentText() == "cells"
+    assert panel.legend.info["column"] == "class_probability"
+    assert panel.colour_box.currentData() == "class_probability"
+    with pytest.raises(ValueError, match="another recording"):
+        add_recording(viewer, sim.recording(), analysis=out)
+
+
+def test_screenshot_shows_the_coloured_labels(make_napari_viewer, result):
+    sim, out = result
+    viewer = make_napari_viewer(show=True)
+    add_recording(viewer, analysis=out, name="cells", show_traces=False, show_panel=False,
+                  colour_by="event_rate_per_min", cmap="viridis")
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    colours = np.array([c[:3] for k, c in viewer.layers["cells scores"].colormap.color_dict.items()
+                        if k not in (None, 0)])
+    # most of the scored neurons' colours appear on the canvas (blended with the grey image)
+    saturation = shot.max(-1) - shot.min(-1)
+    assert (saturation > 60).mean() > 0.03, "the canvas shows no coloured labels"
+    hues = shot[saturation > 60] / 255.0
+    nearest = ((hues[:, None, :] - colours[None, :, :]) ** 2).sum(-1).min(1)
+    assert np.median(nearest) < 0.15
+
+
+def test_clicks_shift_hover_and_overlay(make_napari_viewer, result):
+    sim, out = result
+    viewer = make_napari_viewer()
+    add_recording(viewer, movie=sim.movie, analysis=out, name="cells", show_panel=False)
+    plot = dock(viewer, TracePlotWidget)
+    scores = viewer.layers["cells scores"]
+    recording = out.recording
+    px = recording.pixel_size_um  # world coordinates are in micrometres
+    y, x = recording.centroids[4] * px
+    plot._pick_on_click(scores, Event((150, y, x)))
+    assert scores.selected_label == recording.neuron_ids[4]
+    np.testing.assert_allclose(plot.trace_line.get_ydata(), recording.traces[4])
+    y2, x2 = recording.centroids[9] * px
+    plot._on_mouse_move(viewer, Event((150, y2, x2), modifiers=["Shift"], type="mouse_move"))
+    np.testing.assert_allclose(plot.preview_line.get_ydata(), recording.traces[9])
+    assert scores.selected_label == recording.neuron_ids[4]  # hovering does not select
+    plot._on_mouse_move(viewer, Event((150, y2, x2), type="mouse_move"))
+    assert len(plot.preview_line.get_ydata()) == 0
+    plot.show_neurons(recording.neuron_ids[[1, 2, 3]])
+    shown = [line for line in plot.overlay_lines if line.get_visible()]
+    assert len(shown) == 2 and scores.selected_label == recording.neuron_ids[3]
+    np.testing.assert_allclose(shown[0].get_ydata(), recording.traces[1])
+    plot.clear_overlay()
+    assert not any(line.get_visible() for line in plot.overlay_lines)
+
+
+def long_analysis(n_neurons=30, n_frames=10_000):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((60, 60), np.int32)
+    for i in range(n_neurons):
+        r, c = divmod(i, 6)
+        labels[r * 10 + 2 : r * 10 + 8, c * 10 + 2 : c * 10 + 8] = i + 1
+    traces = rng.standard_normal((n_neurons, n_frames)).astype(np.float32)
+    recording = Recording.from_labels(traces, labels, 30.0, metadata={"trace_kind": "dF/F"})
+    info = analysis.TokenInfo(np.zeros(n_neurons, bool), np.full(n_neurons, 5),
+                              np.full(n_neurons, 20), 10.0, None)
+    hidden = np.zeros(n_frames, bool)
+    hidden[::100] = True
+    reconstruction = analysis.Reconstruction(
+        "marked", traces + 0.1, hidden, None, np.full(n_neurons, 0.5), traces.copy(), info, {}, {}
+    )
+    classification = analysis.Classification(
+        ClassificationResult(("a", "b"), rng.random(n_neurons), rng.random((n_neurons, 2)),
+                             rng.random((n_neurons, n_frames)).astype(np.float32),
+                             np.full(n_neurons, 1 / n_neurons), 0.5, False, "test",
+                             np.zeros((n_neurons, 4))),
+        info, {}, {},
+    )
+    return analysis.Analysis(recording, reconstruction, classification)
+
+
+def test_selection_redraws_10000_frame_traces_in_under_50_ms(make_napari_viewer):
+    """The plot's own work for a selection: its handler and the repaint of its canvas (napari's
+    own reaction to `selected_label`, its layer controls and canvas, is measured apart in
+    benchmarks/gui.py)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    out = long_analysis()
+    add_recording(viewer, analysis=out, name="long", show_panel=False)
+    plot = dock(viewer, TracePlotWidget)
+    scores = viewer.layers["long scores"]
+    QApplication.processEvents()
+    plot.canvas.draw()
+    times = []
+    for label in [5, 9, 14, 21, 3, 28, 11, 17, 6, 25]:
+        with scores.events.selected_label.blocker():
+            scores.selected_label = label
+        start = time.perf_counter()
+        plot._on_selected_label()  # what the selected_label event runs
+        plot.canvas.repaint()  # and the paint it schedules, now
+        times.append(time.perf_counter() - start)
+        assert not plot.canvas._draw_pending  # no full redraw was needed
+        np.testing.assert_array_equal(plot.trace_data[1], out.recording.traces[label - 1])
+        # drawn as its mean per pixel column or so, with the band of each column's extremes
+        band = plot.bands[plot.trace_line].get_paths()[0].vertices[:, 1]
+        assert band.max() == out.recording.traces[label - 1].max()
+        assert len(plot.trace_line.get_ydata()) <= 2000
+    assert plot.hidden_spans is not None
+    # the median keeps other engineers' jobs on the shared CPU out of the figure
+    assert np.median(times) < 0.050, f"selections took {np.round(np.multiply(times, 1000))} ms"
+    # and through napari's event, the data follow at once
+    scores.selected_label = 8
+    np.testing.assert_array_equal(plot.trace_data[1], out.recording.traces[7])
+
+
+def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot):
+    sim, out = result
+    viewer = make_napari_viewer()
+    add_recording(viewer, movie=sim.movie, analysis=out, name="cells", show_panel=False)
+    widget = AttentionMapWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NEuRT attention map")
+    scores = viewer.layers["cells scores"]
+    viewer.dims.set_current_step(0, 200)
+    scores.selected_label = 3
+    widget.update_maps()
+    qtbot.waitUntil(lambda: widget.window is not None and widget.job is None, timeout=30_000)
+    assert widget.window == (3, 168, 64)  # centred on frame 200, clipped to the recording
+    assert widget.maps.shape == (1, 2, 64, 64)
+    np.testing.assert_allclose(widget.maps.sum(-1), 1.0, rtol=1e-4)  # softmax rows
+    widget.head_spin.setValue(2)
+    np.testing.assert_allclose(widget.image.get_array(), widget.maps[0, 1])
+
+
+def toy_recording(kind, seed, n_neurons=10, n_frames=96):
+    rng = np.random.default_rng(seed)
+    frames = np.arange(n_frames)
+    if kind == "calm":
+        traces = np.sin(2 * np.pi * frames / 30 + rng.uniform(0, 6.3, (n_neurons, 1)))
+    else:
+        traces = (rng.random((n_neurons, n_frames)) < 0.04) * 5.0
+        traces[:, 0] = 5.0
+    return traces + 0.05 * rng.standard_normal((n_neurons, n_frames)), rng.uniform(0, 80, (n_neurons, 2))
+
+
+def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_path, qtbot):
+    rows = []
+    for k, label in enumerate(("calm", "bursty")):
+        for a in range(3):
+            traces, centroids = toy_recording(label, 100 * k + a)
+            path = tmp_path / f"{label}{a}.npz"
+            np.savez(path, traces=traces, centroids=centroids, frame_rate=10.0)
+            rows.append(f"{path.name},{label}-{a},{label}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,animal,label\n" + "\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    base = save_checkpoint(tmp_path / "base", Neurt(NeurtConfig(seq_len=32, n_embd=16, n_head=2,
+                                                                n_layer=2, n_ff=32)))
+    viewer = make_napari_viewer()
+    panel = AnalysisWidget(viewer)
+    widget = FineTuneWidget(viewer)
+    widget.data_edit.setText(str(manifest))
+    assert widget.load_data() is not None
+    assert "6 recordings" in widget.data_summary.text()
+    widget.set_base(str(base))
+    widget.out_edit.setText(str(tmp_path / "tuned"))
+    widget.steps_spin.setValue(12)
+    widget.device_box.setCurrentText("cpu")
+    widget.config_overrides = dict(bags_per_step=2, bag_size=4, mil_hidden=8, eval_every=6,
+                                   patience=2, validation_bags=2, lr=3e-3, head_lr=1e-2)
+    job = widget.start()
+    assert job is not None
+    qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
+    assert job.error is None, job.error
+    assert widget.plot.losses and len(widget.plot.steps) == len(widget.plot.losses)
+    assert (tmp_path / "tuned" / "config.json").is_file()
+    sources = [panel.model_box.itemData(i) for i in range(panel.model_box.count())]
+    assert str(tmp_path / "tuned") in sources
+    assert "held-out accuracy" in widget.status.text()
+    panel.set_model(str(tmp_path / "tuned"))
+    assert panel.model_source() == str(tmp_path / "tuned")
+
+
+def test_finetune_panel_refuses_bad_input(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    widget.data_edit.setText(str(tmp_path / "absent.csv"))
+    assert widget.start() is None
+    assert "does not exist" in notification_manager.records[-1].message
