@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import napari_neurt
 from napari_neurt.model import NeurtModel, load_model, published, read_checkpoint, read_published
 from napari_neurt.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from napari_neurt.model.neurt import Neurt, NeurtConfig
@@ -118,11 +117,6 @@ def test_unknown_source_lists_the_valid_ones(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"0")
     with pytest.raises(ValueError, match="not a model file"):
         load_model(tmp_path / "weights.bin")
-
-
-def test_default_weights_not_bundled_yet_is_a_clear_error():
-    with pytest.raises(WeightsNotAvailable, match="neurt-microns"):
-        napari_neurt.load_model()
 
 
 def test_offline_download_error_says_how_to_get_the_file(tmp_path, monkeypatch):
