@@ -170,15 +170,23 @@ def test_event_rate_counts_transients_per_minute():
     assert rate[1] <= 1.0
 
 
-def test_frame_quality_finds_shifted_blank_and_dark_frames():
-    sim = simulate.two_photon(shape=(48, 48), n_cells=10, n_frames=120, seed=1)
+def test_frame_quality_finds_shifted_blank_dark_and_bright_frames():
+    sim = simulate.two_photon(shape=(48, 48), n_cells=10, n_frames=240, seed=1)
     movie = sim.movie.astype(np.float32)
-    movie[30] = np.roll(movie[30], 12, axis=1)  # motion
+    movie[30] = np.roll(movie[30], 12, axis=1)  # a frame out of place
     movie[60] = movie[60].mean()  # blank
     movie[90] *= 0.2  # dark
-    quality = analysis.frame_quality(movie, chunk_size=16)
-    assert np.flatnonzero(quality.bad).tolist() == [30, 60, 90]
-    assert quality.correlation.shape == (120,)
+    movie[120] *= 1.5  # flash
+    movie[150:170] = np.roll(movie[150:170], 3, axis=2)  # a lasting shift: not a bad frame
+    quality = analysis.frame_quality(movie, chunk_size=16)  # chunks: neighbours across them
+    assert np.flatnonzero(quality.bad).tolist() == [30, 60, 90, 120]
+    assert quality.correlation.shape == (240,)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frame_quality_flags_nothing_in_clean_simulated_movies(seed):
+    for sim in (simulate.two_photon(seed=seed), simulate.miniscope(seed=seed, n_frames=300)):
+        assert not analysis.frame_quality(sim.movie).bad.any(), sim
 
 
 def test_bad_frames_from_traces():

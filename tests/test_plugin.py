@@ -133,3 +133,31 @@ def test_demo_prefers_its_own_weights_then_the_published_ones(tmp_path, monkeypa
     assert "published" in choice.message
     monkeypatch.delenv("NEURT_WEIGHTS_DIR")
     assert demo.demo_models().reconstruct is None
+
+
+def test_the_scripting_examples_run(make_napari_viewer, tiny_checkpoint, monkeypatch, tmp_path):
+    """docs/scripting.md's examples in order, with the tiny checkpoint for the published models,
+    the test's viewer for napari's and a smaller sample."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scripting.md").read_text()
+    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
+    assert len(blocks) == 3
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(napari, "Viewer", lambda *a, **k: viewer)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for code in blocks:
+        for name in ("neurt-microns", "neurt-5xfad"):
+            code = code.replace(f'"{name}"', repr(str(tiny_checkpoint)))
+        code = code.replace("n_cells=50, n_frames=900", "n_cells=15, n_frames=300")
+        exec(compile(code, "docs/scripting.md", "exec"), namespace)
+    scores = viewer.layers["neurons scores"]
+    assert scores.metadata["neurt_scores"]["column"] == "predictability_r2"
+    assert "neurons movie" in viewer.layers
+    assert namespace["marked"].hidden_runs == [(200, 229), (250, 250)]
+    assert namespace["bad"].hidden_runs == [(250, 250)]
+    assert (tmp_path / "results" / "neurons.provenance.json").is_file()
+    assert (tmp_path / "results" / "neurons.nwb").is_file()

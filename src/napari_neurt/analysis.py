@@ -13,8 +13,8 @@ One `Analysis` gathers everything computed for one `Recording`:
   ``"marked"``
       frames the user marks; predictability is the R^2 on those frames.
   ``"bad"``
-      frames flagged as bad (`frame_quality` on the movie, or `bad_frames_from_traces`), which
-      are imputed: `Reconstruction.imputed` is the trace with these frames replaced.
+      frames flagged as bad (`frame_quality` on the movie: frames unlike both their neighbours,
+      or `bad_frames_from_traces`), which are imputed: `Reconstruction.imputed` is the trace with these frames replaced.
 
   Frames hidden in "marked" and "bad" modes are also left out of the min-max normalisation of
   the tokens (set to NaN, then interpolated by `neighborhood_tokens`), so that neither their
@@ -101,10 +101,11 @@ def frame_runs(hidden: np.ndarray) -> list[tuple[int, int]]:
 class FrameQuality:
     """Per-frame quality of a movie (see `iter_frame_quality`).
 
-    `correlation` is the Pearson correlation of each frame with the reference image, `brightness`
-    the frame's mean; `bad` flags frames whose correlation or brightness drops more than
-    `threshold` robust standard deviations (1.4826 x median absolute deviation) below the median,
-    and frames that are not finite.
+    `correlation` is each frame's Pearson correlation with the neighbouring frame it resembles
+    most (the previous or the next one), `brightness` the frame's mean; `bad` flags the frames
+    that resemble neither neighbour (a torn, blank or displaced frame), are darker or brighter
+    than both (a dark frame, a flash), or hold NaN/inf, by more than `threshold` robust standard
+    deviations (1.4826 x median absolute deviation) from what is usual in this movie.
     """
 
     correlation: np.ndarray
@@ -126,48 +127,76 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 
 def iter_frame_quality(
-    movie, *, threshold: float = 5.0, chunk_size: int | None = None, reference_frames: int = 200
+    movie, *, threshold: float = 5.0, chunk_size: int | None = None
 ) -> Steps[FrameQuality]:
     """Flag bad frames of a (T, H, W) movie in one streaming pass; yields `Progress` per chunk.
 
-    The reference is the median of up to `reference_frames` evenly spaced frames (a median, so
-    that bad frames among them do not spoil it). A frame is bad when its correlation with the
-    reference drops more than `threshold` robust standard deviations below the median
-    correlation (motion, a blank or a torn frame), or its brightness drops as much (a dark
-    frame), or it holds NaN/inf.
+    Each frame is compared with its two neighbours, so that what changes slowly or for many
+    frames (bleaching, drift, a burst of activity, a lasting displacement, which wants motion
+    correction rather than imputation) is not flagged, while a frame unlike both neighbours is:
+
+    - decorrelation: ``1 - max(corr(F_t, F_t-1), corr(F_t, F_t+1))``, flagged when its logarithm
+      is more than `threshold` robust SDs above the movie's median;
+    - brightness: the log ratio of the frame's mean to each neighbour's (at the first and last
+      frame, to the value extrapolated from the next two), flagged when both ratios are
+      more than `threshold` robust SDs below (dark) or above (flash) the usual.
     """
     from .extraction import check_movie
 
     n_frames, height, width = check_movie(movie)
-    picks = np.unique(np.linspace(0, n_frames - 1, min(reference_frames, n_frames)).astype(int))
-    sample = np.stack([np.asarray(movie[int(i)], dtype=np.float32) for i in picks])
-    reference = np.nanmedian(sample, axis=0).ravel().astype(np.float64)
-    reference -= reference.mean()
-    reference_norm = np.sqrt((reference**2).sum()) or 1.0
     if chunk_size is None:
         chunk_size = max(1, (32 * 2**20) // (height * width * 8))
-    correlation = np.empty(n_frames)
+    neighbour = np.full(n_frames, np.nan)  # corr(F_t, F_t-1)
     brightness = np.empty(n_frames)
     finite = np.empty(n_frames, dtype=bool)
+    previous = None  # (centred frame, norm) of the frame before the chunk
     for start in range(0, n_frames, chunk_size):
         stop = min(start + chunk_size, n_frames)
         frames = np.asarray(movie[start:stop], dtype=np.float64).reshape(stop - start, -1)
         finite[start:stop] = np.isfinite(frames).all(axis=1)
         means = frames.mean(axis=1)
+        brightness[start:stop] = means
         centred = frames - means[:, None]
         norms = np.sqrt((centred**2).sum(axis=1))
+        if previous is not None:
+            centred = np.concatenate([previous[0][None], centred])
+            norms = np.concatenate([[previous[1]], norms])
+        products = (centred[1:] * centred[:-1]).sum(axis=1)
+        denominator = norms[1:] * norms[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            correlation[start:stop] = np.where(
-                norms > 0, centred @ reference / (norms * reference_norm), 0.0
-            )
-        brightness[start:stop] = means
+            values = np.where(denominator > 0, products / denominator, 0.0)
+        first = start if previous is not None else start + 1
+        neighbour[first:stop] = values
+        previous = (centred[-1], norms[-1])
         yield Progress(stop, n_frames, "checking frames")
-    bad = (
-        ~finite
-        | ~np.isfinite(correlation)
-        | (robust_z(correlation) < -threshold)
-        | (robust_z(brightness) < -threshold)
-    )
+
+    before = np.r_[np.nan, neighbour[1:]]  # with the previous frame
+    after = np.r_[neighbour[1:], np.nan]  # with the next frame
+    correlation = np.fmax(before, after)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        decorrelation = np.log(np.clip(1.0 - correlation, 1e-12, None))
+        level = np.log(np.clip(brightness, 1e-12, None) if (brightness > 0).all() else
+                       brightness - brightness.min() + 1.0)
+    ratio_before = np.full(n_frames, np.nan)
+    ratio_after = np.full(n_frames, np.nan)
+    if n_frames >= 2:
+        ratio_before[1:] = level[1:] - level[:-1]
+        ratio_after[:-1] = level[:-1] - level[1:]
+    if n_frames >= 3:
+        # the ends: against the level extrapolated from their two neighbours (which follows a
+        # drift), scaled to the noise of a one-neighbour difference (variance 6 vs 2 sigma^2)
+        scale = np.sqrt(2 / 6)
+        ratio_before[0] = scale * (level[0] - (2 * level[1] - level[2]))
+        ratio_after[-1] = scale * (level[-1] - (2 * level[-2] - level[-3]))
+    darker = np.fmax(ratio_before, ratio_after)  # both negative for a dark frame
+    brighter = np.fmin(ratio_before, ratio_after)  # both positive for a flash
+    bad = ~finite | ~np.isfinite(correlation) & (n_frames > 1)
+    if n_frames >= 3:
+        bad |= (
+            (robust_z(decorrelation) > threshold)
+            | (robust_z(darker) < -threshold)
+            | (robust_z(brighter) > threshold)
+        )
     return FrameQuality(correlation, brightness, bad, float(threshold))
 
 

@@ -4,7 +4,7 @@ A `Job` takes a function that returns a step generator (`napari_neurt.progress`)
 napari `GeneratorWorker`, and
 
 - turns each yielded `Progress` into a napari progress bar (in the activity dock, with its own
-  cancel button) and an optional callback (the widget's own bar), at most every 50 ms;
+  cancel button) and an optional callback (the widget's own bar), at most 5 times a second;
 - cancels with `Job.cancel()`: the worker stops at the next yield (between batches, so within
   a fraction of a second) and the generator is closed in the worker thread, so its ``finally``
   blocks run there; nothing is returned, so nothing is added;
@@ -15,10 +15,19 @@ napari `GeneratorWorker`, and
 
 superqt treats a RuntimeError raised in a worker as "the worker was deleted" and drops it, so
 every exception from a job is re-raised as `JobFailed` (not a RuntimeError) carrying the original.
+
+While jobs run, torch's intra-op threads are limited to one fewer than the CPUs (`spare_a_core`),
+so that the viewer's own thread always finds a free core: on a small machine torch's spinning
+threads otherwise crowd it out (measured on 2 cores: event-loop stalls of 100-300 ms, and the
+job itself slower, not faster).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +40,7 @@ from ..progress import Progress
 
 #: Exceptions whose message is written for users; anything else also shows its type.
 EXPECTED = (ValueError, FileNotFoundError, KeyError, ImportError, OSError, TypeError)
-UPDATE_INTERVAL_S = 0.05
+UPDATE_INTERVAL_S = 0.2  # progress is shown at most this often (each showing costs a paint)
 
 
 class JobFailed(Exception):
@@ -67,11 +76,38 @@ class _ClosingWorker(GeneratorWorker):
                     pass
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before: int | None = None
+
+
+@contextlib.contextmanager
+def spare_a_core():
+    """Limit torch to ``cpu_count - 1`` intra-op threads while any job runs (module docstring)."""
+    global _threads_users, _threads_before
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(max(1, min(_threads_before, (os.cpu_count() or 2) - 1)))
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_before is not None:
+                torch.set_num_threads(_threads_before)
+
+
 def _guarded(make_steps: Callable[[], Any]):
     """Run the generator from `make_steps`, re-raising any error as `JobFailed`."""
     try:
-        steps = make_steps()
-        result = yield from steps
+        with spare_a_core():
+            steps = make_steps()
+            result = yield from steps
     except GeneratorExit:
         raise
     except Exception as error:

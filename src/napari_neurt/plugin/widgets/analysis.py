@@ -105,6 +105,7 @@ class AnalysisWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap(viewer)
         self.job: Job | None = None
+        self._stage: str | None = None
         self.batch_size: int | None = None  # windows per batch (None: the device's default)
         self._pipeline: list[tuple[str, dict]] = []
         self._updating = False
@@ -205,7 +206,7 @@ class AnalysisWidget(QWidget):
         form.addRow(self.kfold_row)
         form.addRow(self.marked_row)
         form.addRow(self.bad_row)
-        self.progress_bar = QProgressBar()
+        self.progress_bar = ProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.cancel_button = QPushButton("Cancel")
@@ -462,18 +463,26 @@ class AnalysisWidget(QWidget):
                        self.export_button):
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self._stage = None
         if running:
             self.progress_bar.setRange(0, 0)  # busy until the first step
             self.status.setText(f"{name}…")
+        else:
+            self.progress_bar.setFormat("%p%")
 
     def _on_progress(self, item: Progress) -> None:
+        # Cheap on purpose: this runs on the main thread during the job. A label whose text
+        # changes size relays the whole panel out (and the window with it), so the counts go
+        # into the bar's own text and the labels change only with the stage.
         if isinstance(item, ModelLoaded):
             self.device_label.setText(f"running on: {item.device}")
         total = max(int(item.total), 1)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(min(int(item.done), total))
-        if item.stage:
-            self.status.setText(f"{item.stage}: {item.done}/{item.total}")
+        if self.progress_bar.maximum() != total:
+            self.progress_bar.setRange(0, total)
+        if item.stage and item.stage != self._stage:
+            self._stage = item.stage
+            self.progress_bar.setFormat(f"{item.stage}: %v/%m")
+        self.progress_bar.set_value_later(min(int(item.done), total))
 
     def _on_finished(self, job: Job) -> None:
         self.job = None
@@ -771,6 +780,23 @@ class AnalysisWidget(QWidget):
             show_info(f"NEuRT results written to {Path(written[0]).parent}: {names}")
 
         return self._start("export", steps, done)
+
+
+class ProgressBar(QProgressBar):
+    """A QProgressBar whose value can change without painting at once.
+
+    QProgressBar.setValue repaints synchronously; during a job, where values arrive several times
+    a second, that costs a whole-window paint each time (tens of ms with software OpenGL).
+    `set_value_later` lets the paint join the window's next one instead.
+    """
+
+    def set_value_later(self, value: int) -> None:
+        self.setUpdatesEnabled(False)
+        try:
+            self.setValue(value)
+        finally:
+            self.setUpdatesEnabled(True)
+        self.update()
 
 
 def _row(*items) -> QWidget:

@@ -19,6 +19,7 @@ items have ``done``, ``total``, ``stage`` and ``loss`` (and, when present, ``acc
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -40,11 +40,14 @@ from qtpy.QtWidgets import (
 
 from .. import models
 from ..workers import Job
-from .analysis import _row
+from .analysis import ProgressBar, _row
 from .base import PlotWidget, unwrap
 
 if TYPE_CHECKING:
     import napari
+
+
+PLOT_INTERVAL_S = 0.5  # the live loss plot is redrawn at most this often
 
 
 def _default_finetune_steps(*args, **kwargs):
@@ -175,7 +178,7 @@ class FineTuneWidget(QWidget):
         self.stop_button.clicked.connect(lambda: self.stop_early())
         self.cancel_button.clicked.connect(lambda: self.cancel())
         layout.addWidget(_row(self.run_button, self.stop_button, self.cancel_button))
-        self.progress_bar = QProgressBar()
+        self.progress_bar = ProgressBar()
         self.progress_bar.setRange(0, 1)
         layout.addWidget(self.progress_bar)
         self.status = QLabel("")
@@ -300,6 +303,7 @@ class FineTuneWidget(QWidget):
         self.stop_flag = threading.Event()
         stop = self.stop_flag
         run = self.finetune_steps
+        self._stage, self._last_plot = None, 0.0
         self.plot.reset()
         self.result = None
 
@@ -326,13 +330,20 @@ class FineTuneWidget(QWidget):
             self.job.cancel()
 
     def _on_progress(self, item) -> None:
+        # runs on the main thread during training: keep it cheap (no relayout, few redraws)
         total = max(int(item.total), 1)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(min(int(item.done), total))
+        if self.progress_bar.maximum() != total:
+            self.progress_bar.setRange(0, total)
+        self.progress_bar.set_value_later(min(int(item.done), total))
         self.plot.add(item)
-        self.plot.draw()
-        if item.stage:
-            self.status.setText(f"{item.stage} ({item.done}/{item.total})")
+        now = time.perf_counter()
+        if now - self._last_plot > PLOT_INTERVAL_S or item.done >= item.total:
+            self._last_plot = now
+            self.plot.draw()
+        stage = (item.stage or "").split(" loss")[0]
+        if stage != self._stage:
+            self._stage = stage
+            self.progress_bar.setFormat(f"{stage}: %v/%m" if stage else "%v/%m")
 
     def _done(self, result) -> None:
         from napari.utils.notifications import show_info
@@ -359,6 +370,8 @@ class FineTuneWidget(QWidget):
     def _finished(self, job) -> None:
         self.job = None
         self._set_running(False)
+        self.plot.draw()
+        self.progress_bar.setFormat("%p%")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if job.error is None and not job.cancelled else 0)
         if job.cancelled:
