@@ -233,3 +233,35 @@ def test_selecting_a_label_updates_the_plot_quickly(panel, qtbot):
     strip = np.asarray(plot.strip_image.get_array())[0]
     np.testing.assert_allclose(strip, analysis.classification.result.temporal_attention[row])
     assert plot.hidden_spans is None  # k-fold: every frame hidden once, nothing to shade
+
+
+def test_a_recording_from_a_reader_needs_no_extraction(make_napari_viewer, qtbot, sample,
+                                                        checkpoint):
+    """A labels layer as the suite2p / CaImAn / NWB readers make it: traces already there, the
+    reader's own columns (iscell) kept in the scores and offered for colouring."""
+    from napari_neurt.plugin.readers import recording_layers
+
+    recording = sample.recording()
+    recording.metadata["iscell"] = np.linspace(0, 1, recording.n_neurons)
+    recording.source = "suite2p/plane0"
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in recording_layers(recording, "suite2p plane0"):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = AnalysisWidget(viewer)
+    widget.set_model(str(checkpoint))
+    assert widget.rois_box.currentText() == "suite2p plane0 ROIs"
+    assert widget.movie_box.currentText() == "(none)"
+    assert widget.frame_rate.value() == pytest.approx(recording.frame_rate)
+    widget.folds.setValue(2)
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    scores = viewer.layers["suite2p plane0 ROIs scores"]
+    np.testing.assert_allclose(scores.features["iscell"].to_numpy()[1:], np.linspace(0, 1, 15))
+    assert "iscell" in [widget.colour_box.itemData(i) for i in range(widget.colour_box.count())]
+    widget.colour_by("iscell")
+    assert scores.metadata[SCORES_KEY]["column"] == "iscell"
+    # without a movie, bad frames come from the traces
+    widget.set_hide("bad")
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    assert "no bad frames were found" in widget.status.text()

@@ -10,6 +10,15 @@ import numpy as np
 from .base import PlotWidget
 
 
+def significant_digits(values, least: int = 3, most: int = 8) -> int:
+    """Enough significant digits (at least `least`) for `values` to read differently."""
+    for digits in range(least, most + 1):
+        texts = [f"{v:.{digits}g}" for v in values]
+        if len(set(texts)) == len(texts):
+            return digits
+    return most
+
+
 class ScoresLegend(PlotWidget):
     """A horizontal colour bar from the scores layer's ``metadata["neurt_scores"]``."""
 
@@ -38,10 +47,16 @@ class ScoresLegend(PlotWidget):
             self.image.set_extent((low, high, 0, 1))
             self.image.set_visible(True)
             axes.set_xlim(low, high)
-            axes.set_xticks(np.linspace(low, high, 3))
-            axes.set_xticklabels([f"{v:.3g}" for v in np.linspace(low, high, 3)], fontsize=7)
+            ticks = np.linspace(low, high, 3)
+            digits = significant_digits(ticks)
+            axes.set_xticks(ticks)
+            labels = axes.set_xticklabels([f"{v:.{digits}g}" for v in ticks], fontsize=7)
+            labels[0].set_horizontalalignment("left")  # keep the end labels inside the figure
+            labels[-1].set_horizontalalignment("right")
             axes.set_title(
-                f"{info['label']}: {low:.3g} to {high:.3g} ({info['n_scored']} neurons)", fontsize=8
+                f"{info['label']}: {low:.{digits}g} to {high:.{digits}g} "
+                f"({info['n_scored']} neurons)",
+                fontsize=8,
             )
             notes = []
             if info.get("n_missing"):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.collections import PolyCollection
+from matplotlib.transforms import offset_copy
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
@@ -117,7 +118,12 @@ class TracePlotWidget(PlotWidget):
         # ticks and legend are redrawn only when they change (`_static_key`).
         self.title = axes.set_title("", fontsize=9)
         # the y axis too (its scale follows the neuron): the background then only changes when
-        # the recording, the legend or the size does
+        # the recording, the legend or the size does. Its label sits at a fixed distance from
+        # the axes (an animated axis never places it itself before the layout measures it).
+        axes.yaxis.set_label_coords(
+            0, 0.5, transform=offset_copy(axes.transAxes, fig=self.figure, x=-40, units="points")
+        )
+        axes.tick_params(axis="y", labelsize=8)
         self.animated = [
             self.axes.yaxis,
             *self.bands.values(),
