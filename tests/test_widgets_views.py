@@ -242,3 +242,30 @@ def test_finetune_panel_refuses_bad_input(make_napari_viewer, tmp_path):
     widget.data_edit.setText(str(tmp_path / "absent.csv"))
     assert widget.start() is None
     assert "does not exist" in notification_manager.records[-1].message
+
+
+def test_unscored_and_low_context_neurons_are_marked(make_napari_viewer):
+    out = long_analysis(n_neurons=12, n_frames=200)
+    info = out.reconstruction.tokens
+    info.fallback[[2, 7]] = True
+    out.reconstruction.predictability[[4]] = np.nan
+    viewer = make_napari_viewer()
+    add_recording(viewer, analysis=out, name="few", colour_by="predictability_r2",
+                  show_panel=False)
+    scores = viewer.layers["few scores"]
+    markers = viewer.layers["few low-context neurons"]
+    np.testing.assert_allclose(markers.data, out.recording.centroids[[2, 7]])
+    assert scores.features["fallback"].sum() == 2
+    np.testing.assert_allclose(scores.colormap.color_dict[5], [0.55, 0.55, 0.55, 1.0])  # NaN
+    legend = scores.metadata[SCORES_KEY]
+    assert legend["n_missing"] == 1 and legend["n_fallback"] == 2
+
+
+def test_napari_saves_the_scores_layer_through_our_writer(make_napari_viewer, result, tmp_path):
+    sim, out = result
+    viewer = make_napari_viewer()
+    add_recording(viewer, analysis=out, name="cells", show_panel=False, show_traces=False)
+    written = napari.save_layers(str(tmp_path / "cells.csv"), [viewer.layers["cells scores"]],
+                                 plugin="napari-neurt")
+    names = sorted(p.split("/")[-1] for p in written)
+    assert "cells.csv" in names and "cells.provenance.json" in names
