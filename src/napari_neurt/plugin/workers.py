@@ -128,6 +128,7 @@ class Job:
         on_finished: Callable[[Job], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         notify_errors: bool = True,
+        owner=None,
     ):
         self.description = description
         self.on_done = on_done
@@ -154,6 +155,12 @@ class Job:
         self.worker.errored.connect(self._on_errored)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
+        if owner is not None:  # a widget whose callbacks must not run once Qt has deleted it
+            owner.destroyed.connect(self._forget_owner)
+
+    def _forget_owner(self, *_) -> None:
+        self.on_done = self.on_progress = self.on_finished = self.on_error = None
+        self.cancel()
 
     # -- control -----------------------------------------------------------------------------------
     def start(self) -> Job:

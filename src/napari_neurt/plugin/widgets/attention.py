@@ -151,7 +151,7 @@ class AttentionMapWidget(PlotWidget):
 
         self.status.setText("computing…")
         self.job = Job(steps, description="NEuRT attention map", on_done=self._show,
-                       on_finished=self._finished)
+                       on_finished=self._finished, owner=self)
         self.job.start()
 
     def _show(self, result) -> None:
