@@ -183,6 +183,8 @@ def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot)
     np.testing.assert_allclose(widget.maps.sum(-1), 1.0, rtol=1e-4)  # softmax rows
     widget.head_spin.setValue(2)
     np.testing.assert_allclose(widget.image.get_array(), widget.maps[0, 1])
+    widget.timer.stop()  # no map left to compute when the viewer closes
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
 
 
 def toy_recording(kind, seed, n_neurons=10, n_frames=96):

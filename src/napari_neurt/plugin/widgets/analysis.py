@@ -224,7 +224,7 @@ class AnalysisWidget(QWidget):
         self.colour_box = QComboBox()
         self.cmap_box = QComboBox()
         self.cmap_box.addItems(COLORMAPS)
-        self.legend = ScoresLegend(self.viewer)
+        self.legend = ScoresLegend()
         self.export_button = QPushButton("Export… (CSV or NWB)")
         form.addRow("Colour by", _row((self.colour_box, 2), self.cmap_box))
         form.addRow(self.legend)
@@ -465,10 +465,10 @@ class AnalysisWidget(QWidget):
         self.cancel_button.setEnabled(running)
         self._stage = None
         if running:
-            self.progress_bar.setRange(0, 0)  # busy until the first step
+            self.progress_bar.set_later(0, 0, 0)  # busy until the first step
             self.status.setText(f"{name}…")
         else:
-            self.progress_bar.setFormat("%p%")
+            self.progress_bar.set_later(format="%p%")
 
     def _on_progress(self, item: Progress) -> None:
         # Cheap on purpose: this runs on the main thread during the job. A label whose text
@@ -477,18 +477,16 @@ class AnalysisWidget(QWidget):
         if isinstance(item, ModelLoaded):
             self.device_label.setText(f"running on: {item.device}")
         total = max(int(item.total), 1)
-        if self.progress_bar.maximum() != total:
-            self.progress_bar.setRange(0, total)
+        format = None
         if item.stage and item.stage != self._stage:
             self._stage = item.stage
-            self.progress_bar.setFormat(f"{item.stage}: %v/%m")
-        self.progress_bar.set_value_later(min(int(item.done), total))
+            format = f"{item.stage}: %v/%m"
+        self.progress_bar.set_later(0, total, min(int(item.done), total), format)
 
     def _on_finished(self, job: Job) -> None:
         self.job = None
         self._set_running(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1 if job.error is None and not job.cancelled else 0)
+        self.progress_bar.set_later(0, 1, 1 if job.error is None and not job.cancelled else 0)
         if job.cancelled:
             self.status.setText("cancelled: nothing was changed")
             self._pipeline = []
@@ -787,16 +785,31 @@ class ProgressBar(QProgressBar):
 
     QProgressBar.setValue repaints synchronously; during a job, where values arrive several times
     a second, that costs a whole-window paint each time (tens of ms with software OpenGL).
-    `set_value_later` lets the paint join the window's next one instead.
+    `set_later` lets the paint join the window's next one instead.
     """
 
-    def set_value_later(self, value: int) -> None:
+    def set_later(
+        self,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        value: int | None = None,
+        format: str | None = None,
+    ) -> None:
+        """Change range, value and text; paint with the window's next paint."""
         self.setUpdatesEnabled(False)
         try:
-            self.setValue(value)
+            if maximum is not None and (self.minimum(), self.maximum()) != (minimum, maximum):
+                self.setRange(minimum, maximum)
+            if format is not None and self.format() != format:
+                self.setFormat(format)
+            if value is not None:
+                self.setValue(value)
         finally:
             self.setUpdatesEnabled(True)
         self.update()
+
+    def set_value_later(self, value: int) -> None:
+        self.set_later(value=value)
 
 
 def _row(*items) -> QWidget:

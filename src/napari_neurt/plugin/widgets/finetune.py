@@ -314,7 +314,7 @@ class FineTuneWidget(QWidget):
                        on_progress=self._on_progress, on_finished=self._finished)
         self._set_running(True)
         self.status.setText("fine-tuning…")
-        self.progress_bar.setRange(0, 0)
+        self.progress_bar.set_later(0, 0, 0)
         return self.job.start()
 
     def stop_early(self) -> None:
@@ -332,9 +332,7 @@ class FineTuneWidget(QWidget):
     def _on_progress(self, item) -> None:
         # runs on the main thread during training: keep it cheap (no relayout, few redraws)
         total = max(int(item.total), 1)
-        if self.progress_bar.maximum() != total:
-            self.progress_bar.setRange(0, total)
-        self.progress_bar.set_value_later(min(int(item.done), total))
+        self.progress_bar.set_later(0, total, min(int(item.done), total))
         self.plot.add(item)
         now = time.perf_counter()
         if now - self._last_plot > PLOT_INTERVAL_S or item.done >= item.total:
@@ -343,7 +341,7 @@ class FineTuneWidget(QWidget):
         stage = (item.stage or "").split(" loss")[0]
         if stage != self._stage:
             self._stage = stage
-            self.progress_bar.setFormat(f"{stage}: %v/%m" if stage else "%v/%m")
+            self.progress_bar.set_later(format=f"{stage}: %v/%m" if stage else "%v/%m")
 
     def _done(self, result) -> None:
         from napari.utils.notifications import show_info
@@ -371,9 +369,7 @@ class FineTuneWidget(QWidget):
         self.job = None
         self._set_running(False)
         self.plot.draw()
-        self.progress_bar.setFormat("%p%")
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1 if job.error is None and not job.cancelled else 0)
+        self.progress_bar.set_later(0, 1, 1 if job.error is None and not job.cancelled else 0, "%p%")
         if job.cancelled:
             self.status.setText("cancelled: nothing was saved")
         elif job.error:

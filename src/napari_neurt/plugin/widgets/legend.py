@@ -1,13 +1,18 @@
 """`ScoresLegend`: the colour bar of a scores layer, with its value range and what grey and the
-crosses mean."""
+crosses mean.
+
+Plain Qt (a gradient image and labels), not matplotlib: it changes when results arrive, which is
+when the viewer has the most to repaint, and Qt draws it in a fraction of the time.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-
-from .base import PlotWidget
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 
 def significant_digits(values, least: int = 3, most: int = 8) -> int:
@@ -19,57 +24,70 @@ def significant_digits(values, least: int = 3, most: int = 8) -> int:
     return most
 
 
-class ScoresLegend(PlotWidget):
+def gradient_image(cmap: str, width: int = 256) -> QImage:
+    """A 1-pixel-high RGB image of `cmap` from left (low) to right (high)."""
+    import matplotlib
+
+    rgba = (matplotlib.colormaps[cmap](np.linspace(0, 1, width))[:, :3] * 255).astype(np.uint8)
+    data = np.ascontiguousarray(rgba[None, :, :])
+    image = QImage(data.data, width, 1, 3 * width, QImage.Format.Format_RGB888)
+    return image.copy()  # own the pixels (data is freed when this function returns)
+
+
+class ScoresLegend(QWidget):
     """A horizontal colour bar from the scores layer's ``metadata["neurt_scores"]``."""
 
-    def __init__(self, viewer, parent=None):
-        super().__init__(viewer, parent, figsize=(4, 1.0), min_height=80)
+    def __init__(self, viewer=None, parent=None):
+        super().__init__(parent)
         self.info: dict[str, Any] | None = None
-        self.image = self.axes.imshow(
-            np.linspace(0, 1, 256)[None, :], aspect="auto", extent=(0, 1, 0, 1), cmap="viridis"
-        )
-        self.axes.set_yticks([])
-        self.caption = self.figure.text(0.01, 0.02, "", fontsize=7, ha="left", va="bottom")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 2, 0, 2)
+        layout.setSpacing(2)
+        self.title = QLabel("")
+        self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.title.setWordWrap(True)
+        self.bar = QLabel()
+        self.bar.setMinimumHeight(18)
+        self.bar.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.bar.setScaledContents(True)
+        ticks = QWidget()
+        row = QHBoxLayout(ticks)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.low_label, self.mid_label, self.high_label = QLabel(), QLabel(), QLabel()
+        self.mid_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.high_label.setAlignment(Qt.AlignmentFlag.AlignRight)
+        for label in (self.low_label, self.mid_label, self.high_label):
+            row.addWidget(label, 1)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        for widget in (self.title, self.bar, ticks, self.caption):
+            layout.addWidget(widget)
         self.show_info(None)
 
     def show_info(self, info: dict[str, Any] | None) -> None:
         """Show a legend (`Colouring.legend()` keys), or a hint when there are no scores."""
         self.info = dict(info) if info else None
-        axes = self.axes
         if not info:
-            self.image.set_visible(False)
-            axes.set_xticks([])
-            axes.set_title("no scores yet: extract traces or run the model", fontsize=8)
-            self.caption.set_text("")
-        else:
-            low, high = info["limits"]
-            self.image.set_cmap(info["cmap"])
-            self.image.set_extent((low, high, 0, 1))
-            self.image.set_visible(True)
-            axes.set_xlim(low, high)
-            ticks = np.linspace(low, high, 3)
-            digits = significant_digits(ticks)
-            axes.set_xticks(ticks)
-            labels = axes.set_xticklabels([f"{v:.{digits}g}" for v in ticks], fontsize=7)
-            labels[0].set_horizontalalignment("left")  # keep the end labels inside the figure
-            labels[-1].set_horizontalalignment("right")
-            axes.set_title(
-                f"{info['label']}: {low:.{digits}g} to {high:.{digits}g} "
-                f"({info['n_scored']} neurons)",
-                fontsize=8,
-            )
-            notes = []
-            if info.get("n_missing"):
-                notes.append(f"grey: no value ({info['n_missing']})")
-            if info.get("n_fallback"):
-                notes.append(
-                    f"×: too few neighbours, context filled in ({info['n_fallback']})"
-                )
-            self.caption.set_text("   ".join(notes))
-        self.on_theme()
-        self.canvas.draw_idle()
-
-    def on_theme(self) -> None:
-        if hasattr(self, "caption"):
-            self.caption.set_color(self.text_color)
-            self.axes.title.set_color(self.text_color)
+            self.title.setText("no scores yet: extract traces or run the model")
+            self.bar.clear()
+            self.bar.setVisible(False)
+            for label in (self.low_label, self.mid_label, self.high_label, self.caption):
+                label.setText("")
+            return
+        low, high = info["limits"]
+        ticks = np.linspace(low, high, 3)
+        digits = significant_digits(ticks)
+        texts = [f"{v:.{digits}g}" for v in ticks]
+        self.title.setText(
+            f"{info['label']}: {texts[0]} to {texts[-1]} ({info['n_scored']} neurons)"
+        )
+        self.bar.setPixmap(QPixmap.fromImage(gradient_image(info["cmap"])))
+        self.bar.setVisible(True)
+        for label, text in zip((self.low_label, self.mid_label, self.high_label), texts):
+            label.setText(text)
+        notes = []
+        if info.get("n_missing"):
+            notes.append(f"grey: no value ({info['n_missing']})")
+        if info.get("n_fallback"):
+            notes.append(f"×: too few neighbours, context filled in ({info['n_fallback']})")
+        self.caption.setText("   ".join(notes))

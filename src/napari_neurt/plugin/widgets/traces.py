@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.transforms import offset_copy
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
@@ -149,12 +150,19 @@ class TracePlotWidget(PlotWidget):
         clear = QPushButton("clear")
         clear.clicked.connect(self.clear_overlay)
         self.info = QLabel("")
+        self.legend_label = QLabel("")
         row.addWidget(self.overlay_box)
         row.addWidget(clear)
         row.addStretch(1)
+        row.addWidget(self.legend_label)
+        row.addSpacing(12)
         row.addWidget(self.info)
         self.layout_.insertWidget(0, bar)
 
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(0)
+        self._redraw_timer.timeout.connect(self.draw)
         viewer.layers.selection.events.active.connect(self._follow_active_layer)
         viewer.layers.events.inserted.connect(self._follow_active_layer)
         viewer.layers.events.removed.connect(self._follow_active_layer)
@@ -183,7 +191,7 @@ class TracePlotWidget(PlotWidget):
             if self._pick_on_click not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._pick_on_click)
         self.pinned = []
-        self.draw()
+        self._redraw_timer.start()
 
     def _disconnect(self, layer) -> None:
         layer.events.selected_label.disconnect(self._on_selected_label)
@@ -236,9 +244,10 @@ class TracePlotWidget(PlotWidget):
         self.draw()
 
     def refresh(self, event=None) -> None:
-        """Redraw after the recording or its analysis changed."""
+        """Redraw after the recording or its analysis changed (once, however many changes come
+        in the same pass of the event loop)."""
         self._spans_key = self._strip_key = None
-        self.draw()
+        self._redraw_timer.start()
 
     @property
     def recording(self) -> Recording | None:
@@ -267,8 +276,8 @@ class TracePlotWidget(PlotWidget):
     # -- rendering: blit what changed, redraw in full only when the axes changed --------------------
     def _static_key(self):
         return (
-            self.axes.get_xlim(), self.canvas.width(), self.canvas.height(), self._legend_key,
-            self._spans_key, getattr(self, "text_color", None),
+            self.axes.get_xlim(), self.canvas.width(), self.canvas.height(), self._spans_key,
+            getattr(self, "text_color", None),
         )
 
     def _on_draw_event(self, event) -> None:
@@ -502,35 +511,23 @@ class TracePlotWidget(PlotWidget):
         self.strip_text.set_text("")
 
     def _update_legend(self, reconstruction) -> None:
-        labels = ["trace"]
+        """The key to the lines, as coloured text beside the plot (a matplotlib legend would
+        cost a full redraw whenever it changes)."""
+        parts = [(TRACE_COLOUR, "━", "trace")]
         if reconstruction is not None:
-            labels.append("reconstruction")
-            if reconstruction.mode == "kfold":
-                self.recon_line.set_label("reconstruction (every frame predicted unseen)")
-            else:
-                self.recon_line.set_label(f"reconstruction ({reconstruction.mode} frames hidden)")
-            if self.hidden_spans is not None:
-                labels.append("hidden")
-        key = (tuple(labels), self.recon_line.get_label())
+            what = (
+                "every frame predicted unseen" if reconstruction.mode == "kfold"
+                else f"{reconstruction.mode} frames hidden, shaded"
+            )
+            parts.append((RECON_COLOUR, "╍", f"reconstruction ({what})"))
+        key = tuple(parts)
         if key == self._legend_key:
             return
         self._legend_key = key
-        handles = [self.trace_line]
-        if reconstruction is not None:
-            handles.append(self.recon_line)
-            if self.hidden_spans is not None:
-                handles.append(self.hidden_spans)
-        legend = self.axes.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.4)
-        self._style_legend(legend)
-
-    def _style_legend(self, legend) -> None:
-        if legend is None:
-            return
-        for text in legend.get_texts():
-            text.set_color(getattr(self, "text_color", "white"))
-        legend.get_frame().set_facecolor(getattr(self, "background_color", "black"))
+        self.legend_label.setText(
+            " &nbsp; ".join(f'<span style="color:{c}">{m}</span> {t}' for c, m, t in parts)
+        )
 
     def on_theme(self) -> None:
         if hasattr(self, "strip_text"):
             self.strip_text.set_color(self.text_color)
-            self._style_legend(self.axes.get_legend())
