@@ -454,6 +454,7 @@ class AnalysisWidget(QWidget):
             on_done=on_done,
             on_progress=self._on_progress,
             on_finished=self._on_finished,
+            owner=self,
         )
         self._set_running(True, name)
         return self.job.start()

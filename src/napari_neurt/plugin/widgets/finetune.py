@@ -311,7 +311,7 @@ class FineTuneWidget(QWidget):
             return (yield from run(items, out, config, base=base, stop=stop))
 
         self.job = Job(steps, description="NEuRT fine-tune", on_done=self._done,
-                       on_progress=self._on_progress, on_finished=self._finished)
+                       on_progress=self._on_progress, on_finished=self._finished, owner=self)
         self._set_running(True)
         self.status.setText("fine-tuning…")
         self.progress_bar.set_later(0, 0, 0)
