@@ -81,6 +81,18 @@ def grab(widget, height: int | None = None):
     return Image.open(io.BytesIO(bytes(buffer.data()))).convert("RGB")
 
 
+def trim_bottom(image, margin: int = 8):
+    """Cut the rows of plain background under a widget's content (keeping `margin` of them)."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB")).astype(np.int16)
+    differs = np.abs(pixels - pixels[-1, 0]).max(axis=(1, 2)) > 6
+    rows = np.flatnonzero(differs)
+    if rows.size == 0:
+        return image
+    return image.crop((0, 0, image.width, min(image.height, rows[-1] + 1 + margin)))
+
+
 def crop_dark_margins(image, level: int = 8):
     """Cut the black borders around the canvas's image (the canvas is wider than the data)."""
     import numpy as np
@@ -220,7 +232,7 @@ def main(argv=None) -> int:
     attention.canvas.relayout()  # the title came after the first layout
     attention.canvas.draw()
     settle(0.5)
-    save_png(grab(attention), out / "attention-map.png", width)
+    save_png(trim_bottom(grab(attention)), out / "attention-map.png", width)
     attention.timer.stop()
 
     # 5. Fine-tuning on a small simulated cohort (a few animals per group, short recordings).
@@ -252,7 +264,7 @@ def main(argv=None) -> int:
             tune.plot.canvas.relayout()
             tune.plot.canvas.draw()
             settle(0.5)
-            save_png(grab(tune), out / "finetune.png", width)
+            save_png(trim_bottom(grab(tune)), out / "finetune.png", width)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
