@@ -178,6 +178,7 @@ def main(argv=None) -> int:
     panel = ensure_analysis_dock(viewer)
     plot = ensure_trace_dock(viewer)
     viewer.dims.set_current_step(0, sample.n_frames // 2)
+    settle(0.5)  # the window and its docks take their sizes first, then the view fits the canvas
     viewer.reset_view()
     settle(1.0)
     save_png(viewer.screenshot(canvas_only=False), out / "sample-opened.png", width)

@@ -90,3 +90,25 @@ def test_docs_mention_the_real_environment_variables():
 
     troubleshooting = (DOCS / "troubleshooting.md").read_text()
     assert WEIGHTS_DIR_ENV in troubleshooting and CACHE_DIR_ENV in troubleshooting
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """What .ci/run does after the tests; here too where the docs extra is installed, so that a
+    docstring mkdocstrings cannot render shows up in the test run of whoever wrote it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    pytest.importorskip("material")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
