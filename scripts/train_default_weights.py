@@ -45,7 +45,9 @@ DEFAULT_OUT = ROOT / "src" / "napari_neurt" / "model" / "weights" / "default"
 CLASS_NAMES = ["wild type", "AD-like"]
 COHORT_SEED = 7_000  # training cohort; benchmarks/quality.py evaluates on 9_000+ (disjoint)
 
-MODEL = NeurtConfig(seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256)
+MODEL = NeurtConfig(
+    seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256, interpolate=True
+)
 
 
 def simulated_recording(seed: int, k: int):
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=Path("runs/default-weights"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1600, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=1800, help="pretraining steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-minutes", type=float, default=60.0,

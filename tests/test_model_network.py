@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_neurt.device import resolve_device
-from napari_neurt.model.neurt import Neurt, NeurtConfig
+from napari_neurt.model.neurt import Neurt, NeurtConfig, interpolate_hidden
 
 SMALL = dict(seq_len=32, n_features=5, n_embd=16, n_head=2, n_layer=2, n_ff=32)
 
@@ -128,3 +128,32 @@ def test_device_resolver():
             resolve_device("cuda:1")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu-ish")
+
+
+def test_interpolate_hidden_draws_lines_across_gaps():
+    tokens = torch.arange(10.0).view(1, 10, 1).repeat(2, 1, 2) ** 2  # t^2 in both features
+    hidden = torch.zeros(2, 10, 2, dtype=torch.bool)
+    hidden[0, 2:5, 0] = True  # inside: the line from t=1 (1) to t=5 (25)
+    hidden[1, :3, 1] = True  # at the start: the first visible value (t=3 -> 9)
+    hidden[1, 8:, 0] = True  # at the end: the last visible value (t=7 -> 49)
+    filled = interpolate_hidden(tokens, hidden)
+    torch.testing.assert_close(filled[0, 1:6, 0], torch.tensor([1.0, 7.0, 13.0, 19.0, 25.0]))
+    torch.testing.assert_close(filled[1, :3, 1], torch.full((3,), 9.0))
+    torch.testing.assert_close(filled[1, 8:, 0], torch.full((2,), 49.0))
+    torch.testing.assert_close(filled[~hidden], tokens[~hidden])  # visible entries untouched
+    everything = torch.ones_like(hidden)
+    assert (interpolate_hidden(tokens, everything) == 0).all()  # nothing visible: 0
+
+
+def test_interpolating_model_starts_as_interpolation_and_ignores_hidden_values():
+    tokens = torch.rand(3, 32, 5)
+    hidden = torch.zeros(3, 32, 5, dtype=torch.bool)
+    hidden[:, 10:20, 0] = True
+    fresh = Neurt(NeurtConfig(**SMALL, interpolate=True)).eval()
+    network = small_network(interpolate=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(tokens, hidden), interpolate_hidden(tokens, hidden))
+        out = network(tokens, hidden)
+        scrambled = tokens.masked_fill(hidden, 123.0)  # what lies under the mask is never read
+        torch.testing.assert_close(network(scrambled, hidden), out)
+        assert not torch.allclose(network(tokens), out)  # the mask itself is an input

@@ -262,9 +262,11 @@ class NeurtModel:
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
-            batch = hide_steps(x[neurons, frames], hidden[neurons, frames], channels)
+            steps = hidden[neurons, frames]
+            batch = hide_steps(x[neurons, frames], steps, channels)
+            entries = hidden_entries(steps, channels, n_features)
             with self.inference_context():
-                out = self.module(batch.to(self.device))
+                out = self.module(batch.to(self.device), entries.to(self.device))
             total.index_put_((neurons, frames), out.float().cpu() * taper, accumulate=True)
 
         yield from self._batches(plan.n_windows, batch_size, "reconstruct", step)
@@ -457,8 +459,11 @@ class NeurtModel:
             )
         frames = slice(start, start + width)
         window = hide_steps(x[:, frames], hidden[:, frames], channels)
+        entries = hidden_entries(hidden[:, frames], channels, x.shape[-1])
         with torch.inference_mode():  # float32 even on CUDA: maps are for reading, not for speed
-            _, maps = self.module.encode(window.to(self.device), exact=True)
+            _, maps = self.module.encode(
+                window.to(self.device), entries.to(self.device), exact=True
+            )
         return torch.stack([m[0] for m in maps]).float().cpu().numpy()
 
     # --- machinery --------------------------------------------------------------------------
@@ -582,6 +587,18 @@ def hide_steps(windows: torch.Tensor, hidden: torch.Tensor, channels: str) -> to
     return torch.cat([own, windows[..., 1:]], dim=-1)
 
 
+def hidden_entries(hidden: torch.Tensor, channels: str, n_features: int) -> torch.Tensor:
+    """bool (B, T, n_features): the entries `hide_steps(windows, hidden, channels)` hides.
+
+    What a model that fills hidden entries itself (``NeurtConfig.interpolate``) is given along
+    with the windows.
+    """
+    entries = hidden[..., None].expand(*hidden.shape, n_features)
+    if channels == "all":
+        return entries
+    return entries & (torch.arange(n_features, device=hidden.device) == 0)
+
+
 # --- loading ------------------------------------------------------------------------------------
 def load_model(
     source: str | os.PathLike = "default", device: str | torch.device = "auto"
@@ -641,6 +658,7 @@ def n_windows(n_frames: int, seq_len: int, overlap: int) -> int:
 __all__ = [
     "ClassificationResult",
     "NeurtModel",
+    "hidden_entries",
     "hide_steps",
     "load_model",
     "window_starts",

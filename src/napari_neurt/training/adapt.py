@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..model.inference import NeurtModel, hide_steps
+from ..model.inference import NeurtModel, hidden_entries, hide_steps
 from ..progress import Steps
 from .data import WindowStream
 from .engine import DistributedContext
@@ -110,9 +110,10 @@ class _KeptOutMasker:
         if not kept_out.any():
             return batch
         inputs = hide_steps(batch.inputs, kept_out, self.channels)
-        loss_mask = batch.loss_mask.clone()
-        if self.channels == "all":
-            loss_mask &= ~kept_out[..., None]
-        else:
-            loss_mask[..., 0] &= ~kept_out
-        return replace(batch, inputs=inputs, loss_mask=loss_mask)
+        kept_out_entries = hidden_entries(kept_out, self.channels, inputs.shape[-1])
+        return replace(
+            batch,
+            inputs=inputs,
+            loss_mask=batch.loss_mask & ~kept_out_entries,
+            hidden_entries=batch.hidden_entries | kept_out_entries,
+        )

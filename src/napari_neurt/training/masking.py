@@ -71,7 +71,9 @@ class MaskedBatch:
 
     inputs, target: float32 (B, T, F); loss_mask: bool (B, T, F); hidden: bool (B, T) the hidden
     time steps; own: bool (B,) windows in the "own" regime; random: bool (B,) "all" windows whose
-    hidden steps hold random values instead of zeros.
+    hidden steps hold random values instead of zeros; hidden_entries: bool (B, T, F) the entries
+    hidden from the model (the scored ones, plus any that are hidden but never scored, as in
+    `adapt`), which a model that fills hidden entries itself is given.
     """
 
     inputs: torch.Tensor
@@ -80,6 +82,7 @@ class MaskedBatch:
     hidden: torch.Tensor
     own: torch.Tensor
     random: torch.Tensor
+    hidden_entries: torch.Tensor
 
     def to(self, device: torch.device, non_blocking: bool = False) -> MaskedBatch:
         return MaskedBatch(
@@ -90,7 +93,7 @@ class MaskedBatch:
         return MaskedBatch(*(getattr(self, name).pin_memory() for name in _FIELDS))
 
 
-_FIELDS = ("inputs", "target", "loss_mask", "hidden", "own", "random")
+_FIELDS = ("inputs", "target", "loss_mask", "hidden", "own", "random", "hidden_entries")
 
 
 def geometric_lengths(max_span: int, p: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +167,7 @@ def mask_windows(
         )
     loss_mask = hidden_t[:, :, None].expand(-1, -1, n_features).clone()
     loss_mask[own_t, :, 1:] = False
-    return MaskedBatch(inputs, windows, loss_mask, hidden_t, own_t, random_t)
+    return MaskedBatch(inputs, windows, loss_mask, hidden_t, own_t, random_t, loss_mask.clone())
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor):

@@ -135,7 +135,7 @@ class ReconstructionTrainer:
         """One optimiser step on `batch`; returns its loss."""
         batch = batch.to(self.context.device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            prediction = self.model(batch.inputs)
+            prediction = self.model(batch.inputs, batch.hidden_entries)
         loss = masked_mse(prediction.float(), batch.target, batch.loss_mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
