@@ -265,3 +265,55 @@ def test_a_recording_from_a_reader_needs_no_extraction(make_napari_viewer, qtbot
     widget.reconstruct()
     wait_idle(qtbot, widget)
     assert "no bad frames were found" in widget.status.text()
+
+
+def test_cancel_reaches_inside_token_building(qtbot, monkeypatch):
+    """A job step that builds tokens (a plain call, no yields of its own) still stops after the
+    chunk of frames it is in when the job is cancelled, and nothing is returned."""
+    from napari_neurt.model import tokens as tokens_module
+    from napari_neurt.plugin.workers import Job
+    from napari_neurt.progress import Progress
+
+    chunks = []
+    plain = tokens_module._mean_and_sample_std
+
+    def slow_chunk(*args):  # a slow chunk of frames, counted (called twice per chunk)
+        chunks.append(1)
+        time.sleep(0.005)
+        return plain(*args)
+
+    monkeypatch.setattr(tokens_module, "_mean_and_sample_std", slow_chunk)
+    rng = np.random.default_rng(0)
+    traces = rng.standard_normal((20, 64 * 400)).astype(np.float32)
+    centroids = rng.random((20, 2)) * 100
+    total = 2 * 400
+    done = []
+
+    def steps():
+        yield Progress(0, 1, "tokens")
+        built = tokens_module.neighborhood_tokens(traces, centroids, 30.0, chunk_frames=64)
+        yield Progress(1, 1, "tokens")
+        return built
+
+    job = Job(steps, description="tokens", on_done=done.append, notify_errors=False).start()
+    qtbot.waitUntil(lambda: len(chunks) >= 4, timeout=TIMEOUT_MS)
+    job.cancel()
+    qtbot.waitUntil(lambda: job.done, timeout=TIMEOUT_MS)
+    assert job.cancelled and job.error is None
+    assert job.result is None and done == []
+    assert len(chunks) < total // 2  # stopped inside the token building, not after it
+
+
+def test_stop_scope_cancels_plain_step_runs():
+    from napari_neurt.progress import Cancelled, Progress, run_steps, stop_when
+
+    def steps():
+        for i in range(10):
+            yield Progress(i + 1, 10, "counting")
+        return "finished"
+
+    assert run_steps(steps()) == "finished"
+    seen = []
+    with stop_when(lambda: len(seen) >= 3), pytest.raises(Cancelled, match="counting at 3/10"):
+        run_steps(steps(), progress=seen.append)
+    assert run_steps(steps()) == "finished"  # the scope ended with its block

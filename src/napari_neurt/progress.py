@@ -11,11 +11,19 @@ consume it:
 - the CLI prints the steps.
 
 Cancellation therefore happens between steps, never inside one, so nothing is half-written.
+
+A step generator may also call a plain function that runs steps of its own to the end (as
+`NeurtModel.tokens_for` runs `neighborhood_tokens`). To stop that too, a driver opens a stop scope,
+``with stop_when(should_stop): ...``: in that thread, until the block ends, every `run_steps` also
+checks `should_stop` after each step and raises `Cancelled`. The napari workers open one around
+each job, so that Cancel reaches inside such calls without Qt or napari in the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -49,6 +57,27 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...  # threading.Event fits
 
 
+# the stop checks of the enclosing `stop_when` blocks (new threads start with none)
+_scope_checks: ContextVar[tuple[Callable[[], bool], ...]] = ContextVar("stop_checks", default=())
+
+
+@contextlib.contextmanager
+def stop_when(should_stop: StopFlag | Callable[[], bool]) -> Iterator[None]:
+    """Within this block, in this thread, `run_steps` raises `Cancelled` once `should_stop` is set
+    (a `threading.Event` or a callable returning True), besides its own `stop`."""
+    check = should_stop.is_set if hasattr(should_stop, "is_set") else should_stop
+    token = _scope_checks.set((*_scope_checks.get(), check))
+    try:
+        yield
+    finally:
+        _scope_checks.reset(token)
+
+
+def stop_requested() -> bool:
+    """True when an enclosing `stop_when` block of this thread was asked to stop."""
+    return any(check() for check in _scope_checks.get())
+
+
 def run_steps(
     steps: Steps[T],
     progress: Callable[[Progress], object] | None = None,
@@ -57,15 +86,17 @@ def run_steps(
     """Run a step generator to the end and return its result.
 
     `progress` is called with each `Progress`; `stop` (a `threading.Event` or a callable returning
-    True) is checked after each step and raises `Cancelled` when set.
+    True) is checked after each step, as are the enclosing `stop_when` blocks, and raises
+    `Cancelled` when set.
     """
-    should_stop = stop.is_set if hasattr(stop, "is_set") else stop
+    own_stop = stop.is_set if hasattr(stop, "is_set") else stop
+    checks = (*_scope_checks.get(), *([own_stop] if own_stop is not None else []))
     try:
         while True:
             item = next(steps)
             if progress is not None:
                 progress(item)
-            if should_stop is not None and should_stop():
+            if any(check() for check in checks):
                 steps.close()
                 raise Cancelled(f"cancelled during {item.stage or 'the job'} at {item.done}/{item.total}")
     except StopIteration as finished:

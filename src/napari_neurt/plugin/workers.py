@@ -7,7 +7,9 @@ napari `GeneratorWorker`, and
   cancel button) and an optional callback (the widget's own bar), at most 5 times a second;
 - cancels with `Job.cancel()`: the worker stops at the next yield (between batches, so within
   a fraction of a second) and the generator is closed in the worker thread, so its ``finally``
-  blocks run there; nothing is returned, so nothing is added;
+  blocks run there; a plain call inside a step that runs steps of its own (token building)
+  stops after its current step too (`napari_neurt.progress.stop_when`); nothing is returned, so
+  nothing is added;
 - reports errors with `show_error` and a clear message (the exception's own text; its type for
   unexpected ones), never as a traceback dialog;
 - calls `on_done(result)` in the main thread only when the job ran to the end. Whatever
@@ -36,7 +38,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info
 
-from ..progress import Progress
+from ..progress import Cancelled, Progress, stop_when
 
 #: Exceptions whose message is written for users; anything else also shows its type.
 EXPECTED = (ValueError, FileNotFoundError, KeyError, ImportError, OSError, TypeError)
@@ -102,14 +104,22 @@ def spare_a_core():
                 torch.set_num_threads(_threads_before)
 
 
-def _guarded(make_steps: Callable[[], Any]):
-    """Run the generator from `make_steps`, re-raising any error as `JobFailed`."""
+def _guarded(make_steps: Callable[[], Any], should_stop: Callable[[], bool]):
+    """Run the generator from `make_steps`, re-raising any error as `JobFailed`.
+
+    Inside a stop scope (`napari_neurt.progress.stop_when`), so that a cancel also stops plain
+    calls that run steps of their own within one of the job's steps (token building, say); the
+    `Cancelled` they raise then ends the job like a cancel between steps: nothing returned."""
     try:
-        with spare_a_core():
+        with spare_a_core(), stop_when(should_stop):
             steps = make_steps()
             result = yield from steps
     except GeneratorExit:
         raise
+    except Cancelled as error:
+        if should_stop():
+            return None
+        raise JobFailed(error) from error
     except Exception as error:
         raise JobFailed(error) from error
     return result
@@ -146,6 +156,7 @@ class Job:
         self.worker = create_worker(
             _guarded,
             make_steps,
+            lambda: self.cancelled,
             _worker_class=_ClosingWorker,
             _ignore_errors=True,
             _start_thread=False,
