@@ -317,3 +317,55 @@ def test_stop_scope_cancels_plain_step_runs():
     with stop_when(lambda: len(seen) >= 3), pytest.raises(Cancelled, match="counting at 3/10"):
         run_steps(steps(), progress=seen.append)
     assert run_steps(steps()) == "finished"  # the scope ended with its block
+
+
+def drag(canvas, axes, start_s, stop_s):
+    """Press, move and release the left button across `axes` from one time to another."""
+    from matplotlib.backend_bases import MouseEvent
+
+    y = np.mean(axes.get_ylim())
+    (x0, y0), (x1, _) = axes.transData.transform([(start_s, y), (stop_s, y)])
+    MouseEvent("button_press_event", canvas, x0, y0, button=1)._process()
+    MouseEvent("motion_notify_event", canvas, (x0 + x1) / 2, y0, button=1)._process()
+    MouseEvent("motion_notify_event", canvas, x1, y0, button=1)._process()
+    MouseEvent("button_release_event", canvas, x1, y0, button=1)._process()
+
+
+def test_frames_marked_by_dragging_in_the_plot_follow_the_text_field(panel, qtbot):
+    from napari_neurt.analysis import parse_frames
+
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    plot = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, TracePlotWidget))
+    recording = plot.recording
+    rate = recording.frame_rate
+    plot.canvas.draw()
+    assert widget.hide_box.currentData() == "kfold"
+
+    # without "mark frames", a drag marks nothing (a click moves the time slider instead)
+    drag(plot.canvas, plot.axes, 30 / rate, 60 / rate)
+    assert widget.frames_edit.text() == ""
+
+    plot.mark_button.setChecked(True)
+    drag(plot.canvas, plot.axes, 30 / rate, 60 / rate)
+    first, last = np.flatnonzero(parse_frames(widget.frames_edit.text(), recording.n_frames))[[0, -1]]
+    assert abs(first - 30) <= 1 and abs(last - 60) <= 1
+    assert widget.hide_box.currentData() == "marked"  # what Reconstruct will now hide
+    # an overlapping drag extends the same span; another one adds a span
+    drag(plot.canvas, plot.axes, 50 / rate, 80 / rate)
+    drag(plot.canvas, plot.axes, 200 / rate, 210 / rate)
+    runs = widget.frames_edit.text().split(", ")
+    assert len(runs) == 2 and abs(int(runs[0].split("-")[1]) - 80) <= 1
+    qtbot.waitUntil(lambda: plot.marked_spans is not None and
+                    len(plot.marked_spans.get_paths()) == 2, timeout=5000)
+
+    # and typing in the text field shades those frames in the plot
+    widget.frames_edit.setText("10-12, 100, 150-160")
+    assert plot.marks.text == "10-12, 100, 150-160"
+    qtbot.waitUntil(lambda: plot.marked_spans is not None and
+                    len(plot.marked_spans.get_paths()) == 3, timeout=5000)
+    widget.frames_edit.setText("")
+    qtbot.waitUntil(lambda: plot.marked_spans is None, timeout=5000)
+    plot.mark_button.setChecked(False)
+    assert plot.span_selector is None

@@ -64,6 +64,7 @@ from ..scores import (
 from ..workers import Job
 from .base import unwrap
 from .legend import ScoresLegend
+from .marks import marked_frames
 
 if TYPE_CHECKING:
     import napari
@@ -191,6 +192,10 @@ class AnalysisWidget(QWidget):
         self.kfold_row = _row(QLabel("folds"), self.folds, QLabel("spans of"), self.span)
         self.frames_edit = QLineEdit()
         self.frames_edit.setPlaceholderText("frames to hide, e.g. 100-120, 300")
+        self.frames_edit.setToolTip(
+            "frame numbers and ranges, from 0; or drag across the NEuRT traces plot with "
+            "\"mark frames\" on"
+        )
         mark = QPushButton("+ current frame")
         mark.clicked.connect(lambda: self.mark_current_frame())
         self.marked_row = _row(self.frames_edit, mark)
@@ -252,9 +257,24 @@ class AnalysisWidget(QWidget):
         for layer in layers:
             layer.events.name.connect(self._layers_changed)
         layers.events.inserted.connect(self._watch_name)
+        # the marked frames are shared with the trace plot, where they can be dragged out
+        self.marks = marked_frames(self.viewer)
+        self.frames_edit.setText(self.marks.text)
+        self.frames_edit.textChanged.connect(self.marks.set_text)
+        self.marks.changed.connect(self._on_marks_changed)
         self._fill_models()
         self._show_hide_options()
         self._layers_changed()
+
+    def _on_marks_changed(self, text: str) -> None:
+        """Frames marked in the trace plot: show them here and hide them on Reconstruct."""
+        try:
+            if self.frames_edit.text() != text:
+                self.frames_edit.setText(text)
+                if text:
+                    self.set_hide("marked")
+        except RuntimeError:  # Qt deleted this panel
+            self.marks.changed.disconnect(self._on_marks_changed)
 
     # -- layer pickers -----------------------------------------------------------------------------
     def _watch_name(self, event) -> None:

@@ -4,7 +4,9 @@ For the neuron selected in the active NEuRT labels layer (a ROI layer carrying a
 its scores layer): its trace, the reconstruction (orange), the frames hidden from the model
 (shaded; in k-fold mode every frame was hidden once, so nothing is shaded) and, in a strip under
 the trace, the classifier's temporal attention. A vertical line marks the viewer's current frame
-and follows the time slider; a click in the plot moves the viewer to that frame.
+and follows the time slider; a click in the plot moves the viewer to that frame. With "mark
+frames" on, dragging across the plot marks those frames to hide (shaded yellow), in sync with
+the analysis panel's marked-frames text (`marks.MarkedFrames`).
 
 Selecting: clicking a neuron in the labels (in pan/zoom mode), setting `selected_label`, or a
 row of napari's features table. Holding Shift while hovering previews the neuron under the
@@ -21,11 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.transforms import offset_copy
+from matplotlib.widgets import SpanSelector
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
 from .base import Margins, PlotWidget
+from .marks import marked_frames
 
 if TYPE_CHECKING:
     import napari
@@ -37,6 +41,7 @@ TRACE_COLOUR = "#3fa7ff"
 RECON_COLOUR = "#ff9f1c"
 PREVIEW_COLOUR = "#bbbbbb"
 FRAME_COLOUR = "#ff5050"
+MARK_COLOUR = "#ffd166"  # frames marked to hide
 OVERLAY_COLOURS = ("#3fa7ff", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 MAX_OVERLAY = len(OVERLAY_COLOURS)
 # y tick labels of up to 6 characters at 8 pt and the y label 40 pt left of the axes; the title
@@ -159,10 +164,18 @@ class TracePlotWidget(PlotWidget):
         self.overlay_box.toggled.connect(self._on_overlay_toggled)
         clear = QPushButton("clear")
         clear.clicked.connect(self.clear_overlay)
+        self.mark_button = QPushButton("mark frames")
+        self.mark_button.setCheckable(True)
+        self.mark_button.setToolTip(
+            "drag across the plot to mark frames to hide from the model (they go into the "
+            "analysis panel's marked frames; Reconstruct then hides them)"
+        )
+        self.mark_button.toggled.connect(self._on_mark_toggled)
         self.info = QLabel("")
         self.legend_label = QLabel("")
         row.addWidget(self.overlay_box)
         row.addWidget(clear)
+        row.addWidget(self.mark_button)
         row.addStretch(1)
         row.addWidget(self.legend_label)
         row.addSpacing(12)
@@ -179,6 +192,13 @@ class TracePlotWidget(PlotWidget):
         viewer.dims.events.current_step.connect(self._move_frame_line)
         viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self.canvas.mpl_connect("button_press_event", self._on_click)
+
+        # marking frames to hide by dragging across the plot, in sync with the panel's text
+        self.marks = marked_frames(self.viewer)
+        self.marks.changed.connect(self._on_marks_changed)
+        self.marked_spans = None
+        self._marks_key = None
+        self.span_selector: SpanSelector | None = None  # while "mark frames" is on
         self._follow_active_layer()
 
     def make_axes(self):
@@ -287,7 +307,7 @@ class TracePlotWidget(PlotWidget):
     def _static_key(self):
         return (
             self.axes.get_xlim(), self.canvas.width(), self.canvas.height(), self._spans_key,
-            getattr(self, "text_color", None),
+            self._marks_key, getattr(self, "text_color", None),
         )
 
     def _on_draw_event(self, event) -> None:
@@ -361,7 +381,66 @@ class TracePlotWidget(PlotWidget):
         self.figure.draw_artist(self.strip_frame_line)
         self.canvas.update()
 
+    # -- marking frames ----------------------------------------------------------------------------
+    def _on_mark_toggled(self, on: bool) -> None:
+        # Made only while marking: a blitting SpanSelector draws the whole figure a second time
+        # after every full draw (to keep itself out of its background).
+        if on and self.span_selector is None:
+            self.span_selector = SpanSelector(
+                self.axes, self._on_span, "horizontal", useblit=True, minspan=0.0, button=1,
+                props={"facecolor": MARK_COLOUR, "alpha": 0.3},
+            )
+        elif not on and self.span_selector is not None:
+            self.span_selector.disconnect_events()
+            self.span_selector = None
+            self.canvas.draw_idle()
+
+    def _on_span(self, start_s: float, stop_s: float) -> None:
+        """A span dragged across the plot (seconds): mark its frames."""
+        recording = self.recording
+        if recording is None:
+            return
+        rate, last = recording.frame_rate, recording.n_frames - 1
+        first = int(np.clip(np.ceil(start_s * rate - 0.5), 0, last))
+        final = int(np.clip(np.floor(stop_s * rate + 0.5), 0, last))
+        self.marks.add(first, max(first, final), recording.n_frames)
+
+    def mark_frames(self, first: int, last: int) -> None:
+        """Mark frames `first` to `last` as a drag from one to the other would."""
+        rate = self._frame_rate()
+        self._on_span(first / rate, last / rate)
+
+    def _on_marks_changed(self, text: str) -> None:
+        try:
+            self._marks_key = None
+            self._redraw_timer.start()
+        except RuntimeError:  # Qt deleted this widget
+            self.marks.changed.disconnect(self._on_marks_changed)
+
+    def _draw_marked(self, recording) -> None:
+        """Shade the frames marked to hide (part of the background: they change rarely)."""
+        key = (self.marks.text, id(recording))
+        if key == self._marks_key:
+            return
+        self._marks_key = key
+        if self.marked_spans is not None:
+            self.marked_spans.remove()
+            self.marked_spans = None
+        mask = None if recording is None else self.marks.mask(recording.n_frames)
+        if mask is None or not mask.any():
+            return
+        edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        rate = recording.frame_rate
+        self.marked_spans = self.axes.broken_barh(
+            [(a / rate, (b - a) / rate) for a, b in zip(starts, stops)], (0, 1),
+            transform=self.axes.get_xaxis_transform(), facecolor=MARK_COLOUR, alpha=0.25,
+            edgecolor="none",
+        )
+
     def _on_click(self, event) -> None:
+        if self.mark_button.isChecked():  # the drag marks frames instead
+            return
         if event.inaxes not in (self.axes, self.strip_axes) or event.xdata is None:
             return
         if self.recording is None:
@@ -415,6 +494,7 @@ class TracePlotWidget(PlotWidget):
             )
             self.title.set_text(message)
             self._draw_spans(None, None)
+            self._draw_marked(recording)
             self._draw_strip(None, None, None)
             self.trace_data = None
             self.info.setText("")
@@ -476,6 +556,7 @@ class TracePlotWidget(PlotWidget):
             band.set_visible(True)
             line.set_data([], [])
         self._draw_spans(reconstruction, recording)
+        self._draw_marked(recording)
         classification = analysis.classification if analysis is not None else None
         self._draw_strip(classification, recording, row)
 
