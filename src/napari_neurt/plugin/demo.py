@@ -91,15 +91,17 @@ def demo_models(model: str | None = None) -> DemoModels:
         return DemoModels(
             recon,
             classify,
-            "napari-neurt's own weights are not shipped yet: using the published NEuRT weights "
+            "napari-neurt's own weights are missing from this installation: using the published "
+            "NEuRT weights "
             f"{used}",
         )
     return DemoModels(
         None,
         None,
         "No NEuRT weights on this machine: showing traces and event rates only. napari-neurt's "
-        "own weights are not shipped yet; set NEURT_WEIGHTS_DIR to a folder of the published "
-        "weights (or pick a checkpoint in the NEuRT analysis panel) to run the model.",
+        "own weights are missing from this installation (reinstall napari-neurt); or set "
+        "NEURT_WEIGHTS_DIR to a folder of the published weights, or pick a checkpoint in the "
+        "NEuRT analysis panel, to run the model.",
     )
 
 
