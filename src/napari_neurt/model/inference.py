@@ -627,10 +627,9 @@ def _read_source(source: str | os.PathLike) -> Checkpoint:
         folder = files("napari_neurt.model") / "weights" / "default"
         if not (folder / CONFIG_NAME).is_file():
             raise WeightsNotAvailable(
-                "napari-neurt does not ship its own NEuRT weights yet (they come with the training "
-                "work). Use one of the published models for now: "
-                f"{', '.join(map(repr, PUBLISHED))}, "
-                "or the path to a checkpoint."
+                f"napari-neurt's default weights are missing from this installation ({folder}); "
+                "reinstall napari-neurt, or use one of the published models "
+                f"({', '.join(map(repr, PUBLISHED))}) or the path to a checkpoint."
             )
         return read_checkpoint(Path(str(folder)))
     if isinstance(source, str) and source in PUBLISHED:
