@@ -11,9 +11,12 @@ repaint or answer the mouse. The probe runs first with nothing to do (the baseli
 machine itself costs), then while the *NEuRT analysis* panel reconstructs the simulated
 two-photon sample (every frame in turn, k-fold) in its worker, as a user would start it.
 
+Each reconstruction is split into its start (from the click until the first batch, the model
+loaded), its run, and its end (from the job's end until a second later: the results shown).
+
 Then the selection cost on a 10,000-frame recording: the trace plot's own work (its handler and
-the repaint of its canvas), and the whole of napari's reaction to `selected_label` with and
-without the plot.
+the repaint of its canvas), the whole path from setting `selected_label` until the plot's canvas
+is painted, and napari's own reaction to `selected_label` without the plot.
 
 Target: the longest stall under 100 ms; a selection under 50 ms.
 """
@@ -61,14 +64,29 @@ class Probe:
     def stop(self) -> dict:
         self.timer.stop()
         self.times.append(time.perf_counter())
-        gaps = np.diff(self.times)
+        return self.summary()
+
+    def summary(self, first: float | None = None, last: float | None = None) -> dict:
+        """Stalls that began between `first` and `last` (perf_counter times; default: all)."""
+        times = np.asarray(self.times)
+        gaps = np.diff(times)
         stalls = np.maximum(gaps - self.tick, 0)
+        began = times[:-1]
+        keep = np.ones(len(gaps), bool)
+        if first is not None:
+            keep &= began >= first
+        if last is not None:
+            keep &= began < last
+        if not keep.any():
+            return {"seconds": 0.0, "ticks": 0, "longest_stall_ms": 0.0, "longest_at_s": 0.0,
+                    "p99_stall_ms": 0.0, "stalls_over_50ms": 0, "stalls_over_100ms": 0}
+        stalls, began = stalls[keep], began[keep]
         worst = int(stalls.argmax())
         return {
-            "seconds": self.times[-1] - self.times[0],
-            "ticks": len(gaps),
+            "seconds": float(began[-1] + self.tick - began[0]) if len(began) else 0.0,
+            "ticks": len(stalls),
             "longest_stall_ms": 1000 * float(stalls.max()),
-            "longest_at_s": self.times[worst] - self.times[0],
+            "longest_at_s": float(began[worst] - times[0]),
             "p99_stall_ms": 1000 * float(np.percentile(stalls, 99)),
             "stalls_over_50ms": int((stalls > 0.05).sum()),
             "stalls_over_100ms": int((stalls > 0.1).sum()),
@@ -113,9 +131,10 @@ def stalls_during_reconstruction(args, model: str) -> None:
     spin(3.0)
     baseline = probe.stop()
 
-    panel.extract()
     probe.start()
+    panel.extract()
     spin(until=lambda: panel.job is None)
+    spin(1.0)  # what the results cost to show
     extract = probe.stop()
 
     panel.set_model(model)
@@ -123,13 +142,43 @@ def stalls_during_reconstruction(args, model: str) -> None:
     panel.folds.setValue(args.folds)
     runs = []
     for _ in range(2):  # the first run also loads the model (and torch's lazy imports)
+        # one probe over the whole job and the second after it (redraws after the results);
+        # its stalls split by when they began: start (from the click to the first progress
+        # after the model is loaded), run, end (from the job's end on)
+        marks = {}
+        apply = panel._apply
+
+        def timed_apply(result):  # the job's end: its results start to be shown
+            marks["ended"] = time.perf_counter()
+            return apply(result)
+
+        panel._apply = timed_apply  # (the job takes panel._apply when it starts)
         probe.start()
+        clicked = time.perf_counter()
         job = panel.reconstruct()
-        spin(until=lambda: panel.job is None)
-        runs.append(probe.stop())
+
+        def note():
+            progress = job.last_progress
+            if "running" not in marks and progress is not None and progress.stage not in (
+                "loading model", "model loaded"
+            ):
+                marks["running"] = time.perf_counter()
+            return panel.job is None
+
+        spin(until=note)
+        spin(1.0)
+        del panel._apply
+        marks.setdefault("ended", time.perf_counter())
+        whole = probe.stop()
+        running = marks.get("running", marks["ended"])
+        runs.append({
+            "whole": whole,
+            "start": probe.summary(clicked, running),
+            "run": probe.summary(running, marks["ended"]),
+            "end": probe.summary(marks["ended"]),
+        })
         if job.error:
             raise RuntimeError(job.error)
-        spin(1.0)
     scores = panel.scores_layer()
     probe.start()
     for label in sample.labels.max() // 2 + np.arange(20) % 7:
@@ -144,10 +193,13 @@ def stalls_during_reconstruction(args, model: str) -> None:
     print("| phase | seconds | longest stall (ms) | at (s) | 99th pct (ms) | stalls > 50 ms "
           "| > 100 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, row in (("idle (baseline)", baseline), ("extract traces (first job)", extract),
-                      (f"reconstruct ({args.folds}-fold), first run", runs[0]),
-                      (f"reconstruct ({args.folds}-fold), again", runs[1]),
-                      ("selecting neurons", selecting)):
+    rows = [("idle (baseline)", baseline), ("extract traces (first job)", extract)]
+    for number, run in enumerate(runs):
+        name = f"reconstruct ({args.folds}-fold), " + ("first run" if number == 0 else "again")
+        rows += [(name, run["whole"]), ("  start (click to first batch)", run["start"]),
+                 ("  running", run["run"]), ("  end (results shown, 1 s after)", run["end"])]
+    rows.append(("selecting neurons", selecting))
+    for name, row in rows:
         print(f"| {name} | {row['seconds']:.1f} | {row['longest_stall_ms']:.0f} | "
               f"{row['longest_at_s']:.1f} | {row['p99_stall_ms']:.0f} | {row['stalls_over_50ms']} | "
               f"{row['stalls_over_100ms']} |")
@@ -155,6 +207,7 @@ def stalls_during_reconstruction(args, model: str) -> None:
 
 def selection_cost(args) -> None:
     import napari
+    from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QApplication
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -171,42 +224,79 @@ def selection_cost(args) -> None:
     spin(1.0)
     labels = [5, 9, 14, 21, 3, 28, 11, 17, 6, 25] * 3
 
+    class PaintWatch(QObject):
+        """Notes when the plot's canvas is painted."""
+
+        painted = False
+
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                self.painted = True
+            return False
+
+    watch = PaintWatch()
+    plot.canvas.installEventFilter(watch)
+
+    # 1. the plot alone: its handler, then the paint it asks for, forced at once
     handler, paint = [], []
+    for label in labels:
+        with scores.events.selected_label.blocker():
+            scores.selected_label = label
+        start = time.perf_counter()
+        plot._on_selected_label()
+        middle = time.perf_counter()
+        plot.canvas.repaint()
+        handler.append(middle - start)
+        paint.append(time.perf_counter() - middle)
+    spin(0.3)
 
-    def measure(connected: bool):
-        own, total = [], []
-        for label in labels:
-            if connected:
-                with scores.events.selected_label.blocker():
-                    scores.selected_label = label
-                start = time.perf_counter()
-                plot._on_selected_label()
-                middle = time.perf_counter()
-                plot.canvas.repaint()
-                own.append(time.perf_counter() - start)
-                handler.append(middle - start)
-                paint.append(time.perf_counter() - middle)
-            start = time.perf_counter()
-            scores.selected_label = label + 1
+    # 2. end to end, as a click on a neuron does it: from setting selected_label until the
+    # event loop has painted the plot's canvas (napari's own reaction, its canvas included)
+    in_handler = []
+    draw = plot.draw
+
+    def timed_draw(*a, **k):
+        start = time.perf_counter()
+        try:
+            return draw(*a, **k)
+        finally:
+            in_handler.append(time.perf_counter() - start)
+
+    plot.draw = timed_draw
+    end_to_end = []
+    for label in labels:
+        watch.painted = False
+        start = time.perf_counter()
+        scores.selected_label = label + 1
+        while not watch.painted and time.perf_counter() - start < 2:
             QApplication.processEvents()
-            total.append(time.perf_counter() - start)
-        return np.array(own), np.array(total)
+        end_to_end.append(time.perf_counter() - start)
+        spin(0.05)
+    plot.draw = draw
 
-    own, with_plot = measure(True)
+    # 3. napari's reaction alone (the plot disconnected): until the event loop is idle again
     scores.events.selected_label.disconnect(plot._on_selected_label)
-    _, without_plot = measure(False)
+    napari_only = []
+    for label in labels:
+        start = time.perf_counter()
+        scores.selected_label = label
+        QApplication.processEvents()
+        napari_only.append(time.perf_counter() - start)
+        spin(0.05)
     size = f"{plot.canvas.width()} x {plot.canvas.height()}"
     viewer.close()
     print(f"\nselection on 10,000-frame traces (plot canvas {size} px), median / max over "
           f"{len(labels)} selections (ms):")
     print("| what | median | max |")
     print("|---|---:|---:|")
-    for name, values in (("trace plot's own update (handler + repaint)", own),
-                         ("  of which the handler (data, blit into the buffer)", np.array(handler)),
-                         ("  of which the repaint of the window region", np.array(paint)),
-                         ("napari's reaction to selected_label, with the plot", with_plot),
-                         ("napari's reaction to selected_label, without the plot",
-                          without_plot)):
+    for name, values in (
+        ("trace plot's handler (new data, blit into its buffer)", handler),
+        ("repaint of the plot's canvas, forced at once", paint),
+        ("end to end: selected_label set -> plot painted", end_to_end),
+        ("  of which the plot's handler", in_handler),
+        ("napari alone (plot disconnected): selected_label set -> idle", napari_only),
+    ):
+        values = np.asarray(values)
         print(f"| {name} | {1000 * np.median(values):.0f} | {1000 * values.max():.0f} |")
 
 

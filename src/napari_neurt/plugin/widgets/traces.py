@@ -42,6 +42,7 @@ RECON_COLOUR = "#ff9f1c"
 PREVIEW_COLOUR = "#bbbbbb"
 FRAME_COLOUR = "#ff5050"
 MARK_COLOUR = "#ffd166"  # frames marked to hide
+REDRAW_DELAY_MS = 30  # after new results or another layer (a selection redraws at once)
 OVERLAY_COLOURS = ("#3fa7ff", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 MAX_OVERLAY = len(OVERLAY_COLOURS)
 # y tick labels of up to 6 characters at 8 pt and the y label 40 pt left of the axes; the title
@@ -92,6 +93,7 @@ class TracePlotWidget(PlotWidget):
         self.pinned: list[int] = []
         self.preview_label: int | None = None
         self._spans_key = None
+        self._runs_of = (None, ())  # (reconstruction, its hidden runs)
         self._layout_key = None
         self._legend_key = None
         self.trace_data: tuple[np.ndarray, np.ndarray] | None = None  # the selected neuron's
@@ -184,7 +186,9 @@ class TracePlotWidget(PlotWidget):
 
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
-        self._redraw_timer.setInterval(0)
+        # a little later than "at once": results arrive with napari's own work on the new
+        # layers, and the viewer should repaint between that and this plot's redraw
+        self._redraw_timer.setInterval(REDRAW_DELAY_MS)
         self._redraw_timer.timeout.connect(self.draw)
         viewer.layers.selection.events.active.connect(self._follow_active_layer)
         viewer.layers.events.inserted.connect(self._follow_active_layer)
@@ -598,16 +602,22 @@ class TracePlotWidget(PlotWidget):
         return " · ".join(parts)
 
     def _draw_spans(self, reconstruction, recording) -> None:
-        key = (id(reconstruction), id(recording))
+        # keyed on what is shaded, not on the result object: new results with the same hidden
+        # frames (always, in k-fold mode: none) need no full redraw when they arrive
+        if reconstruction is None or recording is None:
+            runs = ()
+        elif self._runs_of[0] is reconstruction:
+            runs = self._runs_of[1]
+        else:
+            runs = tuple(reconstruction.hidden_runs)
+            self._runs_of = (reconstruction, runs)
+        key = (runs, recording.frame_rate if recording is not None else None)
         if key == self._spans_key:
             return
         self._spans_key = key
         if self.hidden_spans is not None:
             self.hidden_spans.remove()
             self.hidden_spans = None
-        if reconstruction is None or recording is None:
-            return
-        runs = reconstruction.hidden_runs
         if not runs:
             return
         rate = recording.frame_rate
