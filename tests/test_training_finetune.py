@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -195,6 +196,25 @@ def test_layerwise_learning_rates_follow_the_published_rule():
     assert covered == {id(p) for p in module.parameters()}
     assert all(g["weight_decay"] == 0 for g in groups if "no decay" in g["name"])
     assert all(p.ndim == 1 for g in groups if "no decay" in g["name"] for p in g["params"])
+
+
+def test_mask_embedding_of_an_interpolating_encoder_is_in_the_embedding_group():
+    module = Neurt(replace(TINY, interpolate=True, n_classes=2, mil_hidden=8))
+    groups = layerwise_lr_groups(module, lr=1e-3, head_lr=5e-3)
+    embedding = {id(p) for g in groups if g["name"].startswith("embedding") for p in g["params"]}
+    assert id(module.embed_hidden.weight) in embedding
+
+
+def test_frozen_encoder_stays_put_and_heads_learn(tmp_path):
+    base = Neurt(replace(TINY, interpolate=True))
+    result = finetune(
+        toy_cohort(per_class=3), tmp_path, fast(lr=0.0, steps=10), base=base,
+        class_names=("calm", "bursty"),
+    )
+    tuned = result.model.module.state_dict()
+    for name, value in base.state_dict().items():
+        assert torch.equal(tuned[name], value), name  # encoder and reconstruction head
+    assert tuned["recording_head.score.weight"].abs().sum() > 0
 
 
 def test_auc():

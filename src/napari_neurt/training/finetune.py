@@ -435,7 +435,7 @@ def layerwise_lr_groups(
 
 def _layer_of(parameter_name: str) -> str:
     """The learning-rate group of a `Neurt` parameter: embedding, block i, or heads."""
-    if parameter_name.startswith(("embed.", "pos.", "ln_embed.")):
+    if parameter_name.startswith(("embed.", "embed_hidden.", "pos.", "ln_embed.")):
         return "embedding"
     if parameter_name.startswith("blocks."):
         return f"block {parameter_name.split('.')[1]}"
@@ -482,6 +482,9 @@ def _fit(
     device = resolve_device(config.device)
     autocast = device.type == "cuda" and config.bf16
     module = module.to(device).train()
+    if config.lr == 0:  # a frozen encoder: no gradients through it (about 3x faster steps)
+        for name, parameter in module.named_parameters():
+            parameter.requires_grad_(_layer_of(name) == "heads")
     optimizer = torch.optim.AdamW(
         layerwise_lr_groups(
             module,
