@@ -103,7 +103,7 @@ class TracePlotWidget(PlotWidget):
         axes, strip = self.axes, self.strip_axes
         (self.trace_line,) = axes.plot([], [], lw=0.8, color=TRACE_COLOUR, label="trace")
         (self.recon_line,) = axes.plot(
-            [], [], lw=0.8, alpha=0.85, color=RECON_COLOUR, label="reconstruction"
+            [], [], lw=0.8, alpha=0.6, color=RECON_COLOUR, label="reconstruction"
         )
         (self.preview_line,) = axes.plot([], [], lw=0.7, color=PREVIEW_COLOUR, alpha=0.9)
         self.overlay_lines = [
