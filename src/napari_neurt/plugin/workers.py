@@ -3,8 +3,9 @@
 A `Job` takes a function that returns a step generator (`napari_neurt.progress`), runs it in a
 napari `GeneratorWorker`, and
 
-- turns each yielded `Progress` into a napari progress bar (in the activity dock, with its own
-  cancel button) and an optional callback (the widget's own bar), at most 5 times a second;
+- turns each yielded `Progress` into an optional callback (the widget's own bar), at most 5
+  times a second, and a napari progress bar (in the activity dock, with its own cancel button),
+  about once a second (it repaints the whole window each time);
 - cancels with `Job.cancel()`: the worker stops at the next yield (between batches, so within
   a fraction of a second) and the generator is closed in the worker thread, so its ``finally``
   blocks run there; a plain call inside a step that runs steps of its own (token building)
@@ -43,6 +44,9 @@ from ..progress import Cancelled, Progress, stop_when
 #: Exceptions whose message is written for users; anything else also shows its type.
 EXPECTED = (ValueError, FileNotFoundError, KeyError, ImportError, OSError, TypeError)
 UPDATE_INTERVAL_S = 0.2  # progress is shown at most this often (each showing costs a paint)
+# napari's own progress bar (in the activity dock) repaints the window synchronously on each
+# update (30 to 60 ms on the 2-core test machine): it is updated less often
+NAPARI_BAR_INTERVAL_S = 1.0
 
 
 class JobFailed(Exception):
@@ -152,6 +156,7 @@ class Job:
         self.done = False
         self.last_progress: Progress | None = None
         self._last_update = 0.0
+        self._last_bar_update = 0.0
         self._bar = None
         self.worker = create_worker(
             _guarded,
@@ -197,11 +202,15 @@ class Job:
         if self.done or self.cancelled:  # a step delivered after the end: nothing to show
             return
         now = time.perf_counter()
-        if now - self._last_update < UPDATE_INTERVAL_S and item.done < item.total:
+        finished_stage = item.done >= item.total
+        if now - self._last_update < UPDATE_INTERVAL_S and not finished_stage:
             return
         self._last_update = now
         if self.on_progress is not None:
             self.on_progress(item)
+        if now - self._last_bar_update < NAPARI_BAR_INTERVAL_S and not finished_stage:
+            return
+        self._last_bar_update = now
         # napari's progress bar may process Qt events while it updates, so the job's end can be
         # handled in the middle of this: hence the callback first and the checks below
         bar = self._bar
