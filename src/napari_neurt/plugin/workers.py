@@ -85,12 +85,18 @@ class _ClosingWorker(GeneratorWorker):
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_before: int | None = None
+_switch_before: float | None = None
+# While a job runs, a thread that wants the GIL waits at most this long for the job's thread to
+# let go of it (Python's default is 5 ms). The viewer's thread takes and releases the GIL many
+# times per repaint, and waited up to 5 ms each time while a job ran Python code (a convoy).
+JOB_SWITCH_INTERVAL_S = 0.001
 
 
 @contextlib.contextmanager
 def spare_a_core():
-    """Limit torch to ``cpu_count - 1`` intra-op threads while any job runs (module docstring)."""
-    global _threads_users, _threads_before
+    """Limit torch to ``cpu_count - 1`` intra-op threads while any job runs (module docstring),
+    and shorten the GIL's switch interval (`JOB_SWITCH_INTERVAL_S`)."""
+    global _threads_users, _threads_before, _switch_before
     torch = sys.modules.get("torch")
     if torch is None:
         import torch
@@ -98,6 +104,8 @@ def spare_a_core():
         if _threads_users == 0:
             _threads_before = torch.get_num_threads()
             torch.set_num_threads(max(1, min(_threads_before, (os.cpu_count() or 2) - 1)))
+            _switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_before, JOB_SWITCH_INTERVAL_S))
         _threads_users += 1
     try:
         yield
@@ -106,6 +114,7 @@ def spare_a_core():
             _threads_users -= 1
             if _threads_users == 0 and _threads_before is not None:
                 torch.set_num_threads(_threads_before)
+                sys.setswitchinterval(_switch_before)
 
 
 def _guarded(make_steps: Callable[[], Any], should_stop: Callable[[], bool]):

@@ -42,7 +42,7 @@ RECON_COLOUR = "#ff9f1c"
 PREVIEW_COLOUR = "#bbbbbb"
 FRAME_COLOUR = "#ff5050"
 MARK_COLOUR = "#ffd166"  # frames marked to hide
-REDRAW_DELAY_MS = 30  # after new results or another layer (a selection redraws at once)
+REDRAW_DELAY_MS = 100  # after new results or another layer (a selection redraws at once)
 OVERLAY_COLOURS = ("#3fa7ff", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 MAX_OVERLAY = len(OVERLAY_COLOURS)
 # y tick labels of up to 6 characters at 8 pt and the y label 40 pt left of the axes; the title
