@@ -161,3 +161,25 @@ def test_the_scripting_examples_run(make_napari_viewer, tiny_checkpoint, monkeyp
     assert namespace["bad"].hidden_runs == [(250, 250)]
     assert (tmp_path / "results" / "neurons.provenance.json").is_file()
     assert (tmp_path / "results" / "neurons.nwb").is_file()
+
+
+def test_loading_a_model_imports_no_compiler(tmp_path):
+    """The first model a job loads must not pull in torch._dynamo / sympy (2-3 s of Python that
+    holds the GIL in the worker and froze the viewer for up to 0.75 s): checked in a fresh
+    interpreter, as the viewer's first job would."""
+    import subprocess
+    import sys
+
+    from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint
+
+    config = NeurtConfig(seq_len=32, n_embd=8, n_head=2, n_layer=1, n_ff=16, n_classes=2,
+                         mil_hidden=4)
+    save_checkpoint(tmp_path / "tiny", Neurt(config), class_names=("a", "b"))
+    code = (
+        "import sys\n"
+        "from napari_neurt.plugin.models import get_model\n"
+        f"model = get_model({str(tmp_path / 'tiny')!r}, 'cpu')\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
