@@ -349,7 +349,8 @@ def test_frames_marked_by_dragging_in_the_plot_follow_the_text_field(panel, qtbo
 
     plot.mark_button.setChecked(True)
     drag(plot.canvas, plot.axes, 30 / rate, 60 / rate)
-    first, last = np.flatnonzero(parse_frames(widget.frames_edit.text(), recording.n_frames))[[0, -1]]
+    marked = parse_frames(widget.frames_edit.text(), recording.n_frames)
+    first, last = np.flatnonzero(marked)[[0, -1]]
     assert abs(first - 30) <= 1 and abs(last - 60) <= 1
     assert widget.hide_box.currentData() == "marked"  # what Reconstruct will now hide
     # an overlapping drag extends the same span; another one adds a span

@@ -509,7 +509,10 @@ class TracePlotWidget(PlotWidget):
         times = recording.times
         trace = recording.traces[row]
         self.trace_data = (times, trace)
-        overlay = [l for l in self.pinned if l != recording.neuron_ids[row]] if self.overlay_box.isChecked() else []
+        overlay = (
+            [label for label in self.pinned if label != recording.neuron_ids[row]]
+            if self.overlay_box.isChecked() else []
+        )
         preview = self.row_of(self.preview_label)
         if preview == row:
             preview = None
