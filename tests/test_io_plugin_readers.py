@@ -111,6 +111,21 @@ def test_imagej_roi_reader(tmp_path):
     assert get_imagej_roi_reader(str(tmp_path / "other.zip")) is None
 
 
+def test_imagej_roi_layer_says_its_canvas_is_minimal(tmp_path):
+    """A ROI file does not know its image's size: the layer says so, for the analysis panel."""
+    from napari_neurt.plugin.readers import IMAGEJ_ROIS_KEY
+
+    path = tmp_path / "RoiSet.zip"
+    roifile.roiwrite(path, [
+        roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=1, top=2, right=4, bottom=5),
+        roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=6, top=3, right=9, bottom=11),
+    ])
+    [(data, kwargs, kind)] = get_imagej_roi_reader(str(path))(str(path))
+    assert kind == "labels" and data.shape == (11, 9)
+    assert kwargs["metadata"][IMAGEJ_ROIS_KEY] == {"path": str(path), "canvas": "minimal"}
+    assert kwargs["metadata"]["source"] == str(path)
+
+
 def _check_recording_layers(layers, n_neurons, with_image=True):
     kinds = [kind for _, _, kind in layers]
     assert kinds == (["image", "labels"] if with_image else ["labels"])

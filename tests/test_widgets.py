@@ -370,3 +370,71 @@ def test_frames_marked_by_dragging_in_the_plot_follow_the_text_field(panel, qtbo
     qtbot.waitUntil(lambda: plot.marked_spans is None, timeout=5000)
     plot.mark_button.setChecked(False)
     assert plot.span_selector is None
+
+
+def _movie_and_roi_set(tmp_path):
+    """A 40-frame 48 x 56 TIFF movie and an ImageJ RoiSet.zip whose ROIs reach 30 x 41 pixels."""
+    import roifile
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    movie = (100 + 10 * rng.standard_normal((40, 48, 56))).astype(np.float32)
+    rois = [
+        roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=3, top=4, right=10, bottom=12),
+        roifile.ImagejRoi.frompoints([[20, 5], [30, 6], [26, 16]]),  # polygon
+        roifile.ImagejRoi(roitype=roifile.ROI_TYPE.OVAL, left=33, top=20, right=41, bottom=30),
+    ]
+    for k, roi in enumerate(rois):
+        roi.name = f"cell {k + 1}"
+    movie[:, 4:12, 3:10] += 40 * (np.arange(40) % 10 == 0)[:, None, None]
+    tifffile.imwrite(tmp_path / "movie.tif", movie)
+    roifile.roiwrite(tmp_path / "RoiSet.zip", rois)
+    return tmp_path / "movie.tif", tmp_path / "RoiSet.zip"
+
+
+def test_imagej_rois_opened_alone_are_placed_on_the_movie_frame(make_napari_viewer, qtbot,
+                                                                 tmp_path):
+    """File > Open draws a ROI set on the smallest image that holds it; the panel pairs it with a
+    movie whose frame holds every ROI and extracts on the movie's frame, leaving the layer as is."""
+    from napari_neurt.io.labels import read_imagej_rois
+
+    movie_path, roi_path = _movie_and_roi_set(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(movie_path), plugin="napari-neurt")
+    viewer.open(str(roi_path), plugin="napari-neurt")
+    roi = viewer.layers["RoiSet"]
+    assert roi.data.shape == (30, 41)  # smaller than the movie's 48 x 56 frame
+    drawn = np.array(roi.data, copy=True)
+    widget = AnalysisWidget(viewer)
+    assert widget.rois_box.currentText() == "RoiSet"
+    assert widget.movie_box.currentText() == "movie"
+    job = widget.extract()
+    assert job is not None, widget.status.text()
+    wait_idle(qtbot, widget)
+    recording = roi.metadata[RECORDING_KEY]
+    expected = read_imagej_rois(roi_path, shape=(48, 56))
+    np.testing.assert_array_equal(recording.labels, expected)
+    np.testing.assert_array_equal(recording.neuron_ids, [1, 2, 3])
+    assert recording.traces.shape == (3, 40)
+    np.testing.assert_array_equal(viewer.layers["RoiSet scores"].data, expected)
+    np.testing.assert_array_equal(roi.data, drawn)  # the user's layer is left as it was
+    assert "placed on the movie's 48 × 56 frame" in widget.status.text()
+
+
+def test_imagej_rois_outside_the_movie_frame_are_refused_clearly(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    movie_path, roi_path = _movie_and_roi_set(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(roi_path), plugin="napari-neurt")
+    viewer.add_image(np.zeros((20, 32, 28), np.float32), name="small movie")
+    widget = AnalysisWidget(viewer)
+    assert widget.movie_box.currentText() == "(none)"  # not paired: the ROIs do not fit
+    widget.movie_box.setCurrentText("small movie")
+    before = layer_state(viewer)
+    assert widget.extract() is None
+    message = notification_manager.records[-1].message
+    assert "ROIs labelled 2, 3 in 'RoiSet'" in message
+    assert "outside the movie's 32 × 28 frame" in message
+    assert layer_state(viewer) == before
+    assert RECORDING_KEY not in viewer.layers["RoiSet"].metadata

@@ -5,6 +5,10 @@ function that reads `path` into napari layer data, or None when the path is not 
 napari can try another reader). The layer data are plain ``(data, kwargs, layer_type)`` tuples;
 this module imports neither napari nor Qt.
 
+An ImageJ ROI set becomes a labels layer drawn on the smallest image that holds its ROIs (a ROI file
+does not record the size of the image it was drawn on); ``metadata["neurt_imagej_rois"]`` says so
+(`IMAGEJ_ROIS_KEY`), and the analysis panel places such ROIs on its movie's frame when extracting.
+
 Recordings (suite2p, CaImAn, NWB) become a reference image layer (when the file has one) and a
 labels layer whose ``metadata["neurt_recording"]`` is the `Recording` and whose ``features`` have
 one row per label value, background (0) first, keyed by an ``index`` column as napari expects.
@@ -24,6 +28,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
 
 __all__ = [
+    "IMAGEJ_ROIS_KEY",
     "get_caiman_reader",
     "get_imagej_roi_reader",
     "get_labels_reader",
@@ -34,6 +39,10 @@ __all__ = [
 ]
 
 _TIFF = (".tif", ".tiff")
+
+#: Metadata key of a labels layer drawn from an ImageJ ROI file: ``{"path": the file, "canvas":
+#: "minimal"}``, the canvas being the smallest image, anchored at (0, 0), that holds every ROI.
+IMAGEJ_ROIS_KEY = "neurt_imagej_rois"
 
 
 def _single(path: str | Sequence[str], suffixes: tuple[str, ...]) -> Path | None:
@@ -190,7 +199,10 @@ def _read_imagej_rois(path: str) -> list[LayerData]:
     from ..io.labels import read_imagej_rois
 
     path = Path(path)
-    return [_labels_layer(read_imagej_rois(path), path.stem, {"source": str(path)})]
+    # Drawn on the smallest image that holds the ROIs: the movie is not known here (npe2 readers
+    # do not see the viewer). The analysis panel places them on the movie's frame.
+    metadata = {"source": str(path), IMAGEJ_ROIS_KEY: {"path": str(path), "canvas": "minimal"}}
+    return [_labels_layer(read_imagej_rois(path), path.stem, metadata)]
 
 
 # -- recordings ------------------------------------------------------------------------------------

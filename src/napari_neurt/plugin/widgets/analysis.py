@@ -2,7 +2,9 @@
 
 Inputs: a movie (Image layer with time) and ROI labels (Labels layer), or a Labels layer that
 already carries a `Recording` (the suite2p / CaImAn / NWB readers, `add_recording`, a previous
-extraction). Frame rate and pixel size are prefilled from the recording or the layers' metadata.
+extraction). ImageJ ROIs opened alone come on the smallest image that holds them; they pair with
+any movie whose frame holds them all, and are placed on its frame to extract (the layer is left
+as it is). Frame rate and pixel size are prefilled from the recording or the layers' metadata.
 
 Actions, each a `Job` over a core step generator (so the viewer stays interactive and Cancel
 stops it at the next batch):
@@ -319,6 +321,10 @@ class AnalysisWidget(QWidget):
         for name in movies:
             if tuple(self.viewer.layers[name].data.shape[1:]) == shape:
                 return name
+        if _imagej_rois(roi) is not None:  # drawn on a minimal canvas: any frame that holds them
+            for name in movies:
+                if _fits_frame(roi.data, tuple(self.viewer.layers[name].data.shape[1:])):
+                    return name
         return None
 
     def roi_layer(self):
@@ -588,6 +594,10 @@ class AnalysisWidget(QWidget):
                 raise ValueError(
                     f"the ROIs must be one 2-D label image; {roi.name!r} has shape {labels.shape}"
                 )
+            placed = ""
+            if labels.shape != (height, width) and _imagej_rois(roi) is not None:
+                labels = _place_on_frame(labels, (height, width), roi.name)
+                placed = f" (ROIs of {roi.name!r} placed on the movie's {height} × {width} frame)"
             labels = check_labels(labels, (height, width))
         except (ValueError, FileNotFoundError) as error:
             self._refuse(error)
@@ -618,7 +628,8 @@ class AnalysisWidget(QWidget):
             yield Progress(1, 1, "dF/F")
             return JobResult(
                 roi_name, analysis, data,
-                message=f"extracted {recording.n_neurons} neurons × {recording.n_frames} frames",
+                message=f"extracted {recording.n_neurons} neurons × {recording.n_frames} frames"
+                + placed,
                 roi_features=_roi_features(recording, extra),
             )
 
@@ -850,6 +861,53 @@ def _load(source: str, device: str):
     model = models.get_model(source, device)
     yield ModelLoaded(1, 1, "model loaded", device=str(model.device))
     return model
+
+
+def _imagej_rois(layer) -> str | None:
+    """The ROI file of a labels layer drawn from ImageJ ROIs on their minimal canvas, else None."""
+    from ..readers import IMAGEJ_ROIS_KEY
+
+    info = dict(getattr(layer, "metadata", {}) or {}).get(IMAGEJ_ROIS_KEY)
+    if isinstance(info, dict) and info.get("canvas") == "minimal":
+        return str(info.get("path", ""))
+    return None
+
+
+def _fits_frame(labels, frame_shape: tuple[int, ...]) -> bool:
+    """Whether 2-D `labels` anchored at (0, 0) have no ROI pixel outside `frame_shape`."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or len(frame_shape) != 2:
+        return False
+    height, width = frame_shape
+    return not (labels[height:].any() or labels[:height, width:].any())
+
+
+def _place_on_frame(labels: np.ndarray, frame_shape: tuple[int, int], name: str) -> np.ndarray:
+    """ImageJ ROIs drawn on their minimal canvas (the reader's), placed on the movie's frame.
+
+    Both canvases are anchored at (0, 0) and a pixel belongs to a ROI by its centre alone, so
+    this is, pixel for pixel, what ``read_imagej_rois(path, shape=frame_shape)`` draws; unlike
+    drawing again, it keeps what was painted into the layer and needs no file. The layer itself is
+    not changed. A ValueError names the labels that lie (partly) outside the frame.
+    """
+    height, width = frame_shape
+    if not _fits_frame(labels, frame_shape):
+        outside = labels.copy()
+        outside[:height, :width] = 0
+        ids = np.unique(outside[outside > 0])
+        rows, cols = np.nonzero(labels)
+        shown = ", ".join(str(int(i)) for i in ids[:10]) + (", …" if len(ids) > 10 else "")
+        raise ValueError(
+            f"{'the ROIs labelled' if len(ids) > 1 else 'the ROI labelled'} {shown} in {name!r} "
+            f"{'lie' if len(ids) > 1 else 'lies'} partly or wholly outside the movie's "
+            f"{height} × {width} frame: the ROIs reach {int(rows.max()) + 1} × "
+            f"{int(cols.max()) + 1} pixels. Were they drawn on this movie? Choose the movie they "
+            "belong to, or remove those ROIs."
+        )
+    placed = np.zeros(frame_shape, dtype=labels.dtype)
+    rows, cols = min(labels.shape[0], height), min(labels.shape[1], width)
+    placed[:rows, :cols] = labels[:rows, :cols]
+    return placed
 
 
 def _extra_features(layer):
