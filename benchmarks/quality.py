@@ -295,13 +295,13 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         t0 = time.monotonic()
         train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n, n_neurons=n_neurons,
                                 n_frames=n_frames)
-        config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=8,
+        config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu")
         evaluate("fine-tuned from default (encoder frozen)",
                  trained(f"classifier-{n}", train, config), n)
         if full_lr:
             config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
-                                    bag_size=8, test_per_class=0, validation_per_class=0, seed=0,
+                                    bag_size=32, test_per_class=0, validation_per_class=0, seed=0,
                                     device="cpu")
             evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g})",
                      trained(f"classifier-full-{n}", train, config), n)
@@ -346,7 +346,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sim-recordings", type=int, default=3)
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--test-per-group", type=int, default=6)
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
     parser.add_argument("--skip", default="", help="comma list: recon,classify")

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-minutes", type=float, default=60.0,
                         help="stop pretraining (resumably) after this wall time")
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--cohort-per-group", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     animals = simulate.cohort(args.cohort_per_group, seed=COHORT_SEED + args.seed, n_neurons=150,
                               n_frames=1500)
     ft_config = FinetuneConfig(
-        steps=args.finetune_steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=8,
+        steps=args.finetune_steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
         test_per_class=1, validation_per_class=1, eval_every=50, patience=4, seed=args.seed,
         device="cpu",
     )

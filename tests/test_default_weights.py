@@ -16,7 +16,7 @@ WEIGHTS = Path(str(files("napari_neurt.model") / "weights" / "default"))
 # the documented configuration (docs/model_card.md)
 DOCUMENTED = NeurtConfig(
     seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256, n_classes=2,
-    mil_hidden=64,
+    mil_hidden=64, interpolate=True,
 )
 
 
@@ -37,7 +37,7 @@ def test_default_loads_with_documented_config(model):
     assert "simulated" in model.provenance.get("trained_on", "")
 
 
-def test_default_reconstructs_better_than_a_constant(model):
+def test_default_reconstructs_better_than_a_constant_and_a_straight_line(model):
     recording = next(simulate.training_recordings(1, seed=987, n_neurons=40, n_frames=600))
     tokens = model.tokens_for(recording).tokens
     rng = np.random.default_rng(0)
@@ -51,6 +51,9 @@ def test_default_reconstructs_better_than_a_constant(model):
         sse = np.sum((out[hide] - truth) ** 2)
         constant = np.sum((truth - truth.mean()) ** 2)  # the best constant
         assert sse < constant, channels
+        frames = np.arange(tokens.shape[1])
+        line = [np.interp(frames[h], frames[~h], y[~h]) for y, h in zip(tokens[..., 0], hide)]
+        assert sse < np.sum((np.concatenate(line) - truth) ** 2), channels
 
 
 def test_default_classifies(model):

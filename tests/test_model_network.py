@@ -88,6 +88,10 @@ def test_recording_head_is_gated_attention_over_neurons():
             torch.tanh(head.value(neurons)) * torch.sigmoid(head.gate(neurons))
         ).squeeze(-1)
     torch.testing.assert_close(weights, score.softmax(0))
+    # the decision reads the attended neurons and the mean neuron
+    attended = weights @ neurons
+    expected = head.head(torch.cat([attended, neurons.mean(0)]))
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-6, rtol=0)
 
 
 def test_heads_absent_unless_configured():

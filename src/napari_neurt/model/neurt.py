@@ -13,7 +13,8 @@ see `tokens.py`). The maths is that of the published model, so its weights load 
 Our additions, both off in the published configuration:
 
 - The recording head: gated-attention multiple-instance pooling (Ilse et al., 2018) over the
-  neurons of a recording, which gives one decision per recording and one weight per neuron.
+  neurons of a recording, read next to the mean neuron, which gives one decision per recording
+  and one weight per neuron.
 - Interpolation-residual reconstruction (``interpolate=True``). The published model sees hidden
   entries as zeros and must learn to fill gaps from scratch; it scored below plain linear
   interpolation on real data. Ours is told which entries are hidden (`hidden`, a learned vector
@@ -162,8 +163,11 @@ class TimePool(nn.Module):
 class RecordingHead(nn.Module):
     """Gated-attention multiple-instance pooling over neurons (Ilse, Tomczak & Welling, 2018).
 
-    score_i = w . (tanh(V z_i) * sigmoid(U z_i)); weight = softmax over neurons; the recording is
-    classified from sum_i weight_i z_i. The weights say how much each neuron drove the decision.
+    score_i = w . (tanh(V z_i) * sigmoid(U z_i)); weight = softmax over neurons. The recording is
+    classified from the attended neurons, sum_i weight_i z_i, next to the mean neuron: animals
+    differ in overall activity as much as groups do, so what marks a group is often a few neurons
+    unlike the rest of their own recording, which the pair lets the classifier see. The weights
+    say how much each neuron drove the decision.
     """
 
     def __init__(self, config: NeurtConfig):
@@ -171,14 +175,14 @@ class RecordingHead(nn.Module):
         self.value = nn.Linear(config.n_embd, config.mil_hidden)
         self.gate = nn.Linear(config.n_embd, config.mil_hidden)
         self.score = nn.Linear(config.mil_hidden, 1)
-        self.head = nn.Linear(config.n_embd, config.n_classes)
+        self.head = nn.Linear(2 * config.n_embd, config.n_classes)
 
     def forward(self, z: torch.Tensor):
         """z (..., N, C) neurons' embeddings -> logits (..., n_classes), weights (..., N)."""
         scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z))).squeeze(-1)
         weights = scores.softmax(dim=-1)
-        bag = (weights.unsqueeze(-2) @ z).squeeze(-2)
-        return self.head(bag), weights
+        attended = (weights.unsqueeze(-2) @ z).squeeze(-2)
+        return self.head(torch.cat([attended, z.mean(dim=-2)], dim=-1)), weights
 
 
 class Neurt(nn.Module):
