@@ -340,6 +340,8 @@ def test_frames_marked_by_dragging_in_the_plot_follow_the_text_field(panel, qtbo
     plot = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, TracePlotWidget))
     recording = plot.recording
     rate = recording.frame_rate
+    # the plot redraws a moment after results arrive; the drags need the trace's time axis
+    qtbot.waitUntil(lambda: plot.axes.get_xlim()[1] >= 220 / rate, timeout=5000)
     plot.canvas.draw()
     assert widget.hide_box.currentData() == "kfold"
 
