@@ -1,23 +1,25 @@
 """Train the default NEuRT weights that ship with napari-neurt (simulated data only).
 
-    python scripts/train_default_weights.py            # ~30 min pretraining + ~2 min fine-tuning
-                                                        # on a 2-core CPU; minutes on a GPU
+    python scripts/train_default_weights.py --threads 2    # ~12 min pretraining + ~2 min
+                                                           # fine-tuning on an idle 2-core CPU
 
-Two stages, both seeded (``--seed``, default 0), both on simulated data only. The shipped files
-came from 900 steps, resumed to 1600 (docs/model_card.md says exactly how):
+Two stages, both seeded (``--seed``, default 0), both on simulated data only. A run stopped by
+``--max-minutes`` (default 60) is resumed by the same command: the data stream and the
+learning-rate schedule go on from the saved step, as if never stopped.
 
-1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`) of a small NEuRT
-   (seq_len 256, 64 wide, 3 blocks, 4 heads, feed-forward 256) on a stream of varied simulated
-   recordings: recording ``k`` is ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))``,
+1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 1800 steps of 32
+   windows, of a small interpolation-residual NEuRT (seq_len 256, 64 wide, 3 blocks, 4 heads,
+   feed-forward 256, ``interpolate=True``: see `napari_neurt.model.neurt`) on a stream of varied
+   simulated recordings: recording ``k`` is ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))``,
    each with its own random condition (two-photon or miniscope, any indicator, 3-30 Hz, SNR,
    activity). Both masking regimes are mixed in every batch (`MaskingConfig`): the published one
    (15 % of the steps in geometric spans up to 10, all features hidden) and the own-trace one
    (20 % of the steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible).
 2. A demo classifier, "wild type" vs "AD-like", fine-tuned (`napari_neurt.training.finetune`) on
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
-   evaluation cohorts of benchmarks/quality.py). The encoder is frozen (learning rate 0), only
-   the window classifier (TimePool) and the recording head learn, so the reconstruction head
-   stays valid and ONE checkpoint does both jobs.
+   evaluation cohorts of benchmarks/quality.py): 300 steps of 4 bags of 32 neurons. The encoder
+   is frozen (learning rate 0), only the window classifier (TimePool) and the recording head
+   learn, so the reconstruction head stays valid and ONE checkpoint does both jobs.
 
 The result, ``config.json`` + ``model.safetensors`` (well under 10 MB), is written to
 ``src/napari_neurt/model/weights/default/`` (``--out``), which ``load_model("default")`` reads.
