@@ -10,6 +10,13 @@ import torch
 from napari_neurt import load_model
 
 ATOL = 1e-5
+# The block outputs' sum (|values| up to 16) carries the float32 rounding of 4 post-LN blocks: the
+# same maths in float64 differs from the fixture by up to 1.1e-4, and float32 kernels of different
+# CPUs (AVX2 / AVX-512) land anywhere in that band, so 1e-5 cannot hold for it on every machine.
+ATOL_EMBEDDING_SUM = 3e-4
+# Attention probabilities inherit the rounding of the three blocks below them: 1.5e-5 from the
+# fixture on an AVX-512 CPU (within 1e-5 on the machines of earlier sessions).
+ATOL_ATTENTION = 3e-5
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +57,15 @@ def test_reconstruction_parity(models, reference):
         outputs, maps = recon.module.encode(x, exact=True)
         assert max_error(recon.module.recon_head(outputs[-1]), reference["recon_output"]) <= ATOL
         # the published "sum_all" embedding is the sum of the 4 blocks' outputs
-        assert max_error(sum(outputs), reference["recon_embedding_sum_all"]) <= ATOL
-        assert max_error(maps[-1][0], reference["recon_attention_last_layer_window0"]) <= ATOL
+        assert (
+            max_error(sum(outputs), reference["recon_embedding_sum_all"]) <= ATOL_EMBEDDING_SUM
+        )
+        assert (
+            max_error(maps[-1][0], reference["recon_attention_last_layer_window0"])
+            <= ATOL_ATTENTION
+        )
     maps = recon.attention_maps(reference["windows"][0], hide=hide[:1])
-    assert max_error(maps[-1], reference["recon_attention_last_layer_window0"]) <= ATOL
+    assert max_error(maps[-1], reference["recon_attention_last_layer_window0"]) <= ATOL_ATTENTION
 
 
 def test_classifier_parity(models, reference):
@@ -67,7 +79,7 @@ def test_classifier_parity(models, reference):
             assert max_error(logits, reference["classifier_logits"]) <= ATOL
             assert max_error(pool_weights, reference["classifier_pool_weights"]) <= ATOL
     maps = classifier.attention_maps(windows[0])
-    assert max_error(maps[-1], reference["classifier_attention_last_layer_window0"]) <= ATOL
+    assert max_error(maps[-1], reference["classifier_attention_last_layer_window0"]) <= ATOL_ATTENTION
 
     result = classifier.classify(windows)  # six neurons of one 512-frame window each
     assert result.class_names == ("wild type", "5xFAD")
