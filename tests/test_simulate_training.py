@@ -207,6 +207,30 @@ def test_training_recordings_stream_varied_reproducible_recordings():
     assert all(r.metadata["indicator"] == "jGCaMP8m" and r.frame_rate == 10.0 for r in same)
 
 
+def test_denoised_share_swaps_whole_recordings_for_their_true_dff():
+    options = {"n_neurons": 30, "n_frames": 200}
+    raw = list(simulate.training_recordings(12, seed=3, **options))
+    mixed = list(simulate.training_recordings(12, seed=3, denoised_share=0.5, **options))
+    kinds = [r.metadata["trace_kind"] for r in mixed]
+    assert 0 < kinds.count("denoised") < 12
+    for plain, made in zip(raw, mixed, strict=True):
+        # the same recording either way; only the traces of a denoised one change
+        np.testing.assert_array_equal(plain.centroids, made.centroids)
+        expected = (
+            plain.metadata["dff"] if made.metadata["trace_kind"] == "denoised" else plain.traces
+        )
+        np.testing.assert_array_equal(made.traces, expected)
+    with pytest.raises(ValueError, match="denoised_share"):
+        next(simulate.training_recordings(1, denoised_share=1.5))
+    with pytest.raises(ValueError, match='metadata\\["dff"\\]'):
+        simulate.denoised(_without_truth(raw[0]))
+
+
+def _without_truth(recording):
+    metadata = {k: v for k, v in recording.metadata.items() if k != "dff"}
+    return dataclasses.replace(recording, metadata=metadata)
+
+
 # -- cohort ---------------------------------------------------------------------------------------
 
 

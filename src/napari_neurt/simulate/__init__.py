@@ -36,7 +36,8 @@ cost time, `population` simulates the extracted traces directly (photon and read
 neuropil residue, drift and bleaching, dropped frames; `TraceImaging`, `TWO_PHOTON_TRACES`,
 `MINISCOPE_TRACES`) with the same spikes and kinetics. `random_condition` draws a recording
 condition (indicator, two-photon or miniscope, 3-30 Hz, quality, activity) and
-`training_recordings` streams varied recordings. `cohort` simulates wild-type and AD-like
+`training_recordings` streams varied recordings, a share of them as denoised traces
+(`denoised`). `cohort` simulates wild-type and AD-like
 animals, the latter with hyperactive neurons around plaques and weaker ensembles (`Phenotype`),
 returning the affected neurons; `write_cohort` saves them with a manifest for fine-tuning.
 """
@@ -53,7 +54,7 @@ from .cohort import (
     cohort,
     write_cohort,
 )
-from .conditions import Condition, random_condition, training_recordings
+from .conditions import Condition, denoised, random_condition, training_recordings
 from .imaging import (
     MINISCOPE,
     TWO_PHOTON,
@@ -100,6 +101,7 @@ __all__ = [
     "calcium_kernel",
     "cell_footprints",
     "cohort",
+    "denoised",
     "detect",
     "drift_trace",
     "drop_frames",

@@ -118,6 +118,7 @@ def training_recordings(
     n_neurons: int | tuple[int, int] = (100, 800),
     n_frames: int | tuple[int, int] = (1000, 4000),
     condition: Condition | None = None,
+    denoised_share: float = 0.0,
 ) -> Iterator[Recording]:
     """Yield `n` varied simulated recordings for pretraining, one at a time (endless if None).
 
@@ -135,23 +136,54 @@ def training_recordings(
         A number, or an inclusive (low, high) range to draw uniformly from.
     condition
         One condition for every recording instead of random ones.
+    denoised_share
+        Probability that a recording comes as denoised traces (`denoised`), as CaImAn's ``C``
+        or other model-based extractions give them, instead of raw fluorescence.
 
     Yields
     ------
     Recording
-        From `population`; ``metadata["condition"]`` holds the condition as plain values.
+        From `population`; ``metadata["condition"]`` holds the condition as plain values and
+        ``metadata["trace_kind"]`` says "fluorescence" or "denoised".
     """
+    if not 0.0 <= denoised_share <= 1.0:
+        raise ValueError(f"denoised_share is a probability in [0, 1]; got {denoised_share}")
     stream = np.random.SeedSequence(seed)
     k = 0
     while n is None or k < n:
         rng = np.random.default_rng(np.random.SeedSequence(stream.entropy, spawn_key=(k,)))
         this = random_condition(rng) if condition is None else condition
-        yield this.population(
+        recording = this.population(
             n_neurons=_draw(n_neurons, rng),
             n_frames=_draw(n_frames, rng),
             seed=int(rng.integers(2**32)),
         )
+        # drawn after the recording's own draws, so a share of 0 leaves the stream as it was
+        yield denoised(recording) if rng.random() < denoised_share else recording
         k += 1
+
+
+def denoised(recording: Recording) -> Recording:
+    """A simulated recording as a denoising extraction would give it: the true ΔF/F as traces.
+
+    Model-based source extraction (CaImAn's CNMF ``C``, deconvolution followed by reconvolution)
+    returns each neuron's calcium trace with the noise, neuropil, drift and bleaching removed:
+    smooth rises and exponential decays. A model trained only on raw fluorescence learns
+    corrections for noise that such traces do not have. `recording` must come from `population`
+    (``metadata["dff"]`` holds the truth); everything but the traces and the trace kind is kept.
+    """
+    truth = recording.metadata.get("dff")
+    if truth is None or np.shape(truth) != recording.traces.shape:
+        raise ValueError(
+            "denoised() needs a simulated recording from simulate.population, whose "
+            'metadata["dff"] holds the true ΔF/F of every trace'
+        )
+    return replace(
+        recording,
+        traces=truth,
+        source=f"{recording.source}, denoised (true ΔF/F)",
+        metadata={**recording.metadata, "trace_kind": "denoised"},
+    )
 
 
 def _draw(value: int | tuple[int, int], rng: np.random.Generator) -> int:
