@@ -23,7 +23,8 @@ Prints three tables (markdown):
    visible, the evaluated steps hidden from the features too).
    Data: the real recordings of NEURT_TEST_DATA (suite2p FISSA example; CaImAn demoMovie and
    example) and simulated held-out recordings (`simulate.training_recordings`, seed
-   `SIM_SEED`, never used for training or tuning).
+   `SIM_SEED`, never used for training or tuning), each as raw fluorescence and as denoised
+   traces (`simulate.denoised`, the true ΔF/F, like CaImAn's C).
 2. Classification, wild type vs AD-like, on a simulated held-out cohort (seed `TEST_COHORT_SEED`):
    accuracy and AUC over animals for 4, 8 and 16 training animals per class (training cohorts
    with seeds `TRAIN_COHORT_SEED + n`), fine-tuned from the default pretrained encoder with
@@ -97,14 +98,17 @@ def real_recordings(root: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def simulated_recordings(n: int, n_neurons, n_frames) -> list[tuple[str, np.ndarray]]:
+    """(name, tokens) of `n` simulated held-out recordings, each raw and denoised."""
     out = []
-    for k, rec in enumerate(simulate.training_recordings(n, seed=SIM_SEED, n_neurons=n_neurons,
+    for k, raw in enumerate(simulate.training_recordings(n, seed=SIM_SEED, n_neurons=n_neurons,
                                                         n_frames=n_frames)):
-        cond = rec.metadata["condition"]
+        cond = raw.metadata["condition"]
         kind = "miniscope" if cond["imaging"]["kind"] == "miniscope" else "2p"
-        name = f"sim {k} ({kind}, {cond['frame_rate']:.0f} Hz, %dx%d)" % rec.traces.shape
-        out.append((name, neighborhood_tokens(rec.traces, rec.centroids, rec.pixel_size_um
-                                              and None, pixel_size_um=rec.pixel_size_um).tokens))
+        for rec in (raw, simulate.denoised(raw)):
+            name = (f"sim {k} ({kind}, {cond['frame_rate']:.0f} Hz, "
+                    f"{rec.metadata['trace_kind']}, %dx%d)" % rec.traces.shape)
+            out.append((name, neighborhood_tokens(rec.traces, rec.centroids, None,
+                                                  pixel_size_um=rec.pixel_size_um).tokens))
     return out
 
 

@@ -1,20 +1,23 @@
 """Train the default NEuRT weights that ship with napari-neurt (simulated data only).
 
-    python scripts/train_default_weights.py --threads 2    # ~12 min pretraining + ~2 min
+    python scripts/train_default_weights.py --threads 2    # ~12-35 min pretraining + ~2 min
                                                            # fine-tuning on an idle 2-core CPU
 
 Two stages, both seeded (``--seed``, default 0), both on simulated data only. A run stopped by
 ``--max-minutes`` (default 60) is resumed by the same command: the data stream and the
 learning-rate schedule go on from the saved step, as if never stopped.
 
-1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 1800 steps of 32
+1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 5000 steps of 32
    windows, of a small interpolation-residual NEuRT (seq_len 256, 64 wide, 3 blocks, 4 heads,
    feed-forward 256, ``interpolate=True``: see `napari_neurt.model.neurt`) on a stream of varied
-   simulated recordings: recording ``k`` is ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))``,
+   simulated recordings: recording ``k`` is
+   ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k, denoised_share=0.3))``,
    each with its own random condition (two-photon or miniscope, any indicator, 3-30 Hz, SNR,
-   activity). Both masking regimes are mixed in every batch (`MaskingConfig`): the published one
-   (15 % of the steps in geometric spans up to 10, all features hidden) and the own-trace one
-   (20 % of the steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible).
+   activity), 30 % of them as denoised traces (the true ΔF/F, as CaImAn's ``C`` gives them:
+   ``--denoised-share``) and the rest as raw fluorescence. Both masking regimes are mixed in
+   every batch (`MaskingConfig`): the published one (15 % of the steps in geometric spans up to
+   10, all features hidden) and the own-trace one (20 % of the steps of feature 0 hidden in gaps
+   of 1-64 steps, neighbourhood visible).
 2. A demo classifier, "wild type" vs "AD-like", fine-tuned (`napari_neurt.training.finetune`) on
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
    evaluation cohorts of benchmarks/quality.py): 300 steps of 4 bags of 32 neurons. The encoder
@@ -52,9 +55,11 @@ MODEL = NeurtConfig(
 )
 
 
-def simulated_recording(seed: int, k: int):
+def simulated_recording(seed: int, denoised_share: float, k: int):
     """Pretraining recording `k` of the stream of `seed` (made only when it is loaded)."""
-    return next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))
+    return next(
+        simulate.training_recordings(1, seed=seed * 1_000_003 + k, denoised_share=denoised_share)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=Path("runs/default-weights"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1800, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=5000, help="pretraining steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--denoised-share", type=float, default=0.3,
+                        help="share of pretraining recordings given as denoised traces")
     parser.add_argument("--max-minutes", type=float, default=60.0,
                         help="stop pretraining (resumably) after this wall time")
     parser.add_argument("--finetune-steps", type=int, default=300)
@@ -74,11 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    log = {"seed": args.seed, "model": MODEL.to_dict(), "torch_threads": torch.get_num_threads()}
+    log = {"seed": args.seed, "model": MODEL.to_dict(), "torch_threads": torch.get_num_threads(),
+           "denoised_share": args.denoised_share}
 
     # 1. pretraining -----------------------------------------------------------------------
     recordings_needed = args.steps * args.batch_size // 256 + 8
-    sources = [partial(simulated_recording, args.seed, k) for k in range(recordings_needed)]
+    sources = [
+        partial(simulated_recording, args.seed, args.denoised_share, k)
+        for k in range(recordings_needed)
+    ]
     config = PretrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=0.05, seed=args.seed,
         masking=MaskingConfig(), windows_per_recording=256, recordings_per_round=2,
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             "trained_on": "simulated recordings only (napari_neurt.simulate)",
             "not": "these are NOT the published NEuRT MICrONS weights",
             "seed": args.seed, "pretrain_steps": result.step,
+            "denoised_share": args.denoised_share,
             "finetune_steps": classifier.model.provenance.get("steps"),
         },
     )
