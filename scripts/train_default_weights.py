@@ -1,23 +1,23 @@
 """Train the default NEuRT weights that ship with napari-neurt (simulated data only).
 
-    python scripts/train_default_weights.py --threads 2    # ~12-35 min pretraining + ~2 min
+    python scripts/train_default_weights.py --threads 2    # 4-12 min pretraining + 1-2 min
                                                            # fine-tuning on an idle 2-core CPU
 
 Two stages, both seeded (``--seed``, default 0), both on simulated data only. A run stopped by
 ``--max-minutes`` (default 60) is resumed by the same command: the data stream and the
 learning-rate schedule go on from the saved step, as if never stopped.
 
-1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 5000 steps of 32
+1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 1800 steps of 32
    windows, of a small interpolation-residual NEuRT (seq_len 256, 64 wide, 3 blocks, 4 heads,
    feed-forward 256, ``interpolate=True``: see `napari_neurt.model.neurt`) on a stream of varied
    simulated recordings: recording ``k`` is
-   ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k, denoised_share=0.3))``,
-   each with its own random condition (two-photon or miniscope, any indicator, 3-30 Hz, SNR,
-   activity), 30 % of them as denoised traces (the true ΔF/F, as CaImAn's ``C`` gives them:
-   ``--denoised-share``) and the rest as raw fluorescence. Both masking regimes are mixed in
-   every batch (`MaskingConfig`): the published one (15 % of the steps in geometric spans up to
-   10, all features hidden) and the own-trace one (20 % of the steps of feature 0 hidden in gaps
-   of 1-64 steps, neighbourhood visible).
+   ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))``, each with its own
+   random condition (two-photon or miniscope, any indicator, 3-30 Hz, SNR, activity), as raw
+   fluorescence (``--denoised-share`` gives that share of them as denoised traces instead: the
+   true ΔF/F, as CaImAn's ``C`` gives them; see docs/model_card.md for a run with 0.3). Both
+   masking regimes are mixed in every batch (`MaskingConfig`): the published one (15 % of the
+   steps in geometric spans up to 10, all features hidden) and the own-trace one (20 % of the
+   steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible).
 2. A demo classifier, "wild type" vs "AD-like", fine-tuned (`napari_neurt.training.finetune`) on
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
    evaluation cohorts of benchmarks/quality.py): 300 steps of 4 bags of 32 neurons. The encoder
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=Path("runs/default-weights"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=5000, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=1800, help="pretraining steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--denoised-share", type=float, default=0.3,
+    parser.add_argument("--denoised-share", type=float, default=0.0,
                         help="share of pretraining recordings given as denoised traces")
     parser.add_argument("--max-minutes", type=float, default=60.0,
                         help="stop pretraining (resumably) after this wall time")
