@@ -1,7 +1,7 @@
 """Quality of napari-neurt's default weights: reconstruction, classification, attention.
 
     NEURT_TEST_DATA=../shared/data NEURT_WEIGHTS_DIR=../shared/neurt_official \\
-        python benchmarks/quality.py [--quick] [--adapt-steps 40] [--markdown docs/quality.md]
+        python benchmarks/quality.py [--adapt-steps 200] [--markdown docs/quality.md]
 
 Prints three tables (markdown):
 
@@ -345,7 +345,8 @@ def format_attention(attention) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default="default")
-    parser.add_argument("--adapt-steps", type=int, default=40)
+    parser.add_argument("--adapt-steps", type=int, default=200,
+                        help="steps of NeurtModel.adapt (its own default: 200)")
     parser.add_argument("--adapt-simulated", action="store_true")
     parser.add_argument("--sim-recordings", type=int, default=3)
     parser.add_argument("--sizes", default="4,8,16")
