@@ -95,6 +95,41 @@ def test_kfold_prediction_of_a_frame_does_not_depend_on_its_value(tiny_model, re
     )
 
 
+def test_adapted_kfold_passes_adapt_without_the_frames_they_hide(
+    tiny_model, recording, monkeypatch
+):
+    """With `adapt_steps`, each k-fold pass adapts its own copy of the model, keeping the frames
+    that pass hides out of the adaptation; adaptation changes the predictions, the same way every
+    time, and leaves the given model as it was."""
+    options = dict(hide="kfold", n_folds=3, span=4, adapt_steps=4)
+    weights = {k: v.clone() for k, v in tiny_model.module.state_dict().items()}
+    plain = analysis.reconstruct(tiny_model, recording, hide="kfold", n_folds=3, span=4)
+    kept_out = []
+    adapt = tiny_model.iter_adapt
+
+    def spy(tokens, steps, *, hide=None, **kwargs):
+        kept_out.append(np.asarray(hide).copy())
+        return (yield from adapt(tokens, steps, hide=hide, **kwargs))
+
+    monkeypatch.setattr(tiny_model, "iter_adapt", spy)
+    adapted = analysis.reconstruct(tiny_model, recording, **options)
+    folds = analysis.kfold_folds(recording.n_frames, 3, 4)
+    assert len(kept_out) == 3
+    for fold, hide in enumerate(kept_out):
+        np.testing.assert_array_equal(
+            hide, np.repeat((folds == fold)[None], recording.n_neurons, 0)
+        )
+    monkeypatch.undo()
+    again = analysis.reconstruct(tiny_model, recording, **options)
+    np.testing.assert_array_equal(adapted.reconstruction, again.reconstruction)
+    assert not np.allclose(adapted.reconstruction, plain.reconstruction)
+    assert adapted.parameters["adapt_steps"] == 4
+    for key, value in tiny_model.module.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="adapt_steps"):
+        analysis.reconstruct(tiny_model, recording, adapt_steps=-1)
+
+
 def test_marked_frames_are_hidden_imputed_and_scored(tiny_model, recording):
     result = analysis.reconstruct(tiny_model, recording, hide="marked", frames="100-119, 200")
     assert np.flatnonzero(result.hidden).tolist() == [*range(100, 120), 200]
@@ -146,8 +181,14 @@ def test_classification_and_the_neuron_table(tiny_model, recording):
     table = result.neuron_table()
     n = recording.n_neurons
     for column in (
-        "neuron_id", "event_rate_per_min", "fallback", "predictability_r2", "class_probability",
-        "p_quiet", "p_busy", "neuron_attention",
+        "neuron_id",
+        "event_rate_per_min",
+        "fallback",
+        "predictability_r2",
+        "class_probability",
+        "p_quiet",
+        "p_busy",
+        "neuron_attention",
     ):
         assert column in table and len(table[column]) == n, column
     np.testing.assert_array_equal(table["neuron_id"], recording.neuron_ids)

@@ -139,6 +139,25 @@ def test_marked_and_bad_frames(panel, qtbot):
     assert reconstruction.mode == "bad" and 40 in np.flatnonzero(reconstruction.hidden)
 
 
+def test_adapt_first_adapts_the_model_before_reconstructing(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    widget.set_hide("marked")
+    widget.frames_edit.setText("100-129")
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    plain = scores.metadata[ANALYSIS_KEY].reconstruction
+    assert plain.parameters["adapt_steps"] == 0
+    widget.adapt_steps.setValue(5)
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    adapted = scores.metadata[ANALYSIS_KEY].reconstruction
+    assert adapted.parameters["adapt_steps"] == 5
+    assert not np.allclose(adapted.reconstruction[:, 100:130], plain.reconstruction[:, 100:130])
+
+
 def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
     viewer, widget = panel
     widget.extract()

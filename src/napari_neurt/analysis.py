@@ -51,7 +51,9 @@ DEFAULT_SPAN = 5  # frames per hidden span: near the mean span of NEuRT pretrain
 
 
 # -- frames ----------------------------------------------------------------------------------------
-def kfold_folds(n_frames: int, n_folds: int = DEFAULT_FOLDS, span: int = DEFAULT_SPAN) -> np.ndarray:
+def kfold_folds(
+    n_frames: int, n_folds: int = DEFAULT_FOLDS, span: int = DEFAULT_SPAN
+) -> np.ndarray:
     """Fold of each frame, int64 (T,): spans of `span` frames dealt round-robin to `n_folds`."""
     if n_folds < 2:
         raise ValueError(f"k-fold hiding needs at least 2 folds; got {n_folds}")
@@ -175,8 +177,11 @@ def iter_frame_quality(
     correlation = np.fmax(before, after)
     with np.errstate(invalid="ignore", divide="ignore"):
         decorrelation = np.log(np.clip(1.0 - correlation, 1e-12, None))
-        level = np.log(np.clip(brightness, 1e-12, None) if (brightness > 0).all() else
-                       brightness - brightness.min() + 1.0)
+        level = np.log(
+            np.clip(brightness, 1e-12, None)
+            if (brightness > 0).all()
+            else brightness - brightness.min() + 1.0
+        )
     ratio_before = np.full(n_frames, np.nan)
     ratio_after = np.full(n_frames, np.nan)
     if n_frames >= 2:
@@ -254,9 +259,13 @@ def event_rate(
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN traces: no events
         median = np.nanmedian(traces, axis=1, keepdims=True)
         steps = np.diff(traces, axis=1)
-        sigma = 1.4826 * np.nanmedian(
-            np.abs(steps - np.nanmedian(steps, axis=1, keepdims=True)), axis=1, keepdims=True
-        ) / np.sqrt(2)
+        sigma = (
+            1.4826
+            * np.nanmedian(
+                np.abs(steps - np.nanmedian(steps, axis=1, keepdims=True)), axis=1, keepdims=True
+            )
+            / np.sqrt(2)
+        )
         above = traces > median + threshold * np.where(sigma > 0, sigma, np.inf)
     crossing = above[:, 1:] & ~above[:, :-1]
     gap = max(1, int(round(min_interval_s * frame_rate)))
@@ -270,7 +279,9 @@ def event_rate(
     return counts / minutes
 
 
-def r_squared(truth: np.ndarray, prediction: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def r_squared(
+    truth: np.ndarray, prediction: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Per-row R^2 of `prediction` against `truth` over the frames in `mask` (default: all).
 
     NaN where fewer than 2 frames count or the truth is constant over them; non-finite truth
@@ -278,7 +289,9 @@ def r_squared(truth: np.ndarray, prediction: np.ndarray, mask: np.ndarray | None
     """
     truth = np.asarray(truth, dtype=np.float64)
     prediction = np.asarray(prediction, dtype=np.float64)
-    weight = np.ones(truth.shape, dtype=bool) if mask is None else np.broadcast_to(mask, truth.shape)
+    weight = (
+        np.ones(truth.shape, dtype=bool) if mask is None else np.broadcast_to(mask, truth.shape)
+    )
     weight = weight & np.isfinite(truth) & np.isfinite(prediction)
     count = weight.sum(axis=1)
     t = np.where(weight, truth, 0.0)
@@ -527,8 +540,11 @@ def iter_reconstruct(
     delta: float | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
+    adapt_steps: int = 0,
 ) -> Steps[Reconstruction]:
     """`reconstruct` as a step generator: yields `Progress` per batch (over all folds)."""
+    if adapt_steps < 0:
+        raise ValueError(f"adapt_steps must be 0 (no adaptation) or more; got {adapt_steps}")
     n, n_frames = recording.traces.shape
     if n == 0:
         raise ValueError("the recording has no neurons to reconstruct")
@@ -546,10 +562,24 @@ def iter_reconstruct(
     out = np.empty((n, n_frames), dtype=np.float32)
     for number, frames_hidden in enumerate(passes):
         mask = np.repeat(frames_hidden[None, :], n, axis=0)
-        steps = model.iter_reconstruct(
+        stage = (
+            f"reconstruct, fold {number + 1}/{len(passes)}" if folds is not None else "reconstruct"
+        )
+        pass_model = model
+        if adapt_steps:  # a copy adapted to this recording, never shown this pass's hidden frames
+            adapting = model.iter_adapt(
+                tokens, adapt_steps, hide=mask, channels=channels, seed=number
+            )
+            while True:
+                try:
+                    step = next(adapting)
+                except StopIteration as finished:
+                    pass_model = finished.value
+                    break
+                yield Progress(step.done, step.total, f"adapt ({stage})")
+        steps = pass_model.iter_reconstruct(
             tokens, mask, channels=channels, overlap=overlap, batch_size=batch_size
         )
-        stage = f"reconstruct, fold {number + 1}/{len(passes)}" if folds is not None else "reconstruct"
         while True:
             try:
                 step = next(steps)
@@ -581,6 +611,7 @@ def iter_reconstruct(
         "delta_um": tokens.delta_um,
         "overlap": model.default_overlap if overlap is None else int(overlap),
         "batch_size": batch_size or model.default_batch_size,
+        "adapt_steps": int(adapt_steps),
     }
     return Reconstruction(
         mode=hide,
@@ -595,12 +626,17 @@ def iter_reconstruct(
     )
 
 
-def reconstruct(model: NeurtModel, recording: Recording, *, progress=None, stop=None, **options) -> Reconstruction:
+def reconstruct(
+    model: NeurtModel, recording: Recording, *, progress=None, stop=None, **options
+) -> Reconstruction:
     """Reconstruct `recording` with frames hidden as `hide` says (see the module docstring).
 
     Options: ``hide`` ("kfold", "marked", "bad"), ``frames`` (bool (T,) mask, frame indices or
     text like "10-20, 35" for "marked"/"bad"), ``n_folds`` and ``span`` (k-fold), ``channels``,
-    ``delta``, ``overlap``, ``batch_size`` (as `NeurtModel.reconstruct`).
+    ``delta``, ``overlap``, ``batch_size`` (as `NeurtModel.reconstruct`), ``adapt_steps``: first
+    adapt a copy of the model to this recording by that many steps of masked reconstruction
+    (`NeurtModel.adapt`; 0, the default, does not), once per pass and never showing it the frames
+    that pass hides, so a k-fold R^2 stays a prediction of unseen frames.
     """
     return run_steps(iter_reconstruct(model, recording, **options), progress, stop)
 
@@ -632,7 +668,9 @@ def iter_classify(
     return Classification(result, TokenInfo.of(tokens), model.describe(), parameters)
 
 
-def classify(model: NeurtModel, recording: Recording, *, progress=None, stop=None, **options) -> Classification:
+def classify(
+    model: NeurtModel, recording: Recording, *, progress=None, stop=None, **options
+) -> Classification:
     """Classify the neurons and the recording with a NEuRT classifier (`NeurtModel.classify`)."""
     return run_steps(iter_classify(model, recording, **options), progress, stop)
 

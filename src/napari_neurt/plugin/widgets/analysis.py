@@ -209,10 +209,22 @@ class AnalysisWidget(QWidget):
             "falls this many robust standard deviations below the median"
         )
         self.bad_row = _row(QLabel("bad: a drop of"), self.threshold, QLabel("robust SD"))
+        self.adapt_steps = QSpinBox()
+        self.adapt_steps.setRange(0, 5000)
+        self.adapt_steps.setSingleStep(100)
+        self.adapt_steps.setSpecialValueText("off")
+        self.adapt_steps.setSuffix(" steps")
+        self.adapt_steps.setToolTip(
+            "before reconstructing, adapt a copy of the model to this recording by masked "
+            "reconstruction of its own frames (the frames each pass hides are kept out). "
+            "200 to 1000 steps raised R² on real recordings by up to 0.15 (docs: Quality); "
+            "it takes that many training steps per k-fold pass"
+        )
         form.addRow("Hide", self.hide_box)
         form.addRow(self.kfold_row)
         form.addRow(self.marked_row)
         form.addRow(self.bad_row)
+        form.addRow("Adapt first", self.adapt_steps)
         self.progress_bar = ProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -658,7 +670,7 @@ class AnalysisWidget(QWidget):
             return None
         prior = self._prior_analysis(roi, recording)
         options = dict(n_folds=self.folds.value(), span=self.span.value(),
-                       batch_size=self.batch_size)
+                       batch_size=self.batch_size, adapt_steps=self.adapt_steps.value())
         threshold = self.threshold.value()
         roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
         extra = _extra_features(roi)
