@@ -117,16 +117,21 @@ def check_colours_follow(scores, column, widget):
     assert widget.legend.info["column"] == column
 
 
-def test_marked_and_bad_frames(panel, qtbot):
-    viewer, widget = panel
+def reconstruct_marked(viewer, widget, qtbot, frames="100-129"):
+    """Extract, then reconstruct with `frames` marked; the reconstruction in the scores layer."""
     widget.extract()
     wait_idle(qtbot, widget)
     widget.set_hide("marked")
-    widget.frames_edit.setText("100-129")
+    widget.frames_edit.setText(frames)
     widget.reconstruct()
     wait_idle(qtbot, widget)
+    return viewer.layers["two-photon ROIs (simulated) scores"].metadata[ANALYSIS_KEY].reconstruction
+
+
+def test_marked_and_bad_frames(panel, qtbot):
+    viewer, widget = panel
+    reconstruction = reconstruct_marked(viewer, widget, qtbot)
     scores = viewer.layers["two-photon ROIs (simulated) scores"]
-    reconstruction = scores.metadata[ANALYSIS_KEY].reconstruction
     assert reconstruction.mode == "marked" and reconstruction.hidden_runs == [(100, 129)]
 
     movie = viewer.layers["two-photon movie (simulated)"]
@@ -141,15 +146,9 @@ def test_marked_and_bad_frames(panel, qtbot):
 
 def test_adapt_first_adapts_the_model_before_reconstructing(panel, qtbot):
     viewer, widget = panel
-    widget.extract()
-    wait_idle(qtbot, widget)
-    widget.set_hide("marked")
-    widget.frames_edit.setText("100-129")
-    widget.reconstruct()
-    wait_idle(qtbot, widget)
-    scores = viewer.layers["two-photon ROIs (simulated) scores"]
-    plain = scores.metadata[ANALYSIS_KEY].reconstruction
+    plain = reconstruct_marked(viewer, widget, qtbot)
     assert plain.parameters["adapt_steps"] == 0
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
     widget.adapt_steps.setValue(5)
     widget.reconstruct()
     wait_idle(qtbot, widget)
