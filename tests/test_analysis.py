@@ -120,8 +120,15 @@ def test_adapted_kfold_passes_adapt_without_the_frames_they_hide(
             hide, np.repeat((folds == fold)[None], recording.n_neurons, 0)
         )
     monkeypatch.undo()
-    again = analysis.reconstruct(tiny_model, recording, **options)
+    seen = []
+    again = analysis.reconstruct(tiny_model, recording, progress=seen.append, **options)
     np.testing.assert_array_equal(adapted.reconstruction, again.reconstruction)
+    # each pass reports its adaptation (steps of that pass), then its share of the reconstruction
+    stages = [step.stage for step in seen]
+    assert [s for s in dict.fromkeys(stages) if s.startswith("adapt")] == [
+        f"adapt (reconstruct, fold {k}/3)" for k in (1, 2, 3)
+    ]
+    assert seen[-1].stage == "reconstruct, fold 3/3" and seen[-1].done == seen[-1].total
     assert not np.allclose(adapted.reconstruction, plain.reconstruction)
     assert adapted.parameters["adapt_steps"] == 4
     for key, value in tiny_model.module.state_dict().items():

@@ -34,16 +34,13 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .progress import Progress, Steps, run_steps
+from .progress import Progress, Steps, relay, run_steps
 from .recording import Recording
-
-T = TypeVar("T")
 
 if TYPE_CHECKING:  # torch is heavy: imported by the model, never here at import time
     from .model import ClassificationResult, NeighborhoodTokens, NeurtModel
@@ -573,14 +570,14 @@ def iter_reconstruct(
             adapting = model.iter_adapt(
                 tokens, adapt_steps, hide=mask, channels=channels, seed=number
             )
-            pass_model = yield from _relayed(
+            pass_model = yield from relay(
                 adapting,
                 lambda step, stage=stage: Progress(step.done, step.total, f"adapt ({stage})"),
             )
         steps = pass_model.iter_reconstruct(
             tokens, mask, channels=channels, overlap=overlap, batch_size=batch_size
         )
-        result = yield from _relayed(
+        result = yield from relay(
             steps,
             lambda step, number=number, stage=stage: Progress(
                 number * step.total + step.done, len(passes) * step.total, stage
@@ -623,16 +620,6 @@ def iter_reconstruct(
         model=model.describe(),
         parameters=parameters,
     )
-
-
-def _relayed(steps: Steps[T], progress_of: Callable[[Progress], Progress]) -> Steps[T]:
-    """Run the step generator `steps`, yielding `progress_of` each of its steps; its result."""
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        yield progress_of(step)
 
 
 def reconstruct(

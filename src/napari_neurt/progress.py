@@ -78,6 +78,17 @@ def stop_requested() -> bool:
     return any(check() for check in _scope_checks.get())
 
 
+def relay(steps: Steps[T], progress_of: Callable[[Progress], Progress]) -> Steps[T]:
+    """Run the step generator `steps` inside another: yield `progress_of` each of its steps
+    (a stage of a larger job renames or rescales its progress) and return its result."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield progress_of(step)
+
+
 def run_steps(
     steps: Steps[T],
     progress: Callable[[Progress], object] | None = None,

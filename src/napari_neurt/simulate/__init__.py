@@ -37,9 +37,9 @@ neuropil residue, drift and bleaching, dropped frames; `TraceImaging`, `TWO_PHOT
 `MINISCOPE_TRACES`) with the same spikes and kinetics. `random_condition` draws a recording
 condition (indicator, two-photon or miniscope, 3-30 Hz, quality, activity) and
 `training_recordings` streams varied recordings, a share of them as denoised traces
-(`denoised`). `cohort` simulates wild-type and AD-like
-animals, the latter with hyperactive neurons around plaques and weaker ensembles (`Phenotype`),
-returning the affected neurons; `write_cohort` saves them with a manifest for fine-tuning.
+(`denoised`). `cohort` simulates wild-type and AD-like animals, the latter with hyperactive
+neurons around plaques and weaker ensembles (`Phenotype`), returning the affected neurons;
+`write_cohort` saves them with a manifest for fine-tuning.
 """
 
 from .activity import Activity, assign_ensembles, ensemble_spikes
