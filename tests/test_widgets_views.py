@@ -137,18 +137,22 @@ def long_analysis(n_neurons=30, n_frames=10_000):
     return analysis.Analysis(recording, reconstruction, classification)
 
 
-def test_selection_redraws_10000_frame_traces_without_a_full_redraw(make_napari_viewer):
+def test_selection_redraws_10000_frame_traces_without_a_full_redraw(make_napari_viewer, qtbot):
     """A selection updates only what changes (no full canvas redraw) and shows the right data.
     How long it takes is measured in benchmarks/gui.py, not asserted here: timings on a shared
     CPU make flaky tests."""
-    from qtpy.QtWidgets import QApplication
-
     viewer = make_napari_viewer(show=True)
     out = long_analysis()
     add_recording(viewer, analysis=out, name="long", show_panel=False)
     plot = dock(viewer, TracePlotWidget)
     scores = viewer.layers["long scores"]
-    QApplication.processEvents()
+    # Let the window settle first: the plot's delayed redraw after the new layers, and the
+    # dock's layout (a resize rightly asks for a full redraw), can land late on a busy machine.
+    qtbot.waitUntil(lambda: not plot._redraw_timer.isActive())
+    size = None
+    while size != plot.canvas.size():
+        size = plot.canvas.size()
+        qtbot.wait(100)
     plot.canvas.draw()
     for label in [5, 9, 14, 21, 3, 28, 11, 17, 6, 25]:
         with scores.events.selected_label.blocker():
