@@ -9,7 +9,8 @@ learning-rate schedule go on from the saved step, as if never stopped.
 
 1. Masked-reconstruction pretraining (`napari_neurt.training.pretrain`), 1800 steps of 32
    windows, of a small interpolation-residual NEuRT (seq_len 256, 64 wide, 3 blocks, 4 heads,
-   feed-forward 256, ``interpolate=True``: see `napari_neurt.model.neurt`) on a stream of varied
+   feed-forward 256, ``interpolate=True`` with a 17-step local convolution, ``local_kernel=17``:
+   see `napari_neurt.model.neurt`) on a stream of varied
    simulated recordings: recording ``k`` is
    ``next(simulate.training_recordings(1, seed=seed * 1_000_003 + k))``, each with its own
    random condition (two-photon or miniscope, any indicator, 3-30 Hz, SNR, activity), as raw
@@ -51,7 +52,8 @@ CLASS_NAMES = ["wild type", "AD-like"]
 COHORT_SEED = 7_000  # training cohort; benchmarks/quality.py evaluates on 9_000+ (disjoint)
 
 MODEL = NeurtConfig(
-    seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256, interpolate=True
+    seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256, interpolate=True,
+    local_kernel=17,
 )
 
 

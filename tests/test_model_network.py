@@ -161,3 +161,29 @@ def test_interpolating_model_starts_as_interpolation_and_ignores_hidden_values()
         scrambled = tokens.masked_fill(hidden, 123.0)  # what lies under the mask is never read
         torch.testing.assert_close(network(scrambled, hidden), out)
         assert not torch.allclose(network(tokens), out)  # the mask itself is an input
+
+
+def test_local_convolution_sees_the_shape_around_each_step_only():
+    """With `local_kernel` k, a step's embedding changes only with the fill within k // 2 steps."""
+    torch.manual_seed(0)
+    network = Neurt(NeurtConfig(**SMALL, interpolate=True, local_kernel=5)).eval()
+    tokens = torch.rand(1, 32, 5)
+    hidden = torch.zeros(1, 32, 5, dtype=torch.bool)
+    bumped = tokens.clone()
+    bumped[0, 20, 0] += 1.0
+    with torch.inference_mode():
+        embed = network.embed_local(torch.cat([tokens, hidden.float()], -1).transpose(1, 2))
+        moved = network.embed_local(torch.cat([bumped, hidden.float()], -1).transpose(1, 2))
+        changed = (moved - embed).abs().amax(dim=1)[0] > 0
+        assert changed.nonzero().flatten().tolist() == [18, 19, 20, 21, 22]
+        # a fresh model is still the interpolation (the head starts at zero), and it runs
+        torch.testing.assert_close(network(tokens, hidden), tokens)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(local_kernel=5), dict(interpolate=True, local_kernel=4), dict(interpolate=True, local_kernel=-3)],
+)
+def test_local_kernel_is_odd_and_needs_interpolation(overrides):
+    with pytest.raises(ValueError, match="local_kernel"):
+        NeurtConfig(**SMALL, **overrides)

@@ -198,15 +198,16 @@ def test_layerwise_learning_rates_follow_the_published_rule():
     assert all(p.ndim == 1 for g in groups if "no decay" in g["name"] for p in g["params"])
 
 
-def test_mask_embedding_of_an_interpolating_encoder_is_in_the_embedding_group():
-    module = Neurt(replace(TINY, interpolate=True, n_classes=2, mil_hidden=8))
+def test_mask_and_local_embeddings_of_an_interpolating_encoder_are_in_the_embedding_group():
+    module = Neurt(replace(TINY, interpolate=True, local_kernel=3, n_classes=2, mil_hidden=8))
     groups = layerwise_lr_groups(module, lr=1e-3, head_lr=5e-3)
     embedding = {id(p) for g in groups if g["name"].startswith("embedding") for p in g["params"]}
     assert id(module.embed_hidden.weight) in embedding
+    assert id(module.embed_local.weight) in embedding
 
 
 def test_frozen_encoder_stays_put_and_heads_learn(tmp_path):
-    base = Neurt(replace(TINY, interpolate=True))
+    base = Neurt(replace(TINY, interpolate=True, local_kernel=3))
     result = finetune(
         toy_cohort(per_class=3), tmp_path, fast(lr=0.0, steps=10), base=base,
         class_names=("calm", "bursty"),

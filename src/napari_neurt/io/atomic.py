@@ -13,7 +13,9 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
-    If the body raises, the temporary file is removed and `path` is left as it was.
+    If the body raises, the temporary file is removed and `path` is left as it was. The file
+    gets the permissions a plain ``open(path, "w")`` would give it (those of the file it
+    replaces, or 0o666 less the umask), not the owner-only ones of a temporary file.
 
     >>> with atomic_path("out.npz") as tmp:          # doctest: +SKIP
     ...     np.savez(tmp, traces=traces)
@@ -25,7 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """Permission bits for a new version of `path`: its current ones, else 0o666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask

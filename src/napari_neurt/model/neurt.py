@@ -22,8 +22,15 @@ Our additions, both off in the published configuration:
   from the visible neighbours (`interpolate_hidden`), and predicts a correction to that fill:
 
       filled = interpolate_hidden(tokens, hidden)
-      x      = LayerNorm(Linear(filled) + Linear_nobias(hidden) + position[t])
+      x      = LayerNorm(Linear(filled) + Linear_nobias(hidden) + Conv_t([filled, hidden])
+                         + position[t])
       recon  = filled + Linear(x_last)            (the head starts at zero: recon = interpolation)
+
+  `Conv_t` (``local_kernel`` > 0) is a temporal convolution of the fill and the mask over
+  ``local_kernel`` steps. Attention with learned absolute positions finds "the step just before
+  the gap" only approximately; the convolution hands every step the local shape of its trace
+  (slopes, curvature, where the gap starts and ends) exactly, which the correction needs where
+  the interpolation is already close (fast frame rates, short gaps).
 
 Two paths compute the same function. The fast path (default) uses
 `F.scaled_dot_product_attention` and fused LayerNorm kernels and never builds the (T, T) attention
@@ -57,6 +64,7 @@ class NeurtConfig:
     # the published LayerNorm puts epsilon inside the square root, as torch's does
     norm_eps: float = 1e-12
     interpolate: bool = False  # ours: hidden entries filled by interpolation, output a residual
+    local_kernel: int = 0  # ours (needs interpolate): width of a temporal convolution of the fill
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff"):
@@ -66,8 +74,13 @@ class NeurtConfig:
                 )
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.n_classes < 0 or self.mil_hidden < 0:
-            raise ValueError("n_classes and mil_hidden must be 0 (absent) or positive")
+        if self.n_classes < 0 or self.mil_hidden < 0 or self.local_kernel < 0:
+            raise ValueError("n_classes, mil_hidden and local_kernel must be 0 (absent) or positive")
+        if self.local_kernel and (not self.interpolate or self.local_kernel % 2 == 0):
+            raise ValueError(
+                "local_kernel is an odd number of steps and needs interpolate=True; got "
+                f"local_kernel={self.local_kernel}, interpolate={self.interpolate}"
+            )
         if self.mil_hidden and not self.n_classes:
             raise ValueError("a recording head (mil_hidden > 0) needs classes (n_classes > 0)")
 
@@ -201,6 +214,11 @@ class Neurt(nn.Module):
         self.embed_hidden = (
             nn.Linear(config.n_features, config.n_embd, bias=False) if config.interpolate else None
         )
+        self.embed_local = (
+            nn.Conv1d(2 * config.n_features, config.n_embd, config.local_kernel,
+                      padding=config.local_kernel // 2, bias=False)
+            if config.local_kernel else None
+        )
         self.apply(_init_weights)
         if config.interpolate:  # a fresh residual model reconstructs exactly the interpolation
             nn.init.zeros_(self.recon_head.weight)
@@ -222,9 +240,14 @@ class Neurt(nn.Module):
             raise ValueError(
                 f"a window has at most seq_len={self.config.seq_len} time steps; got {T}"
             )
-        x = self.embed(self._filled(tokens, hidden)) + self.pos.weight[:T]
+        filled = self._filled(tokens, hidden)
+        x = self.embed(filled) + self.pos.weight[:T]
         if self.embed_hidden is not None and hidden is not None:
             x = x + self.embed_hidden(hidden.to(x.dtype))
+        if self.embed_local is not None:
+            flags = hidden.to(x.dtype) if hidden is not None else torch.zeros_like(filled)
+            local = torch.cat([filled, flags], dim=-1).transpose(1, 2)  # (B, 2F, T)
+            x = x + self.embed_local(local).transpose(1, 2)  # odd kernel, "same" padding
         x = self.ln_embed(x, exact)
         outputs, maps = [], []
         for block in self.blocks:
@@ -297,6 +320,7 @@ def interpolate_hidden(tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tens
 def _init_weights(module: nn.Module) -> None:
     # Small normal weights (as BERT and GPT-2) keep a fresh network's outputs, and the time
     # pooling softmax, well conditioned; trained or imported weights overwrite all of this.
+    # The local convolution keeps torch's own (fan-in scaled) init: its inputs are few and small.
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:

@@ -435,11 +435,14 @@ def layerwise_lr_groups(
 
 def _layer_of(parameter_name: str) -> str:
     """The learning-rate group of a `Neurt` parameter: embedding, block i, or heads."""
-    if parameter_name.startswith(("embed.", "embed_hidden.", "pos.", "ln_embed.")):
+    if parameter_name.startswith(("embed.", "embed_hidden.", "embed_local.", "pos.", "ln_embed.")):
         return "embedding"
     if parameter_name.startswith("blocks."):
         return f"block {parameter_name.split('.')[1]}"
-    return "heads"
+    if parameter_name.startswith(("recon_head.", "time_pool.", "recording_head.")):
+        return "heads"
+    # a new part of the encoder must be placed on purpose, not trained at the heads' rate
+    raise ValueError(f"no learning-rate group for parameter {parameter_name!r}")
 
 
 # --- training -------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""napari_neurt.io.atomic: whole files or none, with the permissions of a plain write."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from napari_neurt.io.atomic import atomic_path
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("stopped halfway")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_new_file_gets_plain_permissions_and_a_replaced_one_keeps_its_own(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        new = tmp_path / "new.txt"
+        with atomic_path(new) as tmp:
+            tmp.write_text("x")
+        assert new.stat().st_mode & 0o777 == 0o644  # not the 0o600 of a temporary file
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        with atomic_path(kept) as tmp:
+            tmp.write_text("new")
+        assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)
