@@ -36,6 +36,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -78,12 +79,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="stop pretraining (resumably) after this wall time")
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--cohort-per-group", type=int, default=12)
+    parser.add_argument("--local-kernel", type=int, default=MODEL.local_kernel,
+                        help="width of the local shape convolution (0: none; candidates of "
+                        "benchmarks/tuning.py)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    model_config = replace(MODEL, local_kernel=args.local_kernel)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    log = {"seed": args.seed, "model": MODEL.to_dict(), "torch_threads": torch.get_num_threads(),
+    log = {"seed": args.seed, "model": model_config.to_dict(),
+           "torch_threads": torch.get_num_threads(),
            "denoised_share": args.denoised_share}
 
     # 1. pretraining -----------------------------------------------------------------------
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({rate:.2f} steps/s)", flush=True)
 
     pretrained = args.work / "pretrain"
-    result = pretrain(sources, pretrained, config, model=MODEL, progress=progress,
+    result = pretrain(sources, pretrained, config, model=model_config, progress=progress,
                       stop=lambda: time.monotonic() > deadline)
     log["pretrain"] = {"steps": result.step, "planned_steps": args.steps,
                        "stopped_early": result.stopped,

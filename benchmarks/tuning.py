@@ -1,0 +1,104 @@
+"""Compare candidate reconstruction weights on TUNING data only (what the default was chosen on).
+
+    NEURT_TEST_DATA=../shared/data python benchmarks/tuning.py default runs/candidate/pretrain ...
+
+Same measure as benchmarks/quality.py (R^2 of the own trace at hidden steps, regimes
+published / gap32 / gap64), on data that quality.py never reports:
+
+- simulated tuning recordings: `simulate.training_recordings(3, seed=5555, n_neurons=(60, 80),
+  n_frames=(1500, 2000))`, each raw and denoised (quality.py evaluates on seed 424242);
+- one real recording outside the evaluation set: the thunder mouse movie
+  (NEURT_TEST_DATA/thunder_mouse_2p, Apache-2.0; 500 frames), with ROIs from local maxima of its
+  smoothed mean image (3 x 3 pixel boxes; it comes without ROIs). Skipped without NEURT_TEST_DATA.
+
+The hidden steps are drawn with their own seed (777 + regime). Prints each candidate's R^2 and
+its mean margin over the better of linear and PCHIP interpolation (higher is better).
+Candidates are anything `load_model` takes; train one with
+``python scripts/train_default_weights.py --work runs/k9 --out runs/k9/out --local-kernel 9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from scipy import ndimage
+from skimage.feature import peak_local_max
+
+import quality
+from napari_neurt import simulate
+from napari_neurt.model import load_model
+from napari_neurt.model.tokens import neighborhood_tokens
+
+TUNE_SEED = 5_555
+HIDE_SEED = 777
+
+
+def thunder_tokens(root: Path) -> np.ndarray:
+    """Tokens of the thunder movie: 3 x 3 boxes at local maxima of its smoothed mean image."""
+    movie = tifffile.imread(root / "thunder_mouse_2p" / "mouse_500x64x64_int16.tif")
+    movie = movie.astype(np.float32)
+    mean = ndimage.gaussian_filter(movie.mean(axis=0), 0.7)
+    peaks = peak_local_max(mean, min_distance=2, threshold_rel=0.2, exclude_border=2)
+    traces = np.stack([movie[:, y - 1 : y + 2, x - 1 : x + 2].mean(axis=(1, 2)) for y, x in peaks])
+    return neighborhood_tokens(traces, peaks.astype(np.float32), None).tokens
+
+
+def tuning_recordings(data: Path | None) -> list[tuple[str, np.ndarray]]:
+    out = []
+    if data is not None:
+        tokens = thunder_tokens(data)
+        out.append((f"thunder (real, {tokens.shape[0]}x{tokens.shape[1]})", tokens))
+    for k, raw in enumerate(simulate.training_recordings(3, seed=TUNE_SEED, n_neurons=(60, 80),
+                                                        n_frames=(1500, 2000))):
+        rate = raw.metadata["condition"]["frame_rate"]
+        for rec in (raw, simulate.denoised(raw)):
+            name = f"sim {k} ({rate:.0f} Hz, {rec.metadata['trace_kind']})"
+            out.append((name, neighborhood_tokens(rec.traces, rec.centroids, None,
+                                                  pixel_size_um=rec.pixel_size_um).tokens))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("candidates", nargs="+", help="weights: 'default', a folder, ...")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = os.environ.get("NEURT_TEST_DATA")
+    recordings = tuning_recordings(Path(data) if data else None)
+    models = {c: load_model(c, device="cpu") for c in args.candidates}
+    scores: dict[str, dict] = {}
+    for name, tokens in recordings:
+        for r_index, (regime, (channels, _)) in enumerate(quality.REGIMES.items()):
+            hidden = quality.hide_mask(*tokens.shape[:2], regime, HIDE_SEED + r_index)
+            truth = tokens[..., 0][hidden]
+            for label, model in models.items():
+                out = model.reconstruct(tokens, hidden, channels=channels)[..., 0]
+                scores.setdefault(label, {})[(name, regime)] = quality.r2(truth, out[hidden])
+            for kind in ("linear", "pchip"):
+                fill = quality.interpolate(tokens[..., 0], hidden, kind)
+                scores.setdefault(kind, {})[(name, regime)] = quality.r2(truth, fill[hidden])
+            print(f"  {name} {regime} done", file=sys.stderr, flush=True)
+    keys = [(name, regime) for name, _ in recordings for regime in quality.REGIMES]
+    best = {k: max(scores["linear"][k], scores["pchip"][k]) for k in keys}
+    print("| recording | regime | " + " | ".join(scores) + " |")
+    print("| --- | --- |" + " ---: |" * len(scores))
+    for key in keys:
+        print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{s[key]:.3f}" for s in scores.values())
+              + " |")
+    print("\nMean margin over the better of linear and PCHIP interpolation:")
+    for label in models:
+        margin = np.mean([scores[label][k] - best[k] for k in keys])
+        wins = sum(scores[label][k] > best[k] for k in keys)
+        print(f"- {label}: {margin:+.4f} (above interpolation in {wins} of {len(keys)} cells)")
+
+
+if __name__ == "__main__":
+    main()
