@@ -27,13 +27,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import quality
 import tifffile
 import torch
 from scipy import ndimage
 from scipy.signal import lfilter
 from skimage.feature import peak_local_max
 
-import quality
 from napari_neurt import simulate
 from napari_neurt.model import load_model
 from napari_neurt.model.tokens import neighborhood_tokens

@@ -182,7 +182,11 @@ def test_local_convolution_sees_the_shape_around_each_step_only():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(local_kernel=5), dict(interpolate=True, local_kernel=4), dict(interpolate=True, local_kernel=-3)],
+    [
+        {"local_kernel": 5},
+        {"interpolate": True, "local_kernel": 4},
+        {"interpolate": True, "local_kernel": -3},
+    ],
 )
 def test_local_kernel_is_odd_and_needs_interpolation(overrides):
     with pytest.raises(ValueError, match="local_kernel"):
