@@ -351,7 +351,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sim-recordings", type=int, default=3)
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--test-per-group", type=int, default=6)
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--finetune-steps", type=int, default=1200)
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
     parser.add_argument("--skip", default="", help="comma list: recon,classify")

@@ -21,9 +21,11 @@ learning-rate schedule go on from the saved step, as if never stopped.
    steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible).
 2. A demo classifier, "wild type" vs "AD-like", fine-tuned (`napari_neurt.training.finetune`) on
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
-   evaluation cohorts of benchmarks/quality.py): 300 steps of 4 bags of 32 neurons. The encoder
-   is frozen (learning rate 0), only the window classifier (TimePool) and the recording head
-   learn, so the reconstruction head stays valid and ONE checkpoint does both jobs.
+   evaluation cohorts of benchmarks/quality.py): up to 1200 steps of 4 bags of 32 neurons
+   (early stopping on validation animals; the recording head's attention needs more steps than
+   its decision, see docs/quality.md). The encoder is frozen (learning rate 0), only the
+   window classifier (TimePool) and the recording head learn, so the reconstruction head stays
+   valid and ONE checkpoint does both jobs.
 
 The result, ``config.json`` + ``model.safetensors`` (well under 10 MB), is written to
 ``src/napari_neurt/model/weights/default/`` (``--out``), which ``load_model("default")`` reads.
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of pretraining recordings given as denoised traces")
     parser.add_argument("--max-minutes", type=float, default=60.0,
                         help="stop pretraining (resumably) after this wall time")
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--finetune-steps", type=int, default=1200)
     parser.add_argument("--cohort-per-group", type=int, default=12)
     parser.add_argument("--local-kernel", type=int, default=MODEL.local_kernel,
                         help="width of the local shape convolution (0: none; candidates of "
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             "not": "these are NOT the published NEuRT MICrONS weights",
             "seed": args.seed, "pretrain_steps": result.step,
             "denoised_share": args.denoised_share,
-            "finetune_steps": classifier.model.provenance.get("steps"),
+            "finetune_steps": checkpoint.provenance.get("steps"),
+            "finetune_best_step": checkpoint.provenance.get("best_step"),
         },
     )
     (args.work / "train_log.json").write_text(json.dumps(log, indent=2, default=str))
