@@ -188,11 +188,12 @@ def r2(truth: np.ndarray, estimate: np.ndarray) -> float:
 
 # --- reconstruction table -----------------------------------------------------------------------
 def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[str],
-                         partial=None):
+                         partial=None, hide_seed: int = HIDE_SEED):
+    """R^2 of every method: {method: {(recording, regime): r2}}; hidden steps from `hide_seed`."""
     rows = {}  # method -> {(recording, regime): r2}
     for name, tokens in recordings:
         for r_index, (regime, (channels, _)) in enumerate(REGIMES.items()):
-            hidden = hide_mask(tokens.shape[0], tokens.shape[1], regime, HIDE_SEED + r_index)
+            hidden = hide_mask(tokens.shape[0], tokens.shape[1], regime, hide_seed + r_index)
             truth = tokens[..., 0][hidden]
             key = (name, regime)
             t0 = time.monotonic()

@@ -13,8 +13,9 @@ published / gap32 / gap64), on data that quality.py never reports:
   the way CaImAn's `C` is (`ar1_denoise`: baseline plus a sparse non-negative AR(1) fit).
   Skipped without NEURT_TEST_DATA.
 
-The hidden steps are drawn with their own seed (777 + regime). Prints each candidate's R^2 and
-its mean margin over the better of linear and PCHIP interpolation (higher is better).
+The hidden steps are drawn with their own seed (777 + regime). Prints every method's R^2
+(`quality.reconstruction_table`: the candidates, interpolation, ridge) and each candidate's mean
+margin over the better of linear and PCHIP interpolation (higher is better).
 Candidates are anything `load_model` takes; train one with
 ``python scripts/train_default_weights.py --work runs/k9 --out runs/k9/out --local-kernel 9``.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,20 +111,11 @@ def main(argv=None) -> None:
     data = os.environ.get("NEURT_TEST_DATA")
     recordings = tuning_recordings(Path(data) if data else None)
     models = {c: load_model(c, device="cpu") for c in args.candidates}
-    scores: dict[str, dict] = {}
-    for name, tokens in recordings:
-        for r_index, (regime, (channels, _)) in enumerate(quality.REGIMES.items()):
-            hidden = quality.hide_mask(*tokens.shape[:2], regime, HIDE_SEED + r_index)
-            truth = tokens[..., 0][hidden]
-            for label, model in models.items():
-                out = model.reconstruct(tokens, hidden, channels=channels)[..., 0]
-                scores.setdefault(label, {})[(name, regime)] = quality.r2(truth, out[hidden])
-            for kind in ("linear", "pchip"):
-                fill = quality.interpolate(tokens[..., 0], hidden, kind)
-                scores.setdefault(kind, {})[(name, regime)] = quality.r2(truth, fill[hidden])
-            print(f"  {name} {regime} done", file=sys.stderr, flush=True)
+    # the evaluation's own table (the same methods, ridge included), on other hidden steps
+    scores = quality.reconstruction_table(recordings, models, 0, set(), hide_seed=HIDE_SEED)
     keys = [(name, regime) for name, _ in recordings for regime in quality.REGIMES]
-    best = {k: max(scores["linear"][k], scores["pchip"][k]) for k in keys}
+    best = {k: max(scores["linear interpolation"][k], scores["pchip interpolation"][k])
+            for k in keys}
     print("| recording | regime | " + " | ".join(scores) + " |")
     print("| --- | --- |" + " ---: |" * len(scores))
     for key in keys:
