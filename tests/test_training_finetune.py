@@ -206,6 +206,13 @@ def test_mask_and_local_embeddings_of_an_interpolating_encoder_are_in_the_embedd
     assert id(module.embed_local.weight) in embedding
 
 
+def test_a_parameter_without_a_learning_rate_group_is_an_error():
+    module = Neurt(replace(TINY, n_classes=2, mil_hidden=8))
+    module.extra = torch.nn.Linear(2, 2)  # a new part nobody placed: never the heads' rate
+    with pytest.raises(ValueError, match="no learning-rate group for parameter 'extra.weight'"):
+        layerwise_lr_groups(module, lr=1e-3, head_lr=5e-3)
+
+
 def test_frozen_encoder_stays_put_and_heads_learn(tmp_path):
     base = Neurt(replace(TINY, interpolate=True, local_kernel=3))
     result = finetune(
