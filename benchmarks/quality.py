@@ -16,7 +16,9 @@ Prints three tables (markdown):
      about 15 % of each neuron's frames, gaps at least one gap length apart; the
      neighbourhood features stay visible.
    Rows: the default weights; the default weights after `NeurtModel.adapt` on that recording
-   (the hidden steps kept out of the adaptation); the published MICrONS weights (when
+   (the hidden steps kept out of the adaptation); each of those with its correction scaled by
+   `NeurtModel.fit_correction_scale` (fitted on the same recording at the hidden pattern
+   shifted in time, the evaluated steps hidden and never scored); the published MICrONS weights (when
    NEURT_WEIGHTS_DIR is set); linear and PCHIP interpolation of the own trace across the hidden
    steps; ridge regression from the visible neighbourhood features plus both interpolations,
    fitted on the same recording at OTHER hidden steps (drawn with another seed, their targets
@@ -200,12 +202,26 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
             for label, model in models.items():
                 out = model.reconstruct(tokens, hidden, channels=channels)[..., 0]
                 rows.setdefault(label, {})[key] = r2(truth, out[hidden])
-                if label == "default" and adapt_steps and name in adapt_names:
+                if label != "default":
+                    continue
+                candidates = {label: model}
+                if adapt_steps and name in adapt_names:
                     adapted = model.adapt(tokens, adapt_steps, hide=hidden, channels=channels,
                                           seed=0)
                     out = adapted.reconstruct(tokens, hidden, channels=channels)[..., 0]
-                    rows.setdefault(f"default + adapt ({adapt_steps} steps)", {})[key] = r2(
+                    adapted_label = f"default + adapt ({adapt_steps} steps)"
+                    rows.setdefault(adapted_label, {})[key] = r2(truth, out[hidden])
+                    candidates[adapted_label] = adapted
+                for base_label, candidate in candidates.items():
+                    if not candidate.config.interpolate:
+                        continue
+                    scale = candidate.fit_correction_scale(tokens, hidden, channels=channels)
+                    out = candidate.reconstruct(tokens, hidden, channels=channels,
+                                                correction_scale=scale)[..., 0]
+                    rows.setdefault(f"{base_label}, correction scale fitted", {})[key] = r2(
                         truth, out[hidden])
+                    print(f"  {name} {regime} {base_label}: correction scale {scale:.2f}",
+                          file=sys.stderr, flush=True)
             for kind in ("linear", "pchip"):
                 est = interpolate(tokens[..., 0], hidden, kind)
                 rows.setdefault(f"{kind} interpolation", {})[key] = r2(truth, est[hidden])

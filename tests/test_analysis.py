@@ -244,3 +244,40 @@ def test_bad_frames_from_traces():
     traces[:, 40] = traces[:, 39]
     traces[:, 70] *= 0.1
     assert np.flatnonzero(analysis.bad_frames_from_traces(traces)).tolist() == [10, 40, 70]
+
+
+@pytest.fixture(scope="module")
+def residual_model():
+    """An interpolation-residual model whose (random) correction is far from right."""
+    torch.manual_seed(1)
+    network = Neurt(NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32,
+                                interpolate=True, local_kernel=3))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return NeurtModel(network, device="cpu")
+
+
+def test_kfold_fits_a_correction_scale_per_pass_without_seeing_its_frames(
+    residual_model, recording
+):
+    options = dict(hide="kfold", n_folds=3, span=4, channels="own")
+    fitted = analysis.reconstruct(residual_model, recording, **options)
+    scales = fitted.parameters["correction_scales"]
+    assert len(scales) == 3 and all(0.0 <= s <= 1.0 for s in scales)
+    plain = analysis.reconstruct(residual_model, recording, fit_correction_scale=False, **options)
+    assert plain.parameters["correction_scales"] is None
+    # a random correction only hurts: the fitted scale shrinks it, and the k-fold R^2 rises
+    assert min(scales) < 1.0
+    assert np.nanmean(fitted.predictability) > np.nanmean(plain.predictability)
+    # a frame's prediction still does not depend on its value, the fitted scale included
+    traces = recording.traces
+    extremes = set(traces.argmin(axis=1)) | set(traces.argmax(axis=1))
+    frame = next(f for f in range(150, 300) if f not in extremes)
+    changed_traces = traces.copy()
+    changed_traces[:, frame] = (traces.min(axis=1) + traces.max(axis=1)) / 2
+    changed = Recording(**{**recording.__dict__, "traces": changed_traces})
+    after = analysis.reconstruct(residual_model, changed, **options)
+    np.testing.assert_allclose(
+        fitted.reconstruction[:, frame], after.reconstruction[:, frame], rtol=1e-4, atol=1e-5
+    )

@@ -316,3 +316,75 @@ def test_tokens_for_a_recording():
 def test_bad_input_gives_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(small_model())
+
+
+# --- correction scale -----------------------------------------------------------------------
+def gap_mask(n: int, t: int) -> np.ndarray:
+    hide = np.zeros((n, t), dtype=bool)
+    for neuron in range(n):
+        start = 5 + 7 * neuron
+        hide[neuron, start : start + 6] = True
+    return hide
+
+
+def test_correction_scale_moves_between_interpolation_and_the_model():
+    model = small_model(interpolate=True, local_kernel=3)
+    tokens, hide = smooth_tokens(3, L), gap_mask(3, L)  # one window, gaps inside it
+    full = model.reconstruct(tokens, hide, channels="own")
+    zero = model.reconstruct(tokens, hide, channels="own", correction_scale=0.0)
+    half = model.reconstruct(tokens, hide, channels="own", correction_scale=0.5)
+    # scale 0: the own trace is the straight line across each gap (the model corrects nothing)
+    line = np.stack(
+        [
+            np.interp(np.arange(L), np.flatnonzero(~h), y[~h])
+            for y, h in zip(tokens[..., 0], hide, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(zero[..., 0][hide], line[hide], atol=1e-5)
+    assert np.abs(full - zero)[..., 0][hide].max() > 1e-3  # the model does correct
+    np.testing.assert_allclose(half, (full + zero) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="interpolation-residual"):
+        small_model().reconstruct(tokens, hide, correction_scale=0.5)
+
+
+class _Oracle(torch.nn.Module):
+    """Stands in for the network: its correction is `sign` times the one that gives the truth."""
+
+    def __init__(self, config, truth, sign):
+        super().__init__()
+        self.config, self.truth, self.sign = config, truth, sign
+
+    def forward(self, batch, entries):
+        from napari_neurt.model.neurt import interpolate_hidden
+
+        fill = interpolate_hidden(batch, entries)
+        return fill + self.sign * (self.truth[: len(batch)] - fill)
+
+
+@pytest.mark.parametrize("sign, expected", [(1.0, 1.0), (0.25, 1.0), (-1.0, 0.0), (0.0, 1.0)])
+def test_fit_correction_scale_is_the_least_squares_factor_clipped(sign, expected):
+    model = small_model(interpolate=True)
+    tokens, hide = smooth_tokens(3, L), gap_mask(3, L)  # one window per neuron, one batch
+    model.module = _Oracle(model.config, torch.from_numpy(tokens), sign)
+    scale = model.fit_correction_scale(tokens, hide, channels="own", batch_size=8)
+    # a correction of `sign` times the right one is best scaled by 1 / sign, then clipped to
+    # [0, 1]; a model that corrects nothing (sign 0) is left as it is
+    assert scale == pytest.approx(expected, abs=1e-5)
+
+
+def test_fit_correction_scale_keeps_hidden_steps_unscored_and_checks_its_input():
+    model = small_model(interpolate=True, local_kernel=3)
+    tokens, hide = smooth_tokens(4, 3 * L), gap_mask(4, 3 * L)
+    poisoned = tokens.copy()
+    poisoned[..., 0][hide] = 1e6  # values at the hidden steps must not matter
+    assert model.fit_correction_scale(poisoned, hide, channels="own") == pytest.approx(
+        model.fit_correction_scale(tokens, hide, channels="own"), abs=1e-6
+    )
+    scale = model.fit_correction_scale(tokens, hide, channels="own", seed=3)
+    assert 0.0 <= scale <= 1.0
+    with pytest.raises(ValueError, match="needs hidden steps"):
+        model.fit_correction_scale(tokens, np.zeros((4, 3 * L), dtype=bool))
+    with pytest.raises(ValueError, match="no visible step"):
+        model.fit_correction_scale(tokens, np.ones((4, 3 * L), dtype=bool))
+    with pytest.raises(ValueError, match="interpolation-residual"):
+        small_model().fit_correction_scale(tokens, hide)

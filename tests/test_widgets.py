@@ -157,6 +157,22 @@ def test_adapt_first_adapts_the_model_before_reconstructing(panel, qtbot):
     assert not np.allclose(adapted.reconstruction[:, 100:130], plain.reconstruction[:, 100:130])
 
 
+def test_fit_scale_box_fits_the_correction_of_residual_models(panel, qtbot, tmp_path):
+    viewer, widget = panel
+    torch.manual_seed(0)
+    residual = tmp_path / "residual-neurt"
+    config = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, interpolate=True)
+    save_checkpoint(residual, Neurt(config), provenance={"source": "random test weights"})
+    widget.set_model(str(residual))
+    assert widget.fit_scale.isChecked()  # on by default
+    fitted = reconstruct_marked(viewer, widget, qtbot)
+    assert len(fitted.parameters["correction_scales"]) == 1
+    assert 0.0 <= fitted.parameters["correction_scales"][0] <= 1.0
+    widget.fit_scale.setChecked(False)
+    plain = reconstruct_marked(viewer, widget, qtbot)
+    assert plain.parameters["correction_scales"] is None
+
+
 def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
     viewer, widget = panel
     widget.extract()

@@ -111,6 +111,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         help="first adapt the model to each recording by STEPS steps of masked reconstruction "
         "(the hidden frames are kept from it); default 0, no adaptation",
     )
+    p.add_argument(
+        "--no-fit-scale",
+        dest="fit_correction_scale",
+        action="store_false",
+        help="use an interpolation-residual model's correction as trained, instead of scaling "
+        "it by a factor fitted on each recording (see NeurtModel.fit_correction_scale)",
+    )
     p.set_defaults(func=_run_model_task)
 
 
@@ -166,6 +173,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
                     max_span=args.max_span,
                     seed=args.seed,
                     channels=args.channels,
+                    fit_correction_scale=args.fit_correction_scale,
                 )
                 arrays = batch.reconstruct_recording(task_model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")

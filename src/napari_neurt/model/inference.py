@@ -33,7 +33,7 @@ from ..device import resolve_device
 from ..progress import Progress, Steps, StopFlag, run_steps
 from ..recording import Recording
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
-from .neurt import Neurt, NeurtConfig
+from .neurt import Neurt, NeurtConfig, interpolate_hidden
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
 from .tokens import NeighborhoodTokens, neighborhood_tokens, token_settings
 
@@ -224,6 +224,7 @@ class NeurtModel:
         channels: str = "all",
         overlap: int | None = None,
         batch_size: int | None = None,
+        correction_scale: float = 1.0,
         progress: ProgressCallback | None = None,
         stop: Stop | None = None,
     ) -> np.ndarray:
@@ -235,11 +236,19 @@ class NeurtModel:
         visible. `overlap` is the least overlap of consecutive windows in frames (default
         `default_overlap`, seq_len // 4): more costs more windows and puts every frame nearer
         the middle of some window. `batch_size` is in windows (default `default_batch_size`).
+        `correction_scale` (interpolation-residual models only) scales the model's correction
+        to its interpolation fill: 1 is the model as trained, 0 plain linear interpolation;
+        `fit_correction_scale` fits it on the recording itself.
         `progress` is called with a `Progress` after each batch; `stop` (an Event or a callable)
         cancels between batches by raising `napari_neurt.Cancelled`.
         """
         steps = self.iter_reconstruct(
-            tokens, hide, channels=channels, overlap=overlap, batch_size=batch_size
+            tokens,
+            hide,
+            channels=channels,
+            overlap=overlap,
+            batch_size=batch_size,
+            correction_scale=correction_scale,
         )
         return run_steps(steps, progress=progress, stop=stop)
 
@@ -251,14 +260,109 @@ class NeurtModel:
         channels: str = "all",
         overlap: int | None = None,
         batch_size: int | None = None,
+        correction_scale: float = 1.0,
     ) -> Steps[np.ndarray]:
         """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
+        if correction_scale != 1.0 and not self.config.interpolate:
+            raise ValueError(
+                "correction_scale needs an interpolation-residual model (config.interpolate); "
+                "this one predicts hidden values outright, there is no fill to scale towards"
+            )
         x = self._check_tokens(tokens)
         hidden = self._check_hide(hide, x.shape[:2], channels)
+        total = yield from self._iter_stitched(
+            x, hidden, channels, overlap, batch_size, float(correction_scale)
+        )
+        return total.numpy()
+
+    def fit_correction_scale(
+        self,
+        tokens: TokensLike,
+        hide: np.ndarray | torch.Tensor,
+        *,
+        channels: str = "all",
+        seed: int = 0,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        stop: Stop | None = None,
+    ) -> float:
+        """How much of its correction to trust on this recording, fitted on the recording itself.
+
+        An interpolation-residual model reconstructs a hidden step as its linear interpolation
+        fill plus a learned correction. On recordings unlike its training data the correction
+        can hurt (on smooth, fast traces it is noise). This hides, next to `hide`, the same
+        pattern shifted in time by a random number of frames per neuron (at steps `hide` leaves
+        visible, so the gaps have the same lengths), reconstructs both at once and returns the
+        least-squares factor on the correction of the own trace (feature 0) at the extra steps,
+        clipped to [0, 1]: 0 means plain interpolation does better, 1 the model as trained. Pass
+        it to ``reconstruct(..., correction_scale=...)`` with the same `hide` and `channels`.
+        The steps in `hide` are never scored, so that it can then be asked for them.
+        `seed` draws the shifts; the rest as in `reconstruct`. Costs one reconstruction.
+        """
+        steps = self.iter_fit_correction_scale(
+            tokens, hide, channels=channels, seed=seed, overlap=overlap, batch_size=batch_size
+        )
+        return run_steps(steps, progress=progress, stop=stop)
+
+    def iter_fit_correction_scale(
+        self,
+        tokens: TokensLike,
+        hide: np.ndarray | torch.Tensor,
+        *,
+        channels: str = "all",
+        seed: int = 0,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+    ) -> Steps[float]:
+        """`fit_correction_scale` as a generator of `Progress` that returns the factor."""
+        if not self.config.interpolate:
+            raise ValueError(
+                "fit_correction_scale needs an interpolation-residual model (config.interpolate)"
+            )
+        x = self._check_tokens(tokens)
+        hidden = self._check_hide(hide, x.shape[:2], channels)
+        n_frames = x.shape[1]
+        if not hidden.any() or n_frames < 2:
+            raise ValueError(
+                "fit_correction_scale needs hidden steps (hide) to copy: it fits the factor on "
+                "the same pattern shifted in time"
+            )
+        shifts = np.random.default_rng(seed).integers(1, n_frames, size=x.shape[0])
+        shifted = torch.stack([row.roll(int(s)) for row, s in zip(hidden, shifts, strict=True)])
+        extra = shifted & ~hidden
+        if not extra.any():
+            raise ValueError(
+                "fit_correction_scale found no visible step to hide: `hide` covers every frame "
+                "its shifted copy falls on; hide fewer frames"
+            )
+        fill, correction = yield from self._iter_stitched(
+            x, hidden | extra, channels, overlap, batch_size, None
+        )
+        truth = x[..., 0][extra].double()
+        fill, correction = fill[extra].double(), correction[extra].double()
+        power = float(correction.square().sum())
+        if power == 0.0:  # the model adds nothing here: any factor gives the same result
+            return 1.0
+        scale = float(((truth - fill) * correction).sum()) / power
+        return min(max(scale, 0.0), 1.0)
+
+    def _iter_stitched(self, x, hidden, channels, overlap, batch_size, scale):
+        """Windowed reconstruction of tokens `x` with `hidden` steps, stitched with the taper.
+
+        With a float `scale`: the reconstruction (N, T, F), its correction to the interpolation
+        fill scaled by `scale` (interpolation-residual models; a published model's output is
+        all correction, and its `scale` is 1). With ``scale=None``: the own trace's fill and
+        correction apart, a pair of (N, T) tensors (stitching is linear: they add up to the
+        reconstruction), which is what `fit_correction_scale` needs.
+        """
         n, n_frames, n_features = x.shape
         plan = _WindowPlan(n, n_frames, self.config.seq_len, self._check_overlap(overlap))
-        total = torch.zeros((n, n_frames, n_features), dtype=torch.float32)
         taper = torch.from_numpy(plan.taper)[None, :, None]
+        if scale is None:
+            parts = torch.zeros((2, n, n_frames, 1), dtype=torch.float32)
+        else:
+            total = torch.zeros((n, n_frames, n_features), dtype=torch.float32)
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
@@ -266,12 +370,25 @@ class NeurtModel:
             batch = hide_steps(x[neurons, frames], steps, channels)
             entries = hidden_entries(steps, channels, n_features)
             with self.inference_context():
-                out = self.module(batch.to(self.device), entries.to(self.device))
-            total.index_put_((neurons, frames), out.float().cpu() * taper, accumulate=True)
+                out = self.module(batch.to(self.device), entries.to(self.device)).float().cpu()
+            if scale is None:
+                fill = interpolate_hidden(batch, entries)[..., :1]
+                parts[0].index_put_((neurons, frames), fill * taper, accumulate=True)
+                parts[1].index_put_((neurons, frames), (out[..., :1] - fill) * taper,
+                                    accumulate=True)
+                return
+            if scale != 1.0:  # only interpolation-residual models get here (checked)
+                fill = interpolate_hidden(batch, entries)
+                out = fill + scale * (out - fill)
+            total.index_put_((neurons, frames), out * taper, accumulate=True)
 
         yield from self._batches(plan.n_windows, batch_size, "reconstruct", step)
-        total /= torch.from_numpy(plan.weight_sum)[None, :, None]
-        return total.numpy()
+        weight = torch.from_numpy(plan.weight_sum)[None, :, None]
+        if scale is None:
+            parts /= weight
+            return parts[0, ..., 0], parts[1, ..., 0]
+        total /= weight  # in place: the result can be large
+        return total
 
     # --- adaptation -------------------------------------------------------------------------
     def adapt(

@@ -225,6 +225,16 @@ class AnalysisWidget(QWidget):
         form.addRow(self.marked_row)
         form.addRow(self.bad_row)
         form.addRow("Adapt first", self.adapt_steps)
+        self.fit_scale = QCheckBox("fit the correction's scale to this recording")
+        self.fit_scale.setChecked(True)
+        self.fit_scale.setToolTip(
+            "interpolation-residual models (the default weights) fill hidden frames by "
+            "interpolation plus a learned correction; this scales the correction by a factor "
+            "in [0, 1] fitted on the recording itself (the same hiding shifted in time, the "
+            "hidden frames never scored), so that it is not applied where it does not help. "
+            "One extra reconstruction per pass; no effect on the published models"
+        )
+        form.addRow("", self.fit_scale)
         self.progress_bar = ProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -670,7 +680,8 @@ class AnalysisWidget(QWidget):
             return None
         prior = self._prior_analysis(roi, recording)
         options = dict(n_folds=self.folds.value(), span=self.span.value(),
-                       batch_size=self.batch_size, adapt_steps=self.adapt_steps.value())
+                       batch_size=self.batch_size, adapt_steps=self.adapt_steps.value(),
+                       fit_correction_scale=self.fit_scale.isChecked())
         threshold = self.threshold.value()
         roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
         extra = _extra_features(roi)
