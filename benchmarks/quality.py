@@ -29,7 +29,7 @@ Prints three tables (markdown):
    traces (`simulate.denoised`, the true ΔF/F, like CaImAn's C).
 2. Classification, wild type vs AD-like, on a simulated held-out cohort (seed `TEST_COHORT_SEED`):
    accuracy and AUC over animals for 4, 8 and 16 training animals per class (training cohorts
-   with seeds `TRAIN_COHORT_SEED + n`), fine-tuned from the default pretrained encoder with
+   with seeds `TRAIN_COHORT_SEED + n`, or `+ 1000 * repeat` for further draws), fine-tuned from the default pretrained encoder with
    `napari_neurt.training.finetune` (the recipe of the shipped demo classifier: encoder frozen,
    heads trained), against logistic regression on summary statistics (mean event rate and mean
    pairwise correlation); plus the shipped demo classifier itself.
@@ -277,7 +277,7 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
-                   full_lr=0.0, partial=None):
+                   full_lr=0.0, partial=None, repeat=0):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -314,7 +314,8 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
     evaluate("default (shipped demo classifier)", default_model, 10)
     for n in sizes:
         t0 = time.monotonic()
-        train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n, n_neurons=n_neurons,
+        train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n + 1000 * repeat,
+                                n_neurons=n_neurons,
                                 n_frames=n_frames)
         config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu")
@@ -369,6 +370,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--test-per-group", type=int, default=6)
     parser.add_argument("--finetune-steps", type=int, default=1200)
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="training cohorts of another draw: seeds 9100 + n + 1000 * REPEAT")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
     parser.add_argument("--skip", default="", help="comma list: recon,classify")
@@ -403,7 +406,7 @@ def main(argv=None) -> None:
         rows, attention, n_test = classification(model, sizes, args.test_per_group, 100, 1000,
                                                  args.finetune_steps, args.work, args.full_lr,
                                                  args.markdown.with_suffix(".partial.md")
-                                                 if args.markdown else None)
+                                                 if args.markdown else None, args.repeat)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")
