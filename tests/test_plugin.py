@@ -143,7 +143,7 @@ def test_the_scripting_examples_run(make_napari_viewer, tiny_checkpoint, monkeyp
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "scripting.md").read_text()
     blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     viewer = make_napari_viewer()
     monkeypatch.setattr(napari, "Viewer", lambda *a, **k: viewer)
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)
@@ -159,6 +159,7 @@ def test_the_scripting_examples_run(make_napari_viewer, tiny_checkpoint, monkeyp
     assert "neurons movie" in viewer.layers
     assert namespace["marked"].hidden_runs == [(200, 229), (250, 250)]
     assert namespace["bad"].hidden_runs == [(250, 250)]
+    assert 0.0 <= namespace["scale"] <= 1.0 and namespace["own"].shape == (15, 300)
     assert (tmp_path / "results" / "neurons.provenance.json").is_file()
     assert (tmp_path / "results" / "neurons.nwb").is_file()
 
