@@ -8,7 +8,8 @@ under torch.no_grad, as the published code runs), with the same weights, in the 
 Prints Markdown tables: windows of 512 steps per second at each batch size (best of a few
 interleaved rounds, so that other load on a shared machine counts as little as possible), and
 the end-to-end time of reconstructing a 500-neuron x 6,000-frame recording (tokens, then masked
-reconstruction over overlapping windows). On CUDA our model runs under bf16 autocast with SDPA;
+reconstruction over overlapping windows), and what fitting the correction scale costs the
+default weights on that recording. On CUDA our model runs under bf16 autocast with SDPA;
 the reference stays float32 with explicit attention. Uses the published MICrONS weights when they
 can be found (NEURT_WEIGHTS_DIR or the download cache), else random weights of the same shape.
 """
@@ -208,6 +209,26 @@ def main() -> None:
         print("| tokens (s) | reconstruct (s) | total (s) |")
         print("|---:|---:|---:|")
         print(f"| {tokens_done - start:.1f} | {end - tokens_done:.1f} | {end - start:.1f} |")
+
+        # the shipped weights: what fitting the correction scale (on by default) costs
+        default = load_model("default", device=device)
+        tokens = default.tokens_for(recording)
+        timings = {"as trained": [], "correction scale fitted": []}
+        for _ in range(2):  # interleaved, best of two
+            start = time.perf_counter()
+            default.reconstruct(tokens, hide, batch_size=batch_size)
+            synchronize(device)
+            timings["as trained"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            scale = default.fit_correction_scale(tokens, hide, batch_size=batch_size)
+            default.reconstruct(tokens, hide, batch_size=batch_size, correction_scale=scale)
+            synchronize(device)
+            timings["correction scale fitted"].append(time.perf_counter() - start)
+        plain, fitted = (min(v) for v in timings.values())
+        print(f"\nDefault weights, the same recording and hidden spans (fitted scale {scale:.2f}):\n")
+        print("| reconstruct as trained (s) | fit the scale + reconstruct (s) | ratio |")
+        print("|---:|---:|---:|")
+        print(f"| {plain:.1f} | {fitted:.1f} | {fitted / plain:.2f}x |")
 
 
 if __name__ == "__main__":
