@@ -345,6 +345,8 @@ def test_correction_scale_moves_between_interpolation_and_the_model():
     np.testing.assert_allclose(half, (full + zero) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="interpolation-residual"):
         small_model().reconstruct(tokens, hide, correction_scale=0.5)
+    with pytest.raises(ValueError, match="finite"):
+        model.reconstruct(tokens, hide, correction_scale=float("nan"))
 
 
 class _Oracle(torch.nn.Module):

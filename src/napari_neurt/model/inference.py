@@ -263,6 +263,8 @@ class NeurtModel:
         correction_scale: float = 1.0,
     ) -> Steps[np.ndarray]:
         """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
+        if not math.isfinite(correction_scale):
+            raise ValueError(f"correction_scale must be a finite number; got {correction_scale}")
         if correction_scale != 1.0 and not self.config.interpolate:
             raise ValueError(
                 "correction_scale needs an interpolation-residual model (config.interpolate); "
