@@ -225,7 +225,8 @@ def main() -> None:
             synchronize(device)
             timings["correction scale fitted"].append(time.perf_counter() - start)
         plain, fitted = (min(v) for v in timings.values())
-        print(f"\nDefault weights, the same recording and hidden spans (fitted scale {scale:.2f}):\n")
+        print("\nDefault weights, the same recording and hidden spans "
+              f"(fitted scale {scale:.2f}):\n")
         print("| reconstruct as trained (s) | fit the scale + reconstruct (s) | ratio |")
         print("|---:|---:|---:|")
         print(f"| {plain:.1f} | {fitted:.1f} | {fitted / plain:.2f}x |")

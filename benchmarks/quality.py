@@ -18,21 +18,22 @@ Prints three tables (markdown):
    Rows: the default weights; the default weights after `NeurtModel.adapt` on that recording
    (the hidden steps kept out of the adaptation); each of those with its correction scaled by
    `NeurtModel.fit_correction_scale` (fitted on the same recording at the hidden pattern
-   shifted in time, the evaluated steps hidden and never scored); the published MICrONS weights (when
-   NEURT_WEIGHTS_DIR is set); linear and PCHIP interpolation of the own trace across the hidden
-   steps; ridge regression from the visible neighbourhood features plus both interpolations,
-   fitted on the same recording at OTHER hidden steps (drawn with another seed, their targets
-   visible, the evaluated steps hidden from the features too).
+   shifted in time, the evaluated steps hidden and never scored); the published MICrONS
+   weights (when NEURT_WEIGHTS_DIR is set); linear and PCHIP interpolation of the own trace
+   across the hidden steps; ridge regression from the visible neighbourhood features plus both
+   interpolations, fitted on the same recording at OTHER hidden steps (drawn with another seed,
+   their targets visible, the evaluated steps hidden from the features too).
    Data: the real recordings of NEURT_TEST_DATA (suite2p FISSA example; CaImAn demoMovie and
    example) and simulated held-out recordings (`simulate.training_recordings`, seed
    `SIM_SEED`, never used for training or tuning), each as raw fluorescence and as denoised
    traces (`simulate.denoised`, the true ΔF/F, like CaImAn's C).
 2. Classification, wild type vs AD-like, on a simulated held-out cohort (seed `TEST_COHORT_SEED`):
    accuracy and AUC over animals for 4, 8 and 16 training animals per class (training cohorts
-   with seeds `TRAIN_COHORT_SEED + n`, or `+ 1000 * repeat` for further draws), fine-tuned from the default pretrained encoder with
-   `napari_neurt.training.finetune` (the recipe of the shipped demo classifier: encoder frozen,
-   heads trained), against logistic regression on summary statistics (mean event rate and mean
-   pairwise correlation); plus the shipped demo classifier itself.
+   with seeds `TRAIN_COHORT_SEED + n`, or `+ 1000 * repeat` for further draws), fine-tuned
+   from the default pretrained encoder with `napari_neurt.training.finetune` (the recipe of the
+   shipped demo classifier: encoder frozen, heads trained), against logistic regression on
+   summary statistics (mean event rate and mean pairwise correlation); plus the shipped demo
+   classifier itself.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals).
 
@@ -315,8 +316,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
     for n in sizes:
         t0 = time.monotonic()
         train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n + 1000 * repeat,
-                                n_neurons=n_neurons,
-                                n_frames=n_frames)
+                                n_neurons=n_neurons, n_frames=n_frames)
         config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu")
         evaluate("fine-tuned from default (encoder frozen)",
