@@ -16,9 +16,10 @@ Prints three tables (markdown):
      about 15 % of each neuron's frames, gaps at least one gap length apart; the
      neighbourhood features stay visible.
    Rows: the default weights; the default weights after `NeurtModel.adapt` on that recording
-   (the hidden steps kept out of the adaptation); each of those with its correction scaled by
-   `NeurtModel.fit_correction_scale` (fitted on the same recording at the hidden pattern
-   shifted in time, the evaluated steps hidden and never scored); the published MICrONS
+   (the hidden steps kept out of the adaptation); each of those calibrated by
+   `NeurtModel.calibrate` (its linear fill moved towards PCHIP and its correction scaled, both
+   shares fitted on the same recording at the hidden pattern shifted in time, the evaluated
+   steps hidden and never scored); the published MICrONS
    weights (when NEURT_WEIGHTS_DIR is set); linear and PCHIP interpolation of the own trace
    across the hidden steps; ridge regression from the visible neighbourhood features plus both
    interpolations, fitted on the same recording at OTHER hidden steps (drawn with another seed,
@@ -216,13 +217,13 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
                 for base_label, candidate in candidates.items():
                     if not candidate.config.interpolate:
                         continue
-                    scale = candidate.fit_correction_scale(tokens, hidden, channels=channels)
+                    calibration = candidate.calibrate(tokens, hidden, channels=channels)
                     out = candidate.reconstruct(tokens, hidden, channels=channels,
-                                                correction_scale=scale)[..., 0]
-                    rows.setdefault(f"{base_label}, correction scale fitted", {})[key] = r2(
+                                                calibration=calibration)[..., 0]
+                    rows.setdefault(f"{base_label}, calibrated", {})[key] = r2(
                         truth, out[hidden])
-                    print(f"  {name} {regime} {base_label}: correction scale {scale:.2f}",
-                          file=sys.stderr, flush=True)
+                    print(f"  {name} {regime} {base_label}: cubic {calibration.cubic:.2f}, "
+                          f"correction {calibration.correction:.2f}", file=sys.stderr, flush=True)
             for kind in ("linear", "pchip"):
                 est = interpolate(tokens[..., 0], hidden, kind)
                 rows.setdefault(f"{kind} interpolation", {})[key] = r2(truth, est[hidden])

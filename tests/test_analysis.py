@@ -258,19 +258,20 @@ def residual_model():
     return NeurtModel(network, device="cpu")
 
 
-def test_kfold_fits_a_correction_scale_per_pass_without_seeing_its_frames(
+def test_kfold_calibrates_each_pass_without_seeing_its_frames(
     residual_model, recording
 ):
     options = dict(hide="kfold", n_folds=3, span=4, channels="own")
     fitted = analysis.reconstruct(residual_model, recording, **options)
-    scales = fitted.parameters["correction_scales"]
-    assert len(scales) == 3 and all(0.0 <= s <= 1.0 for s in scales)
-    plain = analysis.reconstruct(residual_model, recording, fit_correction_scale=False, **options)
-    assert plain.parameters["correction_scales"] is None
-    # a random correction only hurts: the fitted scale shrinks it, and the k-fold R^2 rises
-    assert min(scales) < 1.0
+    calibrations = fitted.parameters["calibrations"]
+    assert len(calibrations) == 3
+    assert all(0.0 <= c[share] <= 1.0 for c in calibrations for share in ("cubic", "correction"))
+    plain = analysis.reconstruct(residual_model, recording, calibrate=False, **options)
+    assert plain.parameters["calibrations"] is None
+    # a random correction only hurts: the calibration shrinks it, and the k-fold R^2 rises
+    assert min(c["correction"] for c in calibrations) < 1.0
     assert np.nanmean(fitted.predictability) > np.nanmean(plain.predictability)
-    # a frame's prediction still does not depend on its value, the fitted scale included
+    # a frame's prediction still does not depend on its value, the calibration included
     traces = recording.traces
     extremes = set(traces.argmin(axis=1)) | set(traces.argmax(axis=1))
     frame = next(f for f in range(150, 300) if f not in extremes)

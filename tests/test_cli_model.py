@@ -76,7 +76,7 @@ def test_reconstruct_writes_results_next_to_each_recording(tmp_path, checkpoint,
     assert "median R^2" in capsys.readouterr().out
 
 
-def test_reconstruct_fits_the_correction_scale_of_residual_models(tmp_path):
+def test_reconstruct_calibrates_residual_models(tmp_path):
     torch.manual_seed(0)
     network = Neurt(NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=1, n_ff=32,
                                 interpolate=True))
@@ -84,14 +84,17 @@ def test_reconstruct_fits_the_correction_scale_of_residual_models(tmp_path):
         network.recon_head.weight.normal_(0, 0.5)
     residual = NeurtModel(network, device="cpu").save(tmp_path / "residual")
     [path] = write_recordings(tmp_path, 1)
-    scales = {}
-    for flags in ([], ["--no-fit-scale"]):
+    shares = {}
+    for flags in ([], ["--no-calibrate"]):
         assert main(["reconstruct", str(path), "--model", str(residual), *flags]) == 0
         with np.load(results_path(path, "reconstruct"), allow_pickle=False) as results:
             parameters = json.loads(str(results["parameters"]))
-            scales[tuple(flags)] = float(results["correction_scale"])
-        assert parameters["fit_correction_scale"] is not bool(flags)
-    assert 0.0 <= scales[()] < 1.0 and scales[("--no-fit-scale",)] == 1.0
+            shares[tuple(flags)] = (float(results["calibration_cubic"]),
+                                    float(results["calibration_correction"]))
+        assert parameters["calibrate"] is not bool(flags)
+    cubic, correction = shares[()]
+    assert 0.0 <= cubic <= 1.0 and 0.0 <= correction < 1.0
+    assert shares[("--no-calibrate",)] == (0.0, 1.0)  # as trained
 
 
 def test_classify_to_an_output_folder(tmp_path, checkpoint):

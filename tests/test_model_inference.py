@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from scipy.interpolate import PchipInterpolator
 
 from napari_neurt import Cancelled, Progress, Recording
-from napari_neurt.model import NeurtModel, window_starts, window_taper
+from napari_neurt.model import Calibration, NeurtModel, pchip_fill, window_starts, window_taper
 from napari_neurt.model.neurt import Neurt, NeurtConfig
 
 L = 32  # seq_len of the small test model
@@ -318,7 +319,7 @@ def test_bad_input_gives_clear_errors(call, message):
         call(small_model())
 
 
-# --- correction scale -----------------------------------------------------------------------
+# --- calibration ----------------------------------------------------------------------------
 def gap_mask(n: int, t: int) -> np.ndarray:
     hide = np.zeros((n, t), dtype=bool)
     for neuron in range(n):
@@ -327,26 +328,80 @@ def gap_mask(n: int, t: int) -> np.ndarray:
     return hide
 
 
-def test_correction_scale_moves_between_interpolation_and_the_model():
+def test_calibration_moves_between_the_fills_and_the_model():
     model = small_model(interpolate=True, local_kernel=3)
     tokens, hide = smooth_tokens(3, L), gap_mask(3, L)  # one window, gaps inside it
-    full = model.reconstruct(tokens, hide, channels="own")
-    zero = model.reconstruct(tokens, hide, channels="own", correction_scale=0.0)
-    half = model.reconstruct(tokens, hide, channels="own", correction_scale=0.5)
-    # scale 0: the own trace is the straight line across each gap (the model corrects nothing)
-    line = np.stack(
-        [
-            np.interp(np.arange(L), np.flatnonzero(~h), y[~h])
-            for y, h in zip(tokens[..., 0], hide, strict=True)
-        ]
+    own = tokens[..., 0]
+
+    def run(cubic, correction):
+        calibration = Calibration(cubic=cubic, correction=correction)
+        return model.reconstruct(tokens, hide, channels="own", calibration=calibration)
+
+    full, linear, cubic, half = run(0, 1), run(0, 0), run(1, 0), run(0.5, 0.5)
+    np.testing.assert_array_equal(full, model.reconstruct(tokens, hide, channels="own"))
+    # correction 0: the own trace is the straight line (cubic 0) or SciPy's PCHIP (cubic 1)
+    t = np.arange(L)
+    line = np.stack([np.interp(t, t[~h], y[~h]) for y, h in zip(own, hide, strict=True)])
+    pchip = np.stack(
+        [PchipInterpolator(t[~h], y[~h])(t) for y, h in zip(own, hide, strict=True)]
     )
-    np.testing.assert_allclose(zero[..., 0][hide], line[hide], atol=1e-5)
-    assert np.abs(full - zero)[..., 0][hide].max() > 1e-3  # the model does correct
-    np.testing.assert_allclose(half, (full + zero) / 2, atol=1e-5)
+    np.testing.assert_allclose(linear[..., 0][hide], line[hide], atol=1e-5)
+    np.testing.assert_allclose(cubic[..., 0][hide], pchip[hide], atol=1e-5)
+    assert np.abs(pchip - line)[hide].max() > 1e-3  # the two fills differ here
+    assert np.abs(full - linear)[..., 0][hide].max() > 1e-3  # the model does correct
+    np.testing.assert_allclose(half, (cubic + full) / 2, atol=1e-5)
+    visible = np.repeat(~hide[..., None], 5, axis=2)
+    visible[..., 1:] = True  # the neighbourhood is not hidden: the cubic moves none of it
+    np.testing.assert_array_equal(cubic[visible], linear[visible])
     with pytest.raises(ValueError, match="interpolation-residual"):
-        small_model().reconstruct(tokens, hide, correction_scale=0.5)
-    with pytest.raises(ValueError, match="finite"):
-        model.reconstruct(tokens, hide, correction_scale=float("nan"))
+        small_model().reconstruct(tokens, hide, calibration=Calibration(correction=0.5))
+    with pytest.raises(TypeError, match="Calibration"):
+        model.reconstruct(tokens, hide, calibration=0.5)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"correction": float("nan")}, "finite"), ({"cubic": 1.5}, "between 0 and 1"),
+     ({"cubic": "0"}, "finite")],
+)
+def test_calibration_refuses_bad_shares(values, message):
+    with pytest.raises(ValueError, match=message):
+        Calibration(**values)
+
+
+def test_calibration_fit_is_least_squares_within_bounds():
+    rng = np.random.default_rng(0)
+    towards_cubic, correction = rng.normal(size=(2, 200))
+    fitted = Calibration.fit(0.3 * towards_cubic + 0.6 * correction, towards_cubic, correction)
+    assert (fitted.cubic, fitted.correction) == pytest.approx((0.3, 0.6), abs=1e-6)
+    # never beyond either fill nor amplifying the correction; an empty column stays as trained
+    assert Calibration.fit(3 * towards_cubic, towards_cubic, 0 * correction) == Calibration(1, 1)
+    assert Calibration.fit(-correction, 0 * towards_cubic, correction) == Calibration(0, 0)
+
+
+def test_pchip_fill_is_scipys_inside_and_flat_outside():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(2, 3, 30)).astype(np.float32)
+    hidden = rng.random((2, 3, 30)) < 0.4
+    hidden[0, 0, :3] = hidden[0, 0, -2:] = True  # hidden ends
+    hidden[0, 1] = True  # nothing visible
+    hidden[0, 2] = True
+    hidden[0, 2, 7] = False  # one visible step
+    filled = pchip_fill(values, hidden)
+    assert filled.dtype == np.float32
+    np.testing.assert_array_equal(filled[~hidden], values[~hidden])
+    row, where = values[1, 0], hidden[1, 0]
+    t = np.arange(30)
+    inside = where & (t > t[~where][0]) & (t < t[~where][-1])
+    np.testing.assert_allclose(
+        filled[1, 0][inside], PchipInterpolator(t[~where], row[~where])(t[inside]), rtol=1e-5
+    )
+    seen = t[~hidden[0, 0]]
+    assert (filled[0, 0, :3] == values[0, 0, seen[0]]).all()
+    assert (filled[0, 0, -2:] == values[0, 0, seen[-1]]).all()
+    assert (filled[0, 1] == 0).all() and (filled[0, 2] == values[0, 2, 7]).all()
+    with pytest.raises(ValueError, match="shape"):
+        pchip_fill(values, hidden[0])
 
 
 class _Oracle(torch.nn.Module):
@@ -364,29 +419,51 @@ class _Oracle(torch.nn.Module):
 
 
 @pytest.mark.parametrize("sign, expected", [(1.0, 1.0), (0.25, 1.0), (-1.0, 0.0), (0.0, 1.0)])
-def test_fit_correction_scale_is_the_least_squares_factor_clipped(sign, expected):
+def test_calibrate_fits_the_correction_share(sign, expected):
     model = small_model(interpolate=True)
     tokens, hide = smooth_tokens(3, L), gap_mask(3, L)  # one window per neuron, one batch
     model.module = _Oracle(model.config, torch.from_numpy(tokens), sign)
-    scale = model.fit_correction_scale(tokens, hide, channels="own", batch_size=8)
-    # a correction of `sign` times the right one is best scaled by 1 / sign, then clipped to
-    # [0, 1]; a model that corrects nothing (sign 0) is left as it is
-    assert scale == pytest.approx(expected, abs=1e-5)
+    calibration = model.calibrate(tokens, hide, channels="own", batch_size=8)
+    # a correction of `sign` times the right one is best scaled by 1 / sign, bounded to [0, 1];
+    # a model that corrects nothing (sign 0) is left as it is
+    assert calibration.correction == pytest.approx(expected, abs=1e-5)
 
 
-def test_fit_correction_scale_keeps_hidden_steps_unscored_and_checks_its_input():
+def test_calibrate_bends_towards_the_cubic_on_smooth_traces():
+    model = small_model(interpolate=True)
+    tokens, hide = smooth_tokens(3, L), gap_mask(3, L)
+    model.module = _Oracle(model.config, torch.from_numpy(tokens), 0.0)  # corrects nothing
+    # a sine is much nearer its cubic interpolation than the straight line
+    assert model.calibrate(tokens, hide, channels="own").cubic > 0.9
+    ramps = np.repeat(np.linspace(0, 1, L, dtype=np.float32)[None, :, None], 3, axis=0)
+    ramps = np.repeat(ramps, 5, axis=2)  # on straight lines both fills agree: stays as trained
+    assert model.calibrate(ramps, hide, channels="own").cubic == 0.0
+
+
+def test_calibrate_keeps_hidden_steps_unscored_and_checks_its_input():
     model = small_model(interpolate=True, local_kernel=3)
     tokens, hide = smooth_tokens(4, 3 * L), gap_mask(4, 3 * L)
     poisoned = tokens.copy()
     poisoned[..., 0][hide] = 1e6  # values at the hidden steps must not matter
-    assert model.fit_correction_scale(poisoned, hide, channels="own") == pytest.approx(
-        model.fit_correction_scale(tokens, hide, channels="own"), abs=1e-6
+    assert model.calibrate(poisoned, hide, channels="own") == pytest.approx(
+        model.calibrate(tokens, hide, channels="own"), abs=1e-6
     )
-    scale = model.fit_correction_scale(tokens, hide, channels="own", seed=3)
-    assert 0.0 <= scale <= 1.0
+    calibration = model.calibrate(tokens, hide, channels="own", seed=3)
+    assert 0.0 <= calibration.cubic <= 1.0 and 0.0 <= calibration.correction <= 1.0
     with pytest.raises(ValueError, match="needs hidden steps"):
-        model.fit_correction_scale(tokens, np.zeros((4, 3 * L), dtype=bool))
+        model.calibrate(tokens, np.zeros((4, 3 * L), dtype=bool))
     with pytest.raises(ValueError, match="no visible step"):
-        model.fit_correction_scale(tokens, np.ones((4, 3 * L), dtype=bool))
+        model.calibrate(tokens, np.ones((4, 3 * L), dtype=bool))
     with pytest.raises(ValueError, match="interpolation-residual"):
-        small_model().fit_correction_scale(tokens, hide)
+        small_model().calibrate(tokens, hide)
+
+
+def test_a_whole_cubic_share_is_pchip_across_windows_and_features():
+    """Stitching over overlapping windows keeps the cubic share exact, every feature included."""
+    model = small_model(interpolate=True, local_kernel=3)
+    tokens, hide = smooth_tokens(3, 3 * L + 5), gap_mask(3, 3 * L + 5)
+    hide[:, L - 3 : L + 9] = True  # a gap across a window boundary
+    cubic = model.reconstruct(tokens, hide, calibration=Calibration(cubic=1.0, correction=0.0))
+    entries = np.repeat(hide[..., None], 5, axis=2)  # channels "all": every feature hidden
+    expected = pchip_fill(tokens.transpose(0, 2, 1), entries.transpose(0, 2, 1))
+    np.testing.assert_allclose(cubic, expected.transpose(0, 2, 1), atol=1e-5)

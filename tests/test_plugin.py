@@ -159,7 +159,9 @@ def test_the_scripting_examples_run(make_napari_viewer, tiny_checkpoint, monkeyp
     assert "neurons movie" in viewer.layers
     assert namespace["marked"].hidden_runs == [(200, 229), (250, 250)]
     assert namespace["bad"].hidden_runs == [(250, 250)]
-    assert 0.0 <= namespace["scale"] <= 1.0 and namespace["own"].shape == (15, 300)
+    calibration = namespace["calibration"]
+    assert 0.0 <= calibration.cubic <= 1.0 and 0.0 <= calibration.correction <= 1.0
+    assert namespace["own"].shape == (15, 300)
     assert (tmp_path / "results" / "neurons.provenance.json").is_file()
     assert (tmp_path / "results" / "neurons.nwb").is_file()
 

@@ -157,20 +157,23 @@ def test_adapt_first_adapts_the_model_before_reconstructing(panel, qtbot):
     assert not np.allclose(adapted.reconstruction[:, 100:130], plain.reconstruction[:, 100:130])
 
 
-def test_fit_scale_box_fits_the_correction_of_residual_models(panel, qtbot, tmp_path):
+def test_calibrate_box_calibrates_residual_models(panel, qtbot, tmp_path):
     viewer, widget = panel
     torch.manual_seed(0)
     residual = tmp_path / "residual-neurt"
     config = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, interpolate=True)
     save_checkpoint(residual, Neurt(config), provenance={"source": "random test weights"})
     widget.set_model(str(residual))
-    assert widget.fit_scale.isChecked()  # on by default
+    assert widget.calibrate_box.isChecked()  # on by default
     fitted = reconstruct_marked(viewer, widget, qtbot)
-    assert len(fitted.parameters["correction_scales"]) == 1
-    assert 0.0 <= fitted.parameters["correction_scales"][0] <= 1.0
-    widget.fit_scale.setChecked(False)
+    [calibration] = fitted.parameters["calibrations"]
+    assert set(calibration) == {"cubic", "correction"}
+    assert all(0.0 <= share <= 1.0 for share in calibration.values())
+    assert f"cubic {calibration['cubic']:.2f}" in widget.status.text()
+    widget.calibrate_box.setChecked(False)
     plain = reconstruct_marked(viewer, widget, qtbot)
-    assert plain.parameters["correction_scales"] is None
+    assert plain.parameters["calibrations"] is None
+    assert "calibrated" not in widget.status.text()
 
 
 def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):

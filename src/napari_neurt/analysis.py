@@ -541,7 +541,7 @@ def iter_reconstruct(
     overlap: int | None = None,
     batch_size: int | None = None,
     adapt_steps: int = 0,
-    fit_correction_scale: bool = True,
+    calibrate: bool = True,
 ) -> Steps[Reconstruction]:
     """`reconstruct` as a step generator: yields `Progress` per batch (over all folds)."""
     if adapt_steps < 0:
@@ -561,7 +561,7 @@ def iter_reconstruct(
     yield Progress(0, 1, "tokens")
     passes = [(folds == f) for f in range(n_folds)] if folds is not None else [hidden]
     out = np.empty((n, n_frames), dtype=np.float32)
-    scales = []  # fitted correction scale of each pass
+    calibrations = []  # fitted on each pass
     for number, frames_hidden in enumerate(passes):
         mask = np.repeat(frames_hidden[None, :], n, axis=0)
         stage = (
@@ -576,20 +576,20 @@ def iter_reconstruct(
                 adapting,
                 lambda step, stage=stage: Progress(step.done, step.total, f"adapt ({stage})"),
             )
-        correction_scale = 1.0
-        if fit_correction_scale and pass_model.config.interpolate:
-            fitting = pass_model.iter_fit_correction_scale(
+        calibration = None
+        if calibrate and pass_model.config.interpolate:
+            fitting = pass_model.iter_calibrate(
                 tokens, mask, channels=channels, seed=number, overlap=overlap,
                 batch_size=batch_size,
             )
-            correction_scale = yield from relay(
+            calibration = yield from relay(
                 fitting,
-                lambda step, stage=stage: Progress(step.done, step.total, f"fit scale ({stage})"),
+                lambda step, stage=stage: Progress(step.done, step.total, f"calibrate ({stage})"),
             )
-            scales.append(correction_scale)
+            calibrations.append(calibration.to_dict())
         steps = pass_model.iter_reconstruct(
             tokens, mask, channels=channels, overlap=overlap, batch_size=batch_size,
-            correction_scale=correction_scale,
+            calibration=calibration,
         )
         result = yield from relay(
             steps,
@@ -622,7 +622,7 @@ def iter_reconstruct(
         "overlap": model.default_overlap if overlap is None else int(overlap),
         "batch_size": batch_size or model.default_batch_size,
         "adapt_steps": int(adapt_steps),
-        "correction_scales": scales or None,
+        "calibrations": calibrations or None,
     }
     return Reconstruction(
         mode=hide,
@@ -648,11 +648,11 @@ def reconstruct(
     adapt a copy of the model to this recording by that many steps of masked reconstruction
     (`NeurtModel.adapt`; 0, the default, does not), once per pass and never showing it the frames
     that pass hides, so a k-fold R^2 stays a prediction of unseen frames.
-    ``fit_correction_scale`` (default True): for an interpolation-residual model, scale its
-    correction to the interpolation by the factor `NeurtModel.fit_correction_scale` fits on
-    this recording, once per pass (never scoring the frames that pass hides); the factors are
-    in ``parameters["correction_scales"]``. Models without an interpolation fill (the published
-    ones) reconstruct as they are.
+    ``calibrate`` (default True): for an interpolation-residual model, fit on this recording
+    how far to move its linear fill towards PCHIP and how much of its correction to keep
+    (`NeurtModel.calibrate`), once per pass (never scoring the frames that pass hides); each
+    pass's `Calibration` is in ``parameters["calibrations"]`` (as dicts). Models without an
+    interpolation fill (the published ones) reconstruct as they are.
     """
     return run_steps(iter_reconstruct(model, recording, **options), progress, stop)
 

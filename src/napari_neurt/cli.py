@@ -112,11 +112,12 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         "(the hidden frames are kept from it); default 0, no adaptation",
     )
     p.add_argument(
-        "--no-fit-scale",
-        dest="fit_correction_scale",
+        "--no-calibrate",
+        dest="calibrate",
         action="store_false",
-        help="use an interpolation-residual model's correction as trained, instead of scaling "
-        "it by a factor fitted on each recording (see NeurtModel.fit_correction_scale)",
+        help="use an interpolation-residual model as trained, instead of fitting on each "
+        "recording how far to move its linear fill towards PCHIP and how much of its correction "
+        "to keep (see NeurtModel.calibrate)",
     )
     p.set_defaults(func=_run_model_task)
 
@@ -173,7 +174,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
                     max_span=args.max_span,
                     seed=args.seed,
                     channels=args.channels,
-                    fit_correction_scale=args.fit_correction_scale,
+                    calibrate=args.calibrate,
                 )
                 arrays = batch.reconstruct_recording(task_model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")

@@ -9,7 +9,15 @@ This package never imports Qt or napari.
 """
 
 from .checkpoint import Checkpoint, read_checkpoint, save_checkpoint
-from .inference import ClassificationResult, NeurtModel, load_model, window_starts, window_taper
+from .inference import (
+    Calibration,
+    ClassificationResult,
+    NeurtModel,
+    load_model,
+    pchip_fill,
+    window_starts,
+    window_taper,
+)
 from .neurt import Neurt, NeurtConfig
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
 from .tokens import (
@@ -25,6 +33,7 @@ __all__ = [
     "DEFAULT_DELTA_UM",
     "FEATURES",
     "PUBLISHED",
+    "Calibration",
     "Checkpoint",
     "ClassificationResult",
     "NeighborhoodTokens",
@@ -36,6 +45,7 @@ __all__ = [
     "load_model",
     "neighborhood_tokens",
     "normalise_traces",
+    "pchip_fill",
     "read_checkpoint",
     "read_published",
     "save_checkpoint",

@@ -23,7 +23,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..progress import Progress
 from ..recording import Recording
-from .inference import NeurtModel
+from .inference import Calibration, NeurtModel
 from .tokens import span_mask
 
 
@@ -58,17 +58,18 @@ def reconstruct_recording(
     channels: str = "all",
     overlap: int | None = None,
     batch_size: int | None = None,
-    fit_correction_scale: bool = True,
+    calibrate: bool = True,
     progress: Callable[[Progress], object] | None = None,
 ) -> dict[str, np.ndarray]:
     """Hide random spans (as in NEuRT pretraining) and reconstruct them; arrays for a results file.
 
     With ``hide_ratio=0`` nothing is hidden and the model reconstructs what it sees.
     `r2_hidden` is, per neuron, the R^2 of the own-trace feature on the hidden frames (NaN when
-    no frame is hidden or the hidden frames are constant). With `fit_correction_scale`, an
-    interpolation-residual model's correction is scaled by `NeurtModel.fit_correction_scale`
-    (fitted on this recording, the hidden frames never scored); `correction_scale` holds the
-    factor used (1 where nothing was fitted).
+    no frame is hidden or the hidden frames are constant). With `calibrate`, an
+    interpolation-residual model's fill and correction are calibrated by `NeurtModel.calibrate`
+    (fitted on this recording, the hidden frames never scored); `calibration_cubic` and
+    `calibration_correction` hold the shares used (0 and 1, the model as trained, where nothing
+    was fitted).
     """
     tokens = model.tokens_for(recording, delta)
     hide = span_mask(
@@ -77,10 +78,10 @@ def reconstruct_recording(
     options = {
         "channels": channels, "overlap": overlap, "batch_size": batch_size, "progress": progress
     }
-    scale = 1.0
-    if fit_correction_scale and model.config.interpolate and hide.any():
-        scale = model.fit_correction_scale(tokens, hide, seed=seed, **options)
-    reconstruction = model.reconstruct(tokens, hide, correction_scale=scale, **options)
+    calibration = Calibration()
+    if calibrate and model.config.interpolate and hide.any():
+        calibration = model.calibrate(tokens, hide, seed=seed, **options)
+    reconstruction = model.reconstruct(tokens, hide, calibration=calibration, **options)
     return {
         "neuron_ids": recording.neuron_ids,
         "reconstruction": reconstruction,
@@ -91,7 +92,8 @@ def reconstruct_recording(
         "n_near": tokens.n_near,
         "n_far": tokens.n_far,
         "delta_px": np.float64(tokens.delta_px),
-        "correction_scale": np.float64(scale),
+        "calibration_cubic": np.float64(calibration.cubic),
+        "calibration_correction": np.float64(calibration.correction),
     }
 
 

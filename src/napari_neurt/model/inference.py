@@ -21,7 +21,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,79 @@ class ClassificationResult:
     recording_head: bool
     recording_rule: str
     neuron_embedding: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How an interpolation-residual model's reconstruction is put together on one recording.
+
+    A hidden entry becomes ``(1 - cubic) * linear + cubic * pchip + correction * c``: `linear`
+    is the model's own fill (straight lines across each gap), `pchip` SciPy's shape-preserving
+    cubic through the same visible steps (`pchip_fill`), `c` the model's learned correction to
+    its fill. ``Calibration()`` (cubic 0, correction 1) is the model as trained;
+    `NeurtModel.calibrate` fits both shares on the recording itself.
+    """
+
+    cubic: float = 0.0
+    correction: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("cubic", "correction"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"Calibration.{name} must be a finite number; got {value!r}")
+        if not 0.0 <= self.cubic <= 1.0:
+            raise ValueError(f"Calibration.cubic is a share between 0 and 1; got {self.cubic}")
+
+    @classmethod
+    def fit(cls, target: np.ndarray, towards_cubic: np.ndarray, correction: np.ndarray):
+        """Least squares ``target ~ cubic * towards_cubic + correction * correction_`` on [0, 1]^2.
+
+        All three are the own trace at the fitting steps, less the linear fill: the truth, the
+        PCHIP fill and the model's correction. Bounded so that it never extrapolates beyond
+        either fill or amplifies the correction.
+        """
+        from scipy.optimize import lsq_linear
+
+        design = np.stack([towards_cubic, correction], axis=1).astype(np.float64)
+        used = np.abs(design).sum(axis=0) > 0  # a column of zeros: its share cannot matter
+        shares = np.array([0.0, 1.0])  # and is left as trained
+        if used.any():
+            shares[used] = lsq_linear(
+                design[:, used], target.astype(np.float64), bounds=(0, 1), method="bvls"
+            ).x
+        return cls(cubic=float(shares[0]), correction=float(shares[1]))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def pchip_fill(values: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """`values` (..., T) with the `hidden` steps of each row filled by PCHIP interpolation.
+
+    SciPy's `PchipInterpolator` (shape-preserving piecewise cubic: no overshoot between visible
+    steps) through each row's visible steps; hidden steps before the first or after the last
+    visible one take its value, and a row with nothing visible is 0, as in the linear fill.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    if hidden.shape != values.shape:
+        raise ValueError(f"hidden must have the shape of values {values.shape}; got {hidden.shape}")
+    out = np.ascontiguousarray(np.where(hidden, 0, values), dtype=values.dtype)
+    flat, flat_hidden = out.reshape(-1, values.shape[-1]), hidden.reshape(-1, values.shape[-1])
+    t = np.arange(values.shape[-1])
+    for row, where in zip(flat, flat_hidden, strict=True):
+        if not where.any() or where.all():
+            continue
+        seen = t[~where]
+        if len(seen) == 1:
+            row[where] = row[seen[0]]
+            continue
+        inside = where & (t > seen[0]) & (t < seen[-1])
+        row[inside] = PchipInterpolator(seen, row[seen])(t[inside])
+        row[where & (t < seen[0])] = row[seen[0]]
+        row[where & (t > seen[-1])] = row[seen[-1]]
+    return out
 
 
 def window_starts(n_frames: int, length: int, overlap: int) -> np.ndarray:
@@ -224,7 +297,7 @@ class NeurtModel:
         channels: str = "all",
         overlap: int | None = None,
         batch_size: int | None = None,
-        correction_scale: float = 1.0,
+        calibration: Calibration | None = None,
         progress: ProgressCallback | None = None,
         stop: Stop | None = None,
     ) -> np.ndarray:
@@ -236,9 +309,9 @@ class NeurtModel:
         visible. `overlap` is the least overlap of consecutive windows in frames (default
         `default_overlap`, seq_len // 4): more costs more windows and puts every frame nearer
         the middle of some window. `batch_size` is in windows (default `default_batch_size`).
-        `correction_scale` (interpolation-residual models only) scales the model's correction
-        to its interpolation fill: 1 is the model as trained, 0 plain linear interpolation;
-        `fit_correction_scale` fits it on the recording itself.
+        `calibration` (interpolation-residual models only; see `Calibration`) sets how the
+        hidden entries are assembled from the linear fill, a PCHIP fill and the model's
+        correction; None is the model as trained. `calibrate` fits one on the recording itself.
         `progress` is called with a `Progress` after each batch; `stop` (an Event or a callable)
         cancels between batches by raising `napari_neurt.Cancelled`.
         """
@@ -248,7 +321,7 @@ class NeurtModel:
             channels=channels,
             overlap=overlap,
             batch_size=batch_size,
-            correction_scale=correction_scale,
+            calibration=calibration,
         )
         return run_steps(steps, progress=progress, stop=stop)
 
@@ -260,24 +333,27 @@ class NeurtModel:
         channels: str = "all",
         overlap: int | None = None,
         batch_size: int | None = None,
-        correction_scale: float = 1.0,
+        calibration: Calibration | None = None,
     ) -> Steps[np.ndarray]:
         """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
-        if not math.isfinite(correction_scale):
-            raise ValueError(f"correction_scale must be a finite number; got {correction_scale}")
-        if correction_scale != 1.0 and not self.config.interpolate:
+        calibration = calibration or Calibration()
+        if not isinstance(calibration, Calibration):
+            raise TypeError(
+                f"calibration must be a Calibration (from NeurtModel.calibrate); got {calibration!r}"
+            )
+        if calibration != Calibration() and not self.config.interpolate:
             raise ValueError(
-                "correction_scale needs an interpolation-residual model (config.interpolate); "
-                "this one predicts hidden values outright, there is no fill to scale towards"
+                "a calibration needs an interpolation-residual model (config.interpolate); this "
+                "one predicts hidden values outright, there is no fill to calibrate"
             )
         x = self._check_tokens(tokens)
         hidden = self._check_hide(hide, x.shape[:2], channels)
         total = yield from self._iter_stitched(
-            x, hidden, channels, overlap, batch_size, float(correction_scale)
+            x, hidden, channels, overlap, batch_size, calibration
         )
         return total.numpy()
 
-    def fit_correction_scale(
+    def calibrate(
         self,
         tokens: TokensLike,
         hide: np.ndarray | torch.Tensor,
@@ -288,26 +364,27 @@ class NeurtModel:
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         stop: Stop | None = None,
-    ) -> float:
-        """How much of its correction to trust on this recording, fitted on the recording itself.
+    ) -> Calibration:
+        """The `Calibration` of this model's fill and correction, fitted on the recording itself.
 
         An interpolation-residual model reconstructs a hidden step as its linear interpolation
         fill plus a learned correction. On recordings unlike its training data the correction
-        can hurt (on smooth, fast traces it is noise). This hides, next to `hide`, the same
-        pattern shifted in time by a random number of frames per neuron (at steps `hide` leaves
-        visible, so the gaps have the same lengths), reconstructs both at once and returns the
-        least-squares factor on the correction of the own trace (feature 0) at the extra steps,
-        clipped to [0, 1]: 0 means plain interpolation does better, 1 the model as trained. Pass
-        it to ``reconstruct(..., correction_scale=...)`` with the same `hide` and `channels`.
-        The steps in `hide` are never scored, so that it can then be asked for them.
-        `seed` draws the shifts; the rest as in `reconstruct`. Costs one reconstruction.
+        can hurt (on smooth, fast traces it is noise), and on smooth traces a cubic fill beats
+        the straight line. This hides, next to `hide`, the same pattern shifted in time by a
+        random number of frames per neuron (at steps `hide` leaves visible, so the gaps have the
+        same lengths), reconstructs both at once and fits, by least squares on the own trace
+        (feature 0) at the extra steps, both shares within [0, 1]: how far to move from the
+        linear fill towards PCHIP, and how much of the correction to add. Pass it to
+        ``reconstruct(..., calibration=...)`` with the same `hide` and `channels`. The steps in
+        `hide` are never scored, so that it can then be asked for them. `seed` draws the
+        shifts; the rest as in `reconstruct`. Costs one reconstruction.
         """
-        steps = self.iter_fit_correction_scale(
+        steps = self.iter_calibrate(
             tokens, hide, channels=channels, seed=seed, overlap=overlap, batch_size=batch_size
         )
         return run_steps(steps, progress=progress, stop=stop)
 
-    def iter_fit_correction_scale(
+    def iter_calibrate(
         self,
         tokens: TokensLike,
         hide: np.ndarray | torch.Tensor,
@@ -316,55 +393,55 @@ class NeurtModel:
         seed: int = 0,
         overlap: int | None = None,
         batch_size: int | None = None,
-    ) -> Steps[float]:
-        """`fit_correction_scale` as a generator of `Progress` that returns the factor."""
+    ) -> Steps[Calibration]:
+        """`calibrate` as a generator of `Progress` that returns the `Calibration`."""
         if not self.config.interpolate:
-            raise ValueError(
-                "fit_correction_scale needs an interpolation-residual model (config.interpolate)"
-            )
+            raise ValueError("calibrate needs an interpolation-residual model (config.interpolate)")
         x = self._check_tokens(tokens)
         hidden = self._check_hide(hide, x.shape[:2], channels)
         n_frames = x.shape[1]
         if not hidden.any() or n_frames < 2:
             raise ValueError(
-                "fit_correction_scale needs hidden steps (hide) to copy: it fits the factor on "
-                "the same pattern shifted in time"
+                "calibrate needs hidden steps (hide) to copy: it fits on the same pattern "
+                "shifted in time"
             )
         shifts = np.random.default_rng(seed).integers(1, n_frames, size=x.shape[0])
         shifted = torch.stack([row.roll(int(s)) for row, s in zip(hidden, shifts, strict=True)])
         extra = shifted & ~hidden
         if not extra.any():
             raise ValueError(
-                "fit_correction_scale found no visible step to hide: `hide` covers every frame "
-                "its shifted copy falls on; hide fewer frames"
+                "calibrate found no visible step to hide: `hide` covers every frame its shifted "
+                "copy falls on; hide fewer frames"
             )
+        both = hidden | extra
         fill, correction = yield from self._iter_stitched(
-            x, hidden | extra, channels, overlap, batch_size, None
+            x, both, channels, overlap, batch_size, None
         )
-        truth = x[..., 0][extra].double()
-        fill, correction = fill[extra].double(), correction[extra].double()
-        power = float(correction.square().sum())
-        if power == 0.0:  # the model adds nothing here: any factor gives the same result
-            return 1.0
-        scale = float(((truth - fill) * correction).sum()) / power
-        return min(max(scale, 0.0), 1.0)
+        own = x[..., 0].numpy()
+        cubic = pchip_fill(own, both.numpy())
+        at = extra.numpy()
+        fill, correction = fill.numpy()[at].astype(np.float64), correction.numpy()[at]
+        return Calibration.fit(own[at] - fill, cubic[at] - fill, correction)
 
-    def _iter_stitched(self, x, hidden, channels, overlap, batch_size, scale):
+    def _iter_stitched(self, x, hidden, channels, overlap, batch_size, calibration):
         """Windowed reconstruction of tokens `x` with `hidden` steps, stitched with the taper.
 
-        With a float `scale`: the reconstruction (N, T, F), its correction to the interpolation
-        fill scaled by `scale` (interpolation-residual models; a published model's output is
-        all correction, and its `scale` is 1). With ``scale=None``: the own trace's fill and
-        correction apart, a pair of (N, T) tensors (stitching is linear: they add up to the
-        reconstruction), which is what `fit_correction_scale` needs.
+        With a `Calibration`: the reconstruction (N, T, F) it describes (a published model's
+        output is all correction, and only the identity calibration reaches it). With
+        ``calibration=None``: the own trace's linear fill and correction apart, a pair of (N, T)
+        tensors (stitching is linear: they add up to the reconstruction), which is what
+        `calibrate` needs.
         """
         n, n_frames, n_features = x.shape
         plan = _WindowPlan(n, n_frames, self.config.seq_len, self._check_overlap(overlap))
         taper = torch.from_numpy(plan.taper)[None, :, None]
-        if scale is None:
+        if calibration is None:
             parts = torch.zeros((2, n, n_frames, 1), dtype=torch.float32)
         else:
+            scale = calibration.correction
             total = torch.zeros((n, n_frames, n_features), dtype=torch.float32)
+            # the cubic share moves from the linear fill the windows used, stitched alike
+            linear = torch.zeros_like(total) if calibration.cubic else None
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
@@ -373,23 +450,32 @@ class NeurtModel:
             entries = hidden_entries(steps, channels, n_features)
             with self.inference_context():
                 out = self.module(batch.to(self.device), entries.to(self.device)).float().cpu()
-            if scale is None:
+            if calibration is None:
                 fill = interpolate_hidden(batch, entries)[..., :1]
                 parts[0].index_put_((neurons, frames), fill * taper, accumulate=True)
                 parts[1].index_put_((neurons, frames), (out[..., :1] - fill) * taper,
                                     accumulate=True)
                 return
-            if scale != 1.0:  # only interpolation-residual models get here (checked)
+            if scale != 1.0 or linear is not None:  # only residual models get here (checked)
                 fill = interpolate_hidden(batch, entries)
                 out = fill + scale * (out - fill)
+                if linear is not None:
+                    linear.index_put_((neurons, frames), fill * taper, accumulate=True)
             total.index_put_((neurons, frames), out * taper, accumulate=True)
 
         yield from self._batches(plan.n_windows, batch_size, "reconstruct", step)
         weight = torch.from_numpy(plan.weight_sum)[None, :, None]
-        if scale is None:
+        if calibration is None:
             parts /= weight
             return parts[0, ..., 0], parts[1, ..., 0]
         total /= weight  # in place: the result can be large
+        if linear is not None:
+            linear /= weight
+            entries = hidden_entries(hidden, channels, n_features).numpy()
+            values = x.numpy().transpose(0, 2, 1)  # rows of (neuron, feature) over time
+            cubic = pchip_fill(values, entries.transpose(0, 2, 1)).transpose(0, 2, 1)
+            shift = calibration.cubic * (torch.from_numpy(cubic) - linear)
+            total += torch.where(torch.from_numpy(entries), shift, 0.0)
         return total
 
     # --- adaptation -------------------------------------------------------------------------

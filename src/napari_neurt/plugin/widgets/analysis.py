@@ -225,16 +225,17 @@ class AnalysisWidget(QWidget):
         form.addRow(self.marked_row)
         form.addRow(self.bad_row)
         form.addRow("Adapt first", self.adapt_steps)
-        self.fit_scale = QCheckBox("fit the correction's scale to this recording")
-        self.fit_scale.setChecked(True)
-        self.fit_scale.setToolTip(
-            "interpolation-residual models (the default weights) fill hidden frames by "
-            "interpolation plus a learned correction; this scales the correction by a factor "
-            "in [0, 1] fitted on the recording itself (the same hiding shifted in time, the "
-            "hidden frames never scored), so that it is not applied where it does not help. "
-            "One extra reconstruction per pass; no effect on the published models"
+        self.calibrate_box = QCheckBox("calibrate the fill to this recording")
+        self.calibrate_box.setChecked(True)
+        self.calibrate_box.setToolTip(
+            "interpolation-residual models (the default weights) fill hidden frames by linear "
+            "interpolation plus a learned correction; this fits on the recording itself (the "
+            "same hiding shifted in time, the hidden frames never scored) how far to bend the "
+            "straight line towards a shape-preserving cubic (PCHIP) and how much of the "
+            "correction to keep, each in [0, 1]. One extra reconstruction per pass; no effect "
+            "on the published models"
         )
-        form.addRow("", self.fit_scale)
+        form.addRow("", self.calibrate_box)
         self.progress_bar = ProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -681,7 +682,7 @@ class AnalysisWidget(QWidget):
         prior = self._prior_analysis(roi, recording)
         options = dict(n_folds=self.folds.value(), span=self.span.value(),
                        batch_size=self.batch_size, adapt_steps=self.adapt_steps.value(),
-                       fit_correction_scale=self.fit_scale.isChecked())
+                       calibrate=self.calibrate_box.isChecked())
         threshold = self.threshold.value()
         roi_name, layer_kwargs = roi.name, self._layer_kwargs(roi)
         extra = _extra_features(roi)
@@ -714,6 +715,11 @@ class AnalysisWidget(QWidget):
                 f"median predictability R² {np.nanmedian(r2):.3f}" if np.isfinite(r2).any()
                 else f"imputed {int(result.hidden.sum())} bad frames"
             )
+            if calibrations := result.parameters["calibrations"]:
+                cubic, correction = (
+                    np.mean([c[share] for c in calibrations]) for share in ("cubic", "correction")
+                )
+                summary += f"; calibrated: cubic {cubic:.2f}, correction {correction:.2f}"
             return JobResult(roi_name, analysis, data, message=f"reconstructed: {summary}",
                              device=str(model_.device))
 
