@@ -369,6 +369,13 @@ def test_calibration_refuses_bad_shares(values, message):
         Calibration(**values)
 
 
+def test_calibration_takes_numpy_numbers_and_stores_floats():
+    calibration = Calibration(cubic=np.float32(0.25), correction=np.int64(1))
+    assert calibration == Calibration(0.25, 1.0)
+    assert type(calibration.cubic) is float and type(calibration.correction) is float
+    assert calibration.to_dict() == {"cubic": 0.25, "correction": 1.0}
+
+
 def test_calibration_fit_is_least_squares_within_bounds():
     rng = np.random.default_rng(0)
     towards_cubic, correction = rng.normal(size=(2, 200))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable
@@ -106,24 +107,26 @@ class Calibration:
     def __post_init__(self) -> None:
         for name in ("cubic", "correction"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"Calibration.{name} must be a finite number; got {value!r}")
+            object.__setattr__(self, name, float(value))  # numpy scalars included (frozen)
         if not 0.0 <= self.cubic <= 1.0:
             raise ValueError(f"Calibration.cubic is a share between 0 and 1; got {self.cubic}")
 
     @classmethod
     def fit(cls, target: np.ndarray, towards_cubic: np.ndarray, correction: np.ndarray):
-        """Least squares ``target ~ cubic * towards_cubic + correction * correction_`` on [0, 1]^2.
+        """The shares that fit ``target ~ cubic * towards_cubic + correction * correction`` best.
 
-        All three are the own trace at the fitting steps, less the linear fill: the truth, the
-        PCHIP fill and the model's correction. Bounded so that it never extrapolates beyond
-        either fill or amplifies the correction.
+        The arrays are the own trace at the fitting steps: the truth less the linear fill, the
+        PCHIP fill less the linear fill, and the model's correction. Least squares with each
+        share bounded to [0, 1], so that it never goes beyond either fill nor amplifies the
+        correction; a share whose column is all zeros cannot matter and stays as trained.
         """
         from scipy.optimize import lsq_linear
 
         design = np.stack([towards_cubic, correction], axis=1).astype(np.float64)
-        used = np.abs(design).sum(axis=0) > 0  # a column of zeros: its share cannot matter
-        shares = np.array([0.0, 1.0])  # and is left as trained
+        used = np.abs(design).sum(axis=0) > 0
+        shares = np.array([0.0, 1.0])  # as trained
         if used.any():
             shares[used] = lsq_linear(
                 design[:, used], target.astype(np.float64), bounds=(0, 1), method="bvls"
@@ -336,7 +339,8 @@ class NeurtModel:
         calibration: Calibration | None = None,
     ) -> Steps[np.ndarray]:
         """`reconstruct` as a generator of `Progress` that returns the reconstruction."""
-        calibration = calibration or Calibration()
+        if calibration is None:
+            calibration = Calibration()
         if not isinstance(calibration, Calibration):
             raise TypeError(
                 f"calibration must be a Calibration (from NeurtModel.calibrate); got {calibration!r}"
