@@ -34,7 +34,8 @@ Prints three tables (markdown):
    from the default pretrained encoder with `napari_neurt.training.finetune` (the recipe of the
    shipped demo classifier: encoder frozen, heads trained), against logistic regression on
    summary statistics (mean event rate and mean pairwise correlation); plus the shipped demo
-   classifier itself.
+   classifier itself. `--activity-statistics` fine-tunes with the recording head also reading
+   each neuron's activity statistics (`FinetuneConfig.activity_statistics`, opt-in).
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals).
 
@@ -279,7 +280,7 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
-                   full_lr=0.0, partial=None, repeat=0):
+                   full_lr=0.0, partial=None, repeat=0, activity_statistics=False):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -319,9 +320,12 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n + 1000 * repeat,
                                 n_neurons=n_neurons, n_frames=n_frames)
         config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
-                                test_per_class=0, validation_per_class=0, seed=0, device="cpu")
-        evaluate("fine-tuned from default (encoder frozen)",
-                 trained(f"classifier-{n}", train, config), n)
+                                test_per_class=0, validation_per_class=0, seed=0, device="cpu",
+                                activity_statistics=activity_statistics)
+        label = "fine-tuned from default (encoder frozen"
+        label += ", activity statistics)" if activity_statistics else ")"
+        name = f"classifier-{n}" + ("-statistics" if activity_statistics else "")
+        evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
                                     bag_size=32, test_per_class=0, validation_per_class=0, seed=0,
@@ -373,6 +377,8 @@ def main(argv=None) -> None:
     parser.add_argument("--finetune-steps", type=int, default=1200)
     parser.add_argument("--repeat", type=int, default=0,
                         help="training cohorts of another draw: seeds 9100 + n + 1000 * REPEAT")
+    parser.add_argument("--activity-statistics", action="store_true",
+                        help="fine-tune with FinetuneConfig(activity_statistics=True)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
     parser.add_argument("--skip", default="", help="comma list: recon,classify")
@@ -407,7 +413,8 @@ def main(argv=None) -> None:
         rows, attention, n_test = classification(model, sizes, args.test_per_group, 100, 1000,
                                                  args.finetune_steps, args.work, args.full_lr,
                                                  args.markdown.with_suffix(".partial.md")
-                                                 if args.markdown else None, args.repeat)
+                                                 if args.markdown else None, args.repeat,
+                                                 args.activity_statistics)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")

@@ -94,6 +94,33 @@ def test_recording_head_is_gated_attention_over_neurons():
     torch.testing.assert_close(logits, expected.detach(), atol=1e-6, rtol=0)
 
 
+def test_recording_head_reads_standardised_activity_statistics():
+    network = small_network(n_classes=2, mil_hidden=8, neuron_stats=3)
+    head = network.recording_head
+    with torch.no_grad():
+        head.stats_shift.copy_(torch.tensor([1.0, 0.1, 0.2]))
+        head.stats_scale.copy_(torch.tensor([2.0, 0.5, 0.5]))
+    neurons, statistics = torch.randn(7, 16), torch.randn(7, 3)
+    with torch.inference_mode():
+        logits, weights = network.classify_recording(neurons, statistics)
+        shifted, _ = network.classify_recording(neurons, statistics + 1.0)
+    # the head sees the embedding followed by the standardised statistics, nothing else
+    z = torch.cat([neurons, (statistics - head.stats_shift) / head.stats_scale], dim=1)
+    with torch.no_grad():
+        score = head.score(torch.tanh(head.value(z)) * torch.sigmoid(head.gate(z))).squeeze(-1)
+    torch.testing.assert_close(weights, score.softmax(0))
+    expected = head.head(torch.cat([weights @ z, z.mean(0)]))
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-6, rtol=0)
+    assert not torch.allclose(logits, shifted)
+    assert {"recording_head.stats_shift", "recording_head.stats_scale"} <= set(
+        network.state_dict()
+    )  # saved with the weights
+    with pytest.raises(ValueError, match="activity statistics"):
+        network.classify_recording(neurons)
+    with pytest.raises(ValueError, match="recording head"):
+        NeurtConfig(**{**SMALL, "n_classes": 2, "neuron_stats": 3})
+
+
 def test_heads_absent_unless_configured():
     plain = small_network()
     assert plain.time_pool is None and plain.recording_head is None

@@ -7,8 +7,10 @@ import pytest
 
 import napari_neurt
 from napari_neurt.model.tokens import (
+    ACTIVITY_STATISTICS,
     DEFAULT_DELTA_UM,
     FEATURES,
+    activity_statistics,
     default_delta_px,
     neighborhood_tokens,
     normalise_traces,
@@ -172,3 +174,25 @@ def test_span_mask_is_seeded_and_hides_about_the_ratio():
     edges = np.diff(first.astype(int), axis=1)
     assert (edges == 1).sum() > 50 * 2000 * 0.15 / 10
     assert not span_mask(4, 100, ratio=0.0).any()
+
+
+def test_activity_statistics_are_rate_and_correlations():
+    rng = np.random.default_rng(3)
+    n_frames = 400
+    tokens = rng.normal(size=(5, n_frames, 5))
+    tokens[0, :, 0] = 0.0
+    tokens[0, [50, 51, 200, 300], 0] = 10.0  # 3 events: two runs of one frame, one of two
+    tokens[1, :, 0] = tokens[2, :, 0] * 2 + 1  # perfectly correlated pair
+    tokens[3, :, 0] = 7.0  # constant
+    tokens[4, :, 1] = -tokens[4, :, 0]  # anti-correlated with its near neighbourhood
+    statistics = activity_statistics(tokens)
+    assert statistics.shape == (5, len(ACTIVITY_STATISTICS)) and statistics.dtype == np.float32
+    assert statistics[0, 0] == pytest.approx(np.log1p(3 * 1000 / n_frames))
+    own = tokens[..., 0]
+    correlation = np.zeros((5, 5))
+    live = [0, 1, 2, 4]
+    correlation[np.ix_(live, live)] = np.corrcoef(own[live])
+    np.fill_diagonal(correlation, 0.0)
+    np.testing.assert_allclose(statistics[:, 1], correlation.sum(axis=1) / 4, atol=1e-6)
+    assert statistics[3, 1] == 0.0 and statistics[3, 2] == 0.0  # a constant trace: 0
+    assert statistics[4, 2] == pytest.approx(-1.0, abs=1e-6)

@@ -80,8 +80,13 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     columns = ["--path-column", "file", "--animal-column", "mouse", "--label-column", "group"]
     assert main([*arguments, *columns, "--classes", "calm,bursty"]) == 0
     assert "model and report" in capsys.readouterr().out
-    assert load_model(out, device="cpu").class_names == ("calm", "bursty")
+    model = load_model(out, device="cpu")
+    assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 0
     assert (out / "report.csv").is_file() and (out / "report.json").is_file()
+    with_statistics = tmp_path / "with-statistics"
+    arguments[arguments.index(str(out))] = str(with_statistics)
+    assert main([*arguments, *columns, "--activity-statistics"]) == 0
+    assert load_model(with_statistics, device="cpu").config.neuron_stats == 3
 
 
 def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):

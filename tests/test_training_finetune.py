@@ -12,6 +12,7 @@ import torch
 
 from napari_neurt import Recording, load_model
 from napari_neurt.model.neurt import Neurt, NeurtConfig
+from napari_neurt.model.tokens import ACTIVITY_STATISTICS, activity_statistics
 from napari_neurt.training import (
     FinetuneConfig,
     LabelledRecording,
@@ -266,3 +267,27 @@ def test_leave_one_animal_out_reports_every_animal(tmp_path):
     assert result.report.summary["animal_accuracy"] >= 0.75
     assert all(r["neuron_auc"] is not None for r in rows)
     assert load_model(tmp_path, device="cpu").class_names == ("bursty", "calm")
+
+
+def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_animals(tmp_path):
+    items = toy_cohort(per_class=2)
+    config = fast(steps=10, test_per_class=0, validation_per_class=0)
+    model = finetune(
+        items, tmp_path / "with", replace(config, activity_statistics=True), base=TINY
+    ).model
+    assert model.config.neuron_stats == len(ACTIVITY_STATISTICS)
+    head = model.module.recording_head
+    values = np.concatenate(
+        [activity_statistics(model.tokens_for(item.source).tokens) for item in items]
+    )
+    np.testing.assert_allclose(head.stats_shift.numpy(), values.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(head.stats_scale.numpy(), values.std(axis=0) + 1e-6, rtol=1e-5)
+    saved = load_model(tmp_path / "with", device="cpu")  # the scaling travels with the weights
+    torch.testing.assert_close(saved.module.recording_head.stats_shift, head.stats_shift)
+    tokens = saved.tokens_for(items[0].source)
+    result = saved.classify(tokens)
+    assert "activity statistics" in result.recording_rule
+    assert 0.0 <= result.recording_probability <= 1.0
+    plain = finetune(items, tmp_path / "without", config, base=TINY).model  # off by default
+    assert plain.config.neuron_stats == 0
+    assert "activity statistics" not in plain.classify(tokens).recording_rule

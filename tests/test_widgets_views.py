@@ -8,7 +8,7 @@ import torch
 
 napari = pytest.importorskip("napari")
 
-from napari_neurt import Recording, analysis, simulate  # noqa: E402
+from napari_neurt import Recording, analysis, load_model, simulate  # noqa: E402
 from napari_neurt.model import ClassificationResult, Neurt, NeurtConfig, NeurtModel, save_checkpoint  # noqa: E402
 from napari_neurt.plugin import models  # noqa: E402
 from napari_neurt.plugin.scores import SCORES_KEY  # noqa: E402
@@ -232,12 +232,14 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     widget.device_box.setCurrentText("cpu")
     widget.config_overrides = dict(bags_per_step=2, bag_size=4, mil_hidden=8, eval_every=6,
                                    patience=2, validation_bags=2, lr=3e-3, head_lr=1e-2)
+    assert not widget.statistics_box.isChecked()  # opt-in
+    widget.statistics_box.setChecked(True)
     job = widget.start()
     assert job is not None
     qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
     assert job.error is None, job.error
     assert widget.plot.losses and len(widget.plot.steps) == len(widget.plot.losses)
-    assert (tmp_path / "tuned" / "config.json").is_file()
+    assert load_model(tmp_path / "tuned", device="cpu").config.neuron_stats == 3
     sources = [panel.model_box.itemData(i) for i in range(panel.model_box.count())]
     assert str(tmp_path / "tuned") in sources
     assert "held-out accuracy" in widget.status.text()

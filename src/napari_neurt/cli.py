@@ -417,6 +417,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the top block")
     p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     p.add_argument("--bag-size", type=int, default=16, help="neurons per bag")
+    p.add_argument(
+        "--activity-statistics",
+        action="store_true",
+        help="the recording head also reads each neuron's activity statistics (event rate and "
+        "correlations, see tokens.activity_statistics): a better decision on simulated "
+        "cohorts, a less faithful neuron attention (docs: Fine-tuning)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
@@ -446,6 +453,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         lr=args.lr,
         head_lr=args.head_lr,
         bag_size=args.bag_size,
+        activity_statistics=args.activity_statistics,
         evaluation=args.evaluation,
         seed=args.seed,
         device=args.device,

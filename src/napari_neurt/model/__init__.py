@@ -21,15 +21,18 @@ from .inference import (
 from .neurt import Neurt, NeurtConfig
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
 from .tokens import (
+    ACTIVITY_STATISTICS,
     DEFAULT_DELTA_UM,
     FEATURES,
     NeighborhoodTokens,
+    activity_statistics,
     neighborhood_tokens,
     normalise_traces,
     span_mask,
 )
 
 __all__ = [
+    "ACTIVITY_STATISTICS",
     "DEFAULT_DELTA_UM",
     "FEATURES",
     "PUBLISHED",
@@ -41,6 +44,7 @@ __all__ = [
     "NeurtConfig",
     "NeurtModel",
     "WeightsNotAvailable",
+    "activity_statistics",
     "fetch_published",
     "load_model",
     "neighborhood_tokens",

@@ -36,7 +36,7 @@ from ..recording import Recording
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
 from .neurt import Neurt, NeurtConfig, interpolate_hidden
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
-from .tokens import NeighborhoodTokens, neighborhood_tokens, token_settings
+from .tokens import NeighborhoodTokens, activity_statistics, neighborhood_tokens, token_settings
 
 log = logging.getLogger(__name__)
 
@@ -610,10 +610,17 @@ class NeurtModel:
 
         if self.module.recording_head is not None:
             with self.inference_context():
-                logits, weights = self.module.classify_recording(neuron_embedding.to(self.device))
+                statistics = None
+                if config.neuron_stats:
+                    statistics = torch.from_numpy(activity_statistics(x.numpy())).to(self.device)
+                logits, weights = self.module.classify_recording(
+                    neuron_embedding.to(self.device), statistics
+                )
             recording_probability = float(logits.float().softmax(dim=-1)[1])
             neuron_attention = weights.float().cpu().numpy()
             rule = "recording head: gated-attention pooling over neurons (Ilse et al. 2018)"
+            if config.neuron_stats:
+                rule += ", each read with its activity statistics (event rate, correlations)"
         else:
             recording_probability = float((probabilities.argmax(dim=-1) == 1).float().mean())
             neuron_attention = np.full(n, 1.0 / n, dtype=np.float32)

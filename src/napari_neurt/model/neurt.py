@@ -14,7 +14,8 @@ Our additions, both off in the published configuration:
 
 - The recording head: gated-attention multiple-instance pooling (Ilse et al., 2018) over the
   neurons of a recording, read next to the mean neuron, which gives one decision per recording
-  and one weight per neuron.
+  and one weight per neuron; optionally (``neuron_stats``) each neuron's embedding is read with
+  a few activity statistics of its whole trace (event rate, correlations).
 - Interpolation-residual reconstruction (``interpolate=True``). The published model sees hidden
   entries as zeros and must learn to fill gaps from scratch; it scored below plain linear
   interpolation on real data. Ours is told which entries are hidden (`hidden`, a learned vector
@@ -61,6 +62,9 @@ class NeurtConfig:
     n_ff: int = 512  # width of the feed-forward layer
     n_classes: int = 0  # 0: no window classifier
     mil_hidden: int = 0  # 0: no recording head; else width of its gated attention
+    # ours: numbers per neuron the recording head reads next to its embedding (0: none; 3 for
+    # `tokens.activity_statistics`: event rate and correlations over the whole recording)
+    neuron_stats: int = 0
     # the published LayerNorm puts epsilon inside the square root, as torch's does
     norm_eps: float = 1e-12
     interpolate: bool = False  # ours: hidden entries filled by interpolation, output a residual
@@ -74,8 +78,12 @@ class NeurtConfig:
                 )
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.n_classes < 0 or self.mil_hidden < 0 or self.local_kernel < 0:
-            raise ValueError("n_classes, mil_hidden and local_kernel must be 0 (absent) or positive")
+        if min(self.n_classes, self.mil_hidden, self.local_kernel, self.neuron_stats) < 0:
+            raise ValueError(
+                "n_classes, mil_hidden, local_kernel and neuron_stats must be 0 (absent) or positive"
+            )
+        if self.neuron_stats and not self.mil_hidden:
+            raise ValueError("neuron statistics (neuron_stats > 0) need a recording head (mil_hidden)")
         if self.local_kernel and (not self.interpolate or self.local_kernel % 2 == 0):
             raise ValueError(
                 "local_kernel is an odd number of steps and needs interpolate=True; got "
@@ -181,17 +189,36 @@ class RecordingHead(nn.Module):
     differ in overall activity as much as groups do, so what marks a group is often a few neurons
     unlike the rest of their own recording, which the pair lets the classifier see. The weights
     say how much each neuron drove the decision.
+
+    With ``neuron_stats`` > 0, z_i is the embedding followed by the neuron's activity statistics,
+    standardised by `stats_shift` and `stats_scale` (buffers set from the training animals): an
+    embedding describes a window of one trace, not how often the neuron fires over the recording
+    or how it goes with the population.
     """
 
     def __init__(self, config: NeurtConfig):
         super().__init__()
-        self.value = nn.Linear(config.n_embd, config.mil_hidden)
-        self.gate = nn.Linear(config.n_embd, config.mil_hidden)
+        width = config.n_embd + config.neuron_stats
+        self.value = nn.Linear(width, config.mil_hidden)
+        self.gate = nn.Linear(width, config.mil_hidden)
         self.score = nn.Linear(config.mil_hidden, 1)
-        self.head = nn.Linear(2 * config.n_embd, config.n_classes)
+        self.head = nn.Linear(2 * width, config.n_classes)
+        self.neuron_stats = config.neuron_stats
+        if self.neuron_stats:
+            self.register_buffer("stats_shift", torch.zeros(self.neuron_stats))
+            self.register_buffer("stats_scale", torch.ones(self.neuron_stats))
 
-    def forward(self, z: torch.Tensor):
-        """z (..., N, C) neurons' embeddings -> logits (..., n_classes), weights (..., N)."""
+    def forward(self, z: torch.Tensor, stats: torch.Tensor | None = None):
+        """z (..., N, C) neurons' embeddings and, when configured, their statistics
+        (..., N, neuron_stats) -> logits (..., n_classes), weights (..., N)."""
+        if self.neuron_stats:
+            if stats is None or stats.shape[-1] != self.neuron_stats:
+                raise ValueError(
+                    f"this recording head reads {self.neuron_stats} activity statistics per "
+                    "neuron (tokens.activity_statistics) next to the embeddings; pass them"
+                )
+            standardised = (stats.to(z.dtype) - self.stats_shift) / self.stats_scale
+            z = torch.cat([z, standardised], dim=-1)
         scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z))).squeeze(-1)
         weights = scores.softmax(dim=-1)
         attended = (weights.unsqueeze(-2) @ z).squeeze(-2)
@@ -283,11 +310,14 @@ class Neurt(nn.Module):
         outputs, _ = self.encode(tokens, exact=exact)
         return self.time_pool(outputs[-1])
 
-    def classify_recording(self, neuron_embeddings: torch.Tensor):
-        """Neurons' pooled embeddings (..., N, n_embd) -> logits, neuron weights (..., N)."""
+    def classify_recording(
+        self, neuron_embeddings: torch.Tensor, neuron_stats: torch.Tensor | None = None
+    ):
+        """Neurons' pooled embeddings (..., N, n_embd) and, for a head that reads them, their
+        activity statistics (..., N, neuron_stats) -> logits, neuron weights (..., N)."""
         if self.recording_head is None:
             raise ValueError("this model has no recording head")
-        return self.recording_head(neuron_embeddings)
+        return self.recording_head(neuron_embeddings, neuron_stats)
 
 
 def interpolate_hidden(tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

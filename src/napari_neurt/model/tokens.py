@@ -340,3 +340,37 @@ def _interpolate_gaps(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
     filled = np.where(finite, x, left + weight * (right - left)).astype(np.float32)
     filled[no_data] = np.nan  # left for normalise_traces to turn into 0
     return filled
+
+
+ACTIVITY_STATISTICS = ("log_event_rate", "mean_correlation", "near_correlation")
+
+
+def activity_statistics(tokens: np.ndarray) -> np.ndarray:
+    """float32 (N, 3) summary of each neuron's activity in tokens (N, T, F), over all T frames.
+
+    What a recording head needs next to a neuron's embedding, which describes a window of its
+    trace but not how often it fires or how it goes with the rest of the population
+    (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 MAD of
+    its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
+    neuron, and its correlation with the mean trace of its near neighbourhood (feature 1).
+    A constant trace has correlation 0.
+    """
+    own = np.asarray(tokens[..., 0], dtype=np.float64)
+    n, n_frames = own.shape
+    median = np.median(own, axis=1, keepdims=True)
+    mad = np.median(np.abs(own - median), axis=1, keepdims=True) * 1.4826
+    above = own > median + 3 * np.maximum(mad, 1e-12)
+    onsets = np.count_nonzero(above[:, 1:] & ~above[:, :-1], axis=1)
+    log_rate = np.log1p(onsets * 1000.0 / max(n_frames, 1))
+
+    def standardised(x):
+        centred = x - x.mean(axis=1, keepdims=True)
+        scale = np.sqrt((centred**2).mean(axis=1, keepdims=True))
+        return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 1e-12)
+
+    z = standardised(own)
+    total = z.sum(axis=0)  # mean correlation with the others without the N x N matrix
+    mean_correlation = ((z @ total) / n_frames - (z * z).mean(axis=1)) / max(n - 1, 1)
+    near = standardised(np.asarray(tokens[..., 1], dtype=np.float64))
+    near_correlation = (z * near).mean(axis=1)
+    return np.stack([log_rate, mean_correlation, near_correlation], axis=1).astype(np.float32)

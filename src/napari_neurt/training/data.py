@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..io import read_recording
-from ..model.tokens import NeighborhoodTokens, neighborhood_tokens
+from ..model.tokens import NeighborhoodTokens, activity_statistics, neighborhood_tokens
 from ..recording import Recording
 
 log = logging.getLogger(__name__)
@@ -235,10 +235,12 @@ class WindowStream(IterableDataset):
 
 
 class BagStream(IterableDataset):
-    """An endless stream of labelled bags for fine-tuning: ``(windows (B, n, L, F), labels (B,))``.
+    """An endless stream of labelled bags for fine-tuning: ``(windows (B, n, L, F), statistics
+    (B, n, S), labels (B,))``.
 
     A bag is `bag_size` neurons of one recording over the same `window_length` frames, labelled
-    with the recording's class. Each round loads `recordings_per_round` recordings drawn with
+    with the recording's class, with each neuron's `activity_statistics` over the whole
+    recording. Each round loads `recordings_per_round` recordings drawn with
     `weights` (with replacement; the weights balance classes and animals, see `finetune`) and
     cuts `bags_per_recording` bags from each; the round's bags are shuffled and yielded
     `bags_per_step` at a time. The tokens of the `cached_recordings` most recently used
@@ -274,42 +276,53 @@ class BagStream(IterableDataset):
         self.bags_per_recording = int(bags_per_recording)
         self.cached_recordings = int(cached_recordings)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        cache: OrderedDict[int, np.ndarray] = OrderedDict()
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         for round_index in itertools.count():
             rng = np.random.default_rng([self.seed, round_index, _WINDOWS])
             picked = rng.choice(len(self.sources), self.recordings_per_round, p=self.weights)
-            bags, labels = [], []
+            bags, statistics, labels = [], [], []
             for index in np.unique(picked):
-                tokens = self._tokens(index, cache)
+                tokens, recording_statistics = self._tokens(index, cache)
                 n_bags = self.bags_per_recording * int(np.count_nonzero(picked == index))
                 try:
-                    bags.append(draw_bags(tokens, n_bags, self.bag_size, self.window_length, rng))
+                    windows, neurons = draw_bags(
+                        tokens, n_bags, self.bag_size, self.window_length, rng
+                    )
                 except ValueError as error:
                     raise ValueError(f"{describe_source(self.sources[index])}: {error}") from None
+                bags.append(windows)
+                statistics.append(recording_statistics[neurons])
                 labels.append(np.full(n_bags, self.labels[index]))
             bags, labels = np.concatenate(bags), np.concatenate(labels)
+            statistics = np.concatenate(statistics)
             order = rng.permutation(len(bags))
             for first in range(0, len(order) - self.bags_per_step + 1, self.bags_per_step):
                 chosen = order[first : first + self.bags_per_step]
-                yield torch.from_numpy(bags[chosen]), torch.from_numpy(labels[chosen])
+                yield (
+                    torch.from_numpy(bags[chosen]),
+                    torch.from_numpy(statistics[chosen]),
+                    torch.from_numpy(labels[chosen]),
+                )
 
-    def _tokens(self, index: int, cache: OrderedDict[int, np.ndarray]) -> np.ndarray:
-        """Tokens of recording `index`, from `cache` (least recently used dropped) or built."""
+    def _tokens(self, index: int, cache: OrderedDict) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and activity statistics of recording `index`, from `cache` (least recently
+        used dropped) or built."""
         if index in cache:
             cache.move_to_end(index)
             return cache[index]
         tokens = source_tokens(self.sources[index], self.token_settings, self.read_options)
-        cache[index] = tokens
+        cache[index] = tokens, activity_statistics(tokens)
         if len(cache) > self.cached_recordings:
             cache.popitem(last=False)
-        return tokens
+        return cache[index]
 
 
 def draw_bags(
     tokens: np.ndarray, n_bags: int, bag_size: int, window_length: int, rng: np.random.Generator
-) -> np.ndarray:
-    """float32 (n_bags, bag_size, window_length, F): random neurons over a common random window.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random neurons over a common random window: float32 windows (n_bags, bag_size,
+    window_length, F) and the neurons' indices (n_bags, bag_size).
 
     Neurons are drawn without replacement when the recording has at least `bag_size` of them.
     """
@@ -320,8 +333,10 @@ def draw_bags(
             f"{window_length} frames"
         )
     bags = np.empty((n_bags, bag_size, window_length, n_features), dtype=np.float32)
+    chosen = np.empty((n_bags, bag_size), dtype=np.int64)
     for k in range(n_bags):
         neurons = rng.choice(n_neurons, bag_size, replace=n_neurons < bag_size)
         start = rng.integers(0, n_frames - window_length + 1)
         bags[k] = tokens[neurons, start : start + window_length]
-    return bags
+        chosen[k] = neurons
+    return bags, chosen

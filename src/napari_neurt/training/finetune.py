@@ -52,6 +52,7 @@ from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import save_checkpoint
 from ..model.inference import NeurtModel
 from ..model.neurt import Neurt
+from ..model.tokens import ACTIVITY_STATISTICS, activity_statistics
 from ..progress import Steps, run_steps
 from .data import BagStream, RecordingSource, describe_source, draw_bags, source_tokens
 from .engine import ModelSpec, Stop, TrainingProgress, WarmupCosine, starting_point
@@ -86,6 +87,9 @@ class FinetuneConfig:
     window_loss_weight: float = 1.0
     recording_loss_weight: float = 1.0
     mil_hidden: int = 64  # width of the recording head's gated attention
+    # the recording head also reads each neuron's activity statistics (tokens.activity_statistics):
+    # on tuning cohorts a better decision, less faithful attention (docs/finetune.md), so opt-in
+    activity_statistics: bool = False
     evaluation: str = "split"  # or "leave-one-animal-out"
     test_per_class: int = 1  # animals per class held out for the report ("split")
     validation_per_class: int = 1  # animals per class kept aside for early stopping
@@ -383,12 +387,18 @@ def balanced_weights(items: Sequence[LabelledRecording]) -> np.ndarray:
 
 
 # --- model ----------------------------------------------------------------------------------
-def classifier_network(base: Neurt, n_classes: int, mil_hidden: int, seed: int = 0) -> Neurt:
+def classifier_network(
+    base: Neurt, n_classes: int, mil_hidden: int, seed: int = 0, neuron_stats: int = 0
+) -> Neurt:
     """`base`'s encoder with a window classifier and a recording head for `n_classes` classes.
 
-    Heads of `base` that fit (same number of classes and width) are kept, others start fresh.
+    The head reads `neuron_stats` activity statistics per neuron next to its embedding (0:
+    none). Heads of `base` that fit (same number of classes and widths) are kept, others start
+    fresh.
     """
-    config = replace(base.config, n_classes=n_classes, mil_hidden=mil_hidden)
+    config = replace(
+        base.config, n_classes=n_classes, mil_hidden=mil_hidden, neuron_stats=neuron_stats
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = Neurt(config)
@@ -456,12 +466,13 @@ class _Fit:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _losses(module: Neurt, windows: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig):
-    """(total, window, recording) losses of bags `windows` (B, n, L, F) labelled `labels` (B,)."""
+def _losses(module: Neurt, windows, statistics, labels, config: FinetuneConfig):
+    """(total, window, recording) losses of bags `windows` (B, n, L, F), their neurons' activity
+    `statistics` (B, n, S), labelled `labels` (B,)."""
     bags, size, length, n_features = windows.shape
     logits, _, pooled = module.classify_windows(windows.reshape(bags * size, length, n_features))
     window_loss = F.cross_entropy(logits.float(), labels.repeat_interleave(size))
-    recording_logits, _ = module.classify_recording(pooled.reshape(bags, size, -1))
+    recording_logits, _ = module.classify_recording(pooled.reshape(bags, size, -1), statistics)
     recording_loss = F.cross_entropy(recording_logits.float(), labels)
     total = config.window_loss_weight * window_loss + config.recording_loss_weight * recording_loss
     return total, window_loss, recording_loss
@@ -482,6 +493,8 @@ def _fit(
     stop: Callable[[], bool] | None,
 ) -> Steps[_Fit]:
     """Train `module` on `items`, stopping early on the `validation` recordings' loss."""
+    if module.config.neuron_stats:
+        _standardise_statistics(module, items, token_settings, read_options)
     device = resolve_device(config.device)
     autocast = device.type == "cuda" and config.bf16
     module = module.to(device).train()
@@ -525,9 +538,11 @@ def _fit(
         if stop is not None and stop():
             fit.stopped = True
             break
-        windows, labels = next(batches)
+        windows, statistics, labels = next(batches)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, _, _ = _losses(module, windows.to(device), labels.to(device), config)
+            loss, _, _ = _losses(
+                module, windows.to(device), statistics.to(device), labels.to(device), config
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -556,34 +571,53 @@ def _fit(
     return fit
 
 
+def _standardise_statistics(module: Neurt, items, token_settings, read_options) -> None:
+    """Scale the recording head's activity statistics by their mean and s.d. over the neurons
+    of the training recordings (the head sees numbers of order 1 whatever their units)."""
+    values = np.concatenate(
+        [activity_statistics(source_tokens(i.source, token_settings, read_options)) for i in items]
+    )
+    head = module.recording_head
+    with torch.no_grad():
+        head.stats_shift.copy_(torch.from_numpy(values.mean(axis=0)))
+        head.stats_scale.copy_(torch.from_numpy(values.std(axis=0) + 1e-6))
+
+
 def _validation_bags(items, index, window_length, config, token_settings, read_options):
-    """Fixed bags of the validation recordings: (windows (V, n, L, F), labels (V,)), or None."""
+    """Fixed bags of the validation recordings: (windows (V, n, L, F), their neurons' activity
+    statistics (V, n, S), labels (V,)), or None."""
     if not items:
         return None
     rng = np.random.default_rng([config.seed, 1])
-    bags, labels = [], []
+    bags, statistics, labels = [], [], []
     for item in items:
         tokens = source_tokens(item.source, token_settings, read_options)
         try:
-            bags.append(
-                draw_bags(tokens, config.validation_bags, config.bag_size, window_length, rng)
+            windows, neurons = draw_bags(
+                tokens, config.validation_bags, config.bag_size, window_length, rng
             )
         except ValueError as error:
             raise ValueError(f"{describe_source(item.source)}: {error}") from None
+        bags.append(windows)
+        statistics.append(activity_statistics(tokens)[neurons])
         labels.append(np.full(config.validation_bags, index[item.label]))
-    return torch.from_numpy(np.concatenate(bags)), torch.from_numpy(np.concatenate(labels))
+    return tuple(torch.from_numpy(np.concatenate(x)) for x in (bags, statistics, labels))
 
 
 @torch.no_grad()
 def _validation_loss(module, held, config, device, autocast) -> float:
     module.eval()
-    windows, labels = held
+    windows, statistics, labels = held
     total, count = 0.0, 0
     for first in range(0, len(labels), config.bags_per_step):
         chunk = slice(first, first + config.bags_per_step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss, _, _ = _losses(
-                module, windows[chunk].to(device), labels[chunk].to(device), config
+                module,
+                windows[chunk].to(device),
+                statistics[chunk].to(device),
+                labels[chunk].to(device),
+                config,
             )
         total += float(loss) * len(labels[chunk])
         count += len(labels[chunk])
@@ -610,7 +644,8 @@ def _classify_held_out(model, items, class_names, read_options, fold) -> list[di
         result = model.classify(tokens)
         with model.inference_context():
             logits, _ = model.module.classify_recording(
-                torch.from_numpy(result.neuron_embedding).to(model.device)
+                torch.from_numpy(result.neuron_embedding).to(model.device),
+                torch.from_numpy(activity_statistics(tokens)).to(model.device),
             )
         records.append(
             {
@@ -744,7 +779,13 @@ def iter_finetune(
     for number, split in enumerate(splits):
         name = f"held out {', '.join(split.test)}" if split.test else "all animals"
         stage = f"fold {number + 1}/{len(splits)} ({name})"
-        module = classifier_network(start.network, len(class_names), config.mil_hidden, config.seed)
+        module = classifier_network(
+            start.network,
+            len(class_names),
+            config.mil_hidden,
+            config.seed,
+            neuron_stats=len(ACTIVITY_STATISTICS) if config.activity_statistics else 0,
+        )
         fit = yield from _fit(
             module,
             [i for i in items if i.animal in split.train],

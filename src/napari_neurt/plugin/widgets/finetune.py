@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -165,6 +166,13 @@ class FineTuneWidget(QWidget):
         self.evaluation_box.addItem("hold out one animal per class", "split")
         self.evaluation_box.addItem("leave one animal out (small cohorts)", "leave-one-animal-out")
         form.addRow("Evaluation", self.evaluation_box)
+        self.statistics_box = QCheckBox("recording head also reads activity statistics")
+        self.statistics_box.setToolTip(
+            "each neuron's event rate and correlations (with the other neurons and with its "
+            "neighbourhood) next to its embedding: on simulated cohorts a better decision but a "
+            "neuron attention that points less at the neurons that differ (docs: Fine-tuning)"
+        )
+        form.addRow("", self.statistics_box)
         self.device_box = QComboBox()
         self.device_box.addItems(models.device_choices())
         form.addRow("Device", self.device_box)
@@ -268,6 +276,7 @@ class FineTuneWidget(QWidget):
             "steps": self.steps_spin.value(),
             "lr": self.lr_spin.value(),
             "evaluation": self.evaluation_box.currentData(),
+            "activity_statistics": self.statistics_box.isChecked(),
             "device": self.device_box.currentText(),
             **self.config_overrides,
         }
