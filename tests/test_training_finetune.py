@@ -291,3 +291,17 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     plain = finetune(items, tmp_path / "without", config, base=TINY).model  # off by default
     assert plain.config.neuron_stats == 0
     assert "activity statistics" not in plain.classify(tokens).recording_rule
+
+
+def test_stopping_while_reading_the_statistics_trains_nothing(tmp_path):
+    stages = []
+    result = finetune(
+        toy_cohort(per_class=2),
+        tmp_path,
+        fast(test_per_class=0, validation_per_class=0, activity_statistics=True),
+        base=TINY,
+        progress=lambda step: stages.append(step.stage),
+        stop=lambda: len(stages) >= 2,  # after the second recording's statistics
+    )
+    assert result.stopped and stages == ["fold 1/1 (all animals) activity statistics"] * 2
+    assert result.report.folds[0]["steps"] == 0

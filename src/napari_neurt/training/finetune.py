@@ -493,8 +493,15 @@ def _fit(
     stop: Callable[[], bool] | None,
 ) -> Steps[_Fit]:
     """Train `module` on `items`, stopping early on the `validation` recordings' loss."""
-    if module.config.neuron_stats:
-        _standardise_statistics(module, items, token_settings, read_options)
+    if module.config.neuron_stats:  # reads every training recording once: report and obey stop
+        values = []
+        for item in items:
+            if stop is not None and stop():
+                return _Fit(module.eval(), 0, 0, None, True)
+            yield TrainingProgress(offset, total, f"{stage} activity statistics")
+            tokens = source_tokens(item.source, token_settings, read_options)
+            values.append(activity_statistics(tokens))
+        _standardise_statistics(module, np.concatenate(values))
     device = resolve_device(config.device)
     autocast = device.type == "cuda" and config.bf16
     module = module.to(device).train()
@@ -571,12 +578,9 @@ def _fit(
     return fit
 
 
-def _standardise_statistics(module: Neurt, items, token_settings, read_options) -> None:
-    """Scale the recording head's activity statistics by their mean and s.d. over the neurons
-    of the training recordings (the head sees numbers of order 1 whatever their units)."""
-    values = np.concatenate(
-        [activity_statistics(source_tokens(i.source, token_settings, read_options)) for i in items]
-    )
+def _standardise_statistics(module: Neurt, values: np.ndarray) -> None:
+    """Scale the recording head's activity statistics by their mean and s.d. over `values`, the
+    training recordings' neurons (N, S): the head sees numbers of order 1 whatever their units."""
     head = module.recording_head
     with torch.no_grad():
         head.stats_shift.copy_(torch.from_numpy(values.mean(axis=0)))
