@@ -288,6 +288,11 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     result = saved.classify(tokens)
     assert "activity statistics" in result.recording_rule
     assert 0.0 <= result.recording_probability <= 1.0
+    logits, weights = saved.recording_decision(
+        torch.from_numpy(result.neuron_embedding), tokens.tokens
+    )
+    assert float(logits.softmax(-1)[1]) == pytest.approx(result.recording_probability, abs=1e-6)
+    np.testing.assert_allclose(weights.numpy(), result.neuron_attention, atol=1e-6)
     plain = finetune(items, tmp_path / "without", config, base=TINY).model  # off by default
     assert plain.config.neuron_stats == 0
     assert "activity statistics" not in plain.classify(tokens).recording_rule
@@ -305,3 +310,22 @@ def test_stopping_while_reading_the_statistics_trains_nothing(tmp_path):
     )
     assert result.stopped and stages == ["fold 1/1 (all animals) activity statistics"] * 2
     assert result.report.folds[0]["steps"] == 0
+
+
+def test_bags_carry_the_statistics_of_their_own_neurons():
+    from napari_neurt.training.data import BagStream
+
+    # feature 0 of neuron i is i everywhere, and so is its one "statistic"
+    tokens = [np.repeat(np.arange(12.0, dtype=np.float32)[:, None, None] + 100 * k, 40, axis=1)
+              .repeat(5, axis=2) for k in range(2)]
+    statistics = [t[:, 0, :1].copy() for t in tokens]
+    options = dict(window_length=16, bag_size=4, bags_per_step=3, seed=1)
+    stream = iter(BagStream(tokens, [0, 1], [1, 1], statistics=statistics, **options))
+    for _ in range(4):
+        windows, bag_statistics, labels = next(stream)
+        assert bag_statistics.shape == (3, 4, 1)
+        torch.testing.assert_close(bag_statistics[..., 0], windows[:, :, 0, 0])
+    windows, bag_statistics, _ = next(iter(BagStream(tokens, [0, 1], [1, 1], **options)))
+    assert bag_statistics.shape == (3, 4, 0)  # none given: an empty row per neuron
+    with pytest.raises(ValueError, match="one array of statistics per recording"):
+        BagStream(tokens, [0, 1], [1, 1], statistics=statistics[:1], **options)

@@ -343,7 +343,8 @@ class NeurtModel:
             calibration = Calibration()
         if not isinstance(calibration, Calibration):
             raise TypeError(
-                f"calibration must be a Calibration (from NeurtModel.calibrate); got {calibration!r}"
+                "calibration must be a Calibration (from NeurtModel.calibrate); "
+                f"got {calibration!r}"
             )
         if calibration != Calibration() and not self.config.interpolate:
             raise ValueError(
@@ -609,13 +610,7 @@ class NeurtModel:
         neuron_embedding = pooled.view(n, plan.n_starts, -1).mean(dim=1)
 
         if self.module.recording_head is not None:
-            with self.inference_context():
-                statistics = None
-                if config.neuron_stats:
-                    statistics = torch.from_numpy(activity_statistics(x.numpy())).to(self.device)
-                logits, weights = self.module.classify_recording(
-                    neuron_embedding.to(self.device), statistics
-                )
+            logits, weights = self.recording_decision(neuron_embedding, x.numpy())
             recording_probability = float(logits.float().softmax(dim=-1)[1])
             neuron_attention = weights.float().cpu().numpy()
             rule = "recording head: gated-attention pooling over neurons (Ilse et al. 2018)"
@@ -640,6 +635,16 @@ class NeurtModel:
             recording_rule=rule,
             neuron_embedding=neuron_embedding.numpy(),
         )
+
+    def recording_decision(self, neuron_embedding: torch.Tensor, tokens: np.ndarray):
+        """The recording head's logits (n_classes,) and neuron weights (N,) for a recording's
+        neuron embeddings (N, n_embd) (from `classify`), given its tokens (N, T, F) for a head
+        that also reads their activity statistics."""
+        statistics = None
+        if self.config.neuron_stats:
+            statistics = torch.from_numpy(activity_statistics(tokens)).to(self.device)
+        with self.inference_context():
+            return self.module.classify_recording(neuron_embedding.to(self.device), statistics)
 
     # --- attention maps ---------------------------------------------------------------------
     def attention_maps(

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..io import read_recording
-from ..model.tokens import NeighborhoodTokens, activity_statistics, neighborhood_tokens
+from ..model.tokens import NeighborhoodTokens, neighborhood_tokens
 from ..recording import Recording
 
 log = logging.getLogger(__name__)
@@ -239,13 +239,13 @@ class BagStream(IterableDataset):
     (B, n, S), labels (B,))``.
 
     A bag is `bag_size` neurons of one recording over the same `window_length` frames, labelled
-    with the recording's class, with each neuron's `activity_statistics` over the whole
-    recording. Each round loads `recordings_per_round` recordings drawn with
-    `weights` (with replacement; the weights balance classes and animals, see `finetune`) and
-    cuts `bags_per_recording` bags from each; the round's bags are shuffled and yielded
-    `bags_per_step` at a time. The tokens of the `cached_recordings` most recently used
-    recordings are kept, since a cohort's recordings come back often. Reproducible for a seed
-    (single process).
+    with the recording's class, with each neuron's row of `statistics` (one (N, S) array per
+    source, for example its `activity_statistics`; without them S is 0). Each round loads
+    `recordings_per_round` recordings drawn with `weights` (with replacement; the weights
+    balance classes and animals, see `finetune`) and cuts `bags_per_recording` bags from each;
+    the round's bags are shuffled and yielded `bags_per_step` at a time. The tokens of the
+    `cached_recordings` most recently used recordings are kept, since a cohort's recordings come
+    back often. Reproducible for a seed (single process).
     """
 
     def __init__(
@@ -263,10 +263,14 @@ class BagStream(IterableDataset):
         recordings_per_round: int = 4,
         bags_per_recording: int = 8,
         cached_recordings: int = 16,
+        statistics: Sequence[np.ndarray] | None = None,
     ):
         super().__init__()
         if not len(sources) == len(labels) == len(weights) or not sources:
             raise ValueError("need one label and one weight for each of at least one recording")
+        if statistics is not None and len(statistics) != len(sources):
+            raise ValueError("need one array of statistics per recording")
+        self.statistics = statistics
         self.sources, self.labels = list(sources), np.asarray(labels, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.window_length, self.bag_size = int(window_length), int(bag_size)
@@ -277,13 +281,13 @@ class BagStream(IterableDataset):
         self.cached_recordings = int(cached_recordings)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        cache: OrderedDict[int, np.ndarray] = OrderedDict()
         for round_index in itertools.count():
             rng = np.random.default_rng([self.seed, round_index, _WINDOWS])
             picked = rng.choice(len(self.sources), self.recordings_per_round, p=self.weights)
             bags, statistics, labels = [], [], []
             for index in np.unique(picked):
-                tokens, recording_statistics = self._tokens(index, cache)
+                tokens = self._tokens(index, cache)
                 n_bags = self.bags_per_recording * int(np.count_nonzero(picked == index))
                 try:
                     windows, neurons = draw_bags(
@@ -292,7 +296,7 @@ class BagStream(IterableDataset):
                 except ValueError as error:
                     raise ValueError(f"{describe_source(self.sources[index])}: {error}") from None
                 bags.append(windows)
-                statistics.append(recording_statistics[neurons])
+                statistics.append(self._statistics(index, len(tokens))[neurons])
                 labels.append(np.full(n_bags, self.labels[index]))
             bags, labels = np.concatenate(bags), np.concatenate(labels)
             statistics = np.concatenate(statistics)
@@ -305,17 +309,21 @@ class BagStream(IterableDataset):
                     torch.from_numpy(labels[chosen]),
                 )
 
-    def _tokens(self, index: int, cache: OrderedDict) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and activity statistics of recording `index`, from `cache` (least recently
-        used dropped) or built."""
+    def _tokens(self, index: int, cache: OrderedDict[int, np.ndarray]) -> np.ndarray:
+        """Tokens of recording `index`, from `cache` (least recently used dropped) or built."""
         if index in cache:
             cache.move_to_end(index)
             return cache[index]
         tokens = source_tokens(self.sources[index], self.token_settings, self.read_options)
-        cache[index] = tokens, activity_statistics(tokens)
+        cache[index] = tokens
         if len(cache) > self.cached_recordings:
             cache.popitem(last=False)
-        return cache[index]
+        return tokens
+
+    def _statistics(self, index: int, n_neurons: int) -> np.ndarray:
+        if self.statistics is None:
+            return np.zeros((n_neurons, 0), dtype=np.float32)
+        return self.statistics[index]
 
 
 def draw_bags(

@@ -493,15 +493,16 @@ def _fit(
     stop: Callable[[], bool] | None,
 ) -> Steps[_Fit]:
     """Train `module` on `items`, stopping early on the `validation` recordings' loss."""
+    statistics = None  # per training recording, when the head reads them
     if module.config.neuron_stats:  # reads every training recording once: report and obey stop
-        values = []
+        statistics = []
         for item in items:
             if stop is not None and stop():
                 return _Fit(module.eval(), 0, 0, None, True)
             yield TrainingProgress(offset, total, f"{stage} activity statistics")
             tokens = source_tokens(item.source, token_settings, read_options)
-            values.append(activity_statistics(tokens))
-        _standardise_statistics(module, np.concatenate(values))
+            statistics.append(activity_statistics(tokens))
+        _standardise_statistics(module, np.concatenate(statistics))
     device = resolve_device(config.device)
     autocast = device.type == "cuda" and config.bf16
     module = module.to(device).train()
@@ -534,10 +535,9 @@ def _fit(
         recordings_per_round=config.recordings_per_round,
         bags_per_recording=config.bags_per_recording,
         cached_recordings=config.cached_recordings,
+        statistics=statistics,
     )
-    held = _validation_bags(
-        validation, index, module.config.seq_len, config, token_settings, read_options
-    )
+    held = _validation_bags(validation, index, module, config, token_settings, read_options)
     fit = _Fit(module, 0, 0, None, False)
     best_state, bad_validations = None, 0
     batches = iter(DataLoader(stream, batch_size=None))
@@ -587,9 +587,9 @@ def _standardise_statistics(module: Neurt, values: np.ndarray) -> None:
         head.stats_scale.copy_(torch.from_numpy(values.std(axis=0) + 1e-6))
 
 
-def _validation_bags(items, index, window_length, config, token_settings, read_options):
+def _validation_bags(items, index, module, config, token_settings, read_options):
     """Fixed bags of the validation recordings: (windows (V, n, L, F), their neurons' activity
-    statistics (V, n, S), labels (V,)), or None."""
+    statistics (V, n, S; S is 0 unless `module`'s head reads them), labels (V,)), or None."""
     if not items:
         return None
     rng = np.random.default_rng([config.seed, 1])
@@ -598,12 +598,15 @@ def _validation_bags(items, index, window_length, config, token_settings, read_o
         tokens = source_tokens(item.source, token_settings, read_options)
         try:
             windows, neurons = draw_bags(
-                tokens, config.validation_bags, config.bag_size, window_length, rng
+                tokens, config.validation_bags, config.bag_size, module.config.seq_len, rng
             )
         except ValueError as error:
             raise ValueError(f"{describe_source(item.source)}: {error}") from None
         bags.append(windows)
-        statistics.append(activity_statistics(tokens)[neurons])
+        if module.config.neuron_stats:
+            statistics.append(activity_statistics(tokens)[neurons])
+        else:
+            statistics.append(np.zeros((*neurons.shape, 0), dtype=np.float32))
         labels.append(np.full(config.validation_bags, index[item.label]))
     return tuple(torch.from_numpy(np.concatenate(x)) for x in (bags, statistics, labels))
 
@@ -646,11 +649,7 @@ def _classify_held_out(model, items, class_names, read_options, fold) -> list[di
     for item in items:
         tokens = source_tokens(item.source, model.token_settings, read_options)
         result = model.classify(tokens)
-        with model.inference_context():
-            logits, _ = model.module.classify_recording(
-                torch.from_numpy(result.neuron_embedding).to(model.device),
-                torch.from_numpy(activity_statistics(tokens)).to(model.device),
-            )
+        logits, _ = model.recording_decision(torch.from_numpy(result.neuron_embedding), tokens)
         records.append(
             {
                 "animal": item.animal,
