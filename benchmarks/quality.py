@@ -34,8 +34,9 @@ Prints three tables (markdown):
    from the default pretrained encoder with `napari_neurt.training.finetune` (the recipe of the
    shipped demo classifier: encoder frozen, heads trained), against logistic regression on
    summary statistics (mean event rate and mean pairwise correlation); plus the shipped demo
-   classifier itself. `--activity-statistics` fine-tunes with the recording head also reading
-   each neuron's activity statistics (`FinetuneConfig.activity_statistics`, opt-in).
+   classifier itself. The recording head is `FinetuneConfig`'s default (evidence pooling,
+   reading each neuron's activity statistics); `--recording-pooling gated` and
+   `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals).
 
@@ -280,7 +281,8 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
-                   full_lr=0.0, partial=None, repeat=0, activity_statistics=False):
+                   full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
+                   recording_pooling="evidence"):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -321,17 +323,21 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                 n_neurons=n_neurons, n_frames=n_frames)
         config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu",
-                                activity_statistics=activity_statistics)
-        label = "fine-tuned from default (encoder frozen"
-        label += ", activity statistics)" if activity_statistics else ")"
-        name = f"classifier-{n}" + ("-statistics" if activity_statistics else "")
+                                activity_statistics=activity_statistics,
+                                recording_pooling=recording_pooling)
+        head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
+                                              else "")
+        label = f"fine-tuned from default (encoder frozen, {head})"
+        name = f"classifier-{n}-{recording_pooling}" + ("-statistics" if activity_statistics
+                                                        else "")
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
                                     bag_size=32, test_per_class=0, validation_per_class=0, seed=0,
-                                    device="cpu")
-            evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g})",
-                     trained(f"classifier-full-{n}", train, config), n)
+                                    device="cpu", activity_statistics=activity_statistics,
+                                    recording_pooling=recording_pooling)
+            evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g}, {head})",
+                     trained(f"{name}-full", train, config), n)
         x = np.array([summary_statistics(a.recording) for a in train])
         y = np.array([a.group == "AD-like" for a in train], dtype=float)
         p = logistic_regression(x, y)(stats_test)
@@ -377,8 +383,10 @@ def main(argv=None) -> None:
     parser.add_argument("--finetune-steps", type=int, default=1200)
     parser.add_argument("--repeat", type=int, default=0,
                         help="training cohorts of another draw: seeds 9100 + n + 1000 * REPEAT")
-    parser.add_argument("--activity-statistics", action="store_true",
-                        help="fine-tune with FinetuneConfig(activity_statistics=True)")
+    parser.add_argument("--activity-statistics", action=argparse.BooleanOptionalAction,
+                        default=True, help="FinetuneConfig.activity_statistics (default: yes)")
+    parser.add_argument("--recording-pooling", choices=("evidence", "gated"), default="evidence",
+                        help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
     parser.add_argument("--skip", default="", help="comma list: recon,classify")
@@ -414,7 +422,8 @@ def main(argv=None) -> None:
                                                  args.finetune_steps, args.work, args.full_lr,
                                                  args.markdown.with_suffix(".partial.md")
                                                  if args.markdown else None, args.repeat,
-                                                 args.activity_statistics)
+                                                 args.activity_statistics,
+                                                 args.recording_pooling)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")

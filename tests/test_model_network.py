@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -92,6 +94,44 @@ def test_recording_head_is_gated_attention_over_neurons():
     attended = weights @ neurons
     expected = head.head(torch.cat([attended, neurons.mean(0)]))
     torch.testing.assert_close(logits, expected.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_evidence_head_pools_signed_evidence_by_log_mean_exp(n_classes):
+    network = small_network(n_classes=n_classes, mil_hidden=8, recording_pooling="evidence")
+    head = network.recording_head
+    neurons = torch.randn(7, 16)
+    with torch.inference_mode():
+        logits, weights = network.classify_recording(neurons)
+        order = torch.randperm(7)
+        logits_permuted, weights_permuted = network.classify_recording(neurons[order])
+        batched, batched_weights = network.classify_recording(torch.stack([neurons, neurons]))
+    with torch.no_grad():
+        evidence = head.score(torch.tanh(head.value(neurons)) * torch.sigmoid(head.gate(neurons)))
+        pooled = torch.logsumexp(evidence, 0) - math.log(7)
+        expected = torch.cat([torch.zeros(1), pooled + head.head(neurons.mean(0))])
+    assert evidence.shape == (7, n_classes - 1)  # one score per class against class 0
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+    strongest = int(logits[1:].argmax()) + 1
+    # the weights are the gradient of that class's pooled evidence: the share of each neuron
+    torch.testing.assert_close(weights, evidence[:, strongest - 1].softmax(0))
+    torch.testing.assert_close(logits_permuted, logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights_permuted, weights[order])
+    torch.testing.assert_close(batched[1], logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batched_weights[0], weights)
+    # signed: more evidence in any neuron never lowers its class's logit
+    target = neurons.clone().requires_grad_(True)
+    with torch.enable_grad():
+        z = head.score(torch.tanh(head.value(target)) * torch.sigmoid(head.gate(target)))
+        pooled = torch.logsumexp(z, 0)[strongest - 1]
+        (gradient,) = torch.autograd.grad(pooled, z)
+    assert (gradient[:, strongest - 1] > 0).all()
+    torch.testing.assert_close(gradient[:, strongest - 1], weights)
+
+
+def test_recording_pooling_is_checked():
+    with pytest.raises(ValueError, match="recording_pooling must be one of"):
+        NeurtConfig(**SMALL, n_classes=2, mil_hidden=4, recording_pooling="max")
 
 
 def test_recording_head_reads_standardised_activity_statistics():

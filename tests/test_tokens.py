@@ -196,3 +196,7 @@ def test_activity_statistics_are_rate_and_correlations():
     np.testing.assert_allclose(statistics[:, 1], correlation.sum(axis=1) / 4, atol=1e-6)
     assert statistics[3, 1] == 0.0 and statistics[3, 2] == 0.0  # a constant trace: 0
     assert statistics[4, 2] == pytest.approx(-1.0, abs=1e-6)
+    tokens[2, :, 1] = 0.0
+    tokens[2, [10, 20, 30, 40, 41], 1] = 5.0  # the neighbours' mean trace: 4 events
+    assert activity_statistics(tokens)[2, 3] == pytest.approx(np.log1p(4 * 1000 / n_frames))
+    assert ACTIVITY_STATISTICS[:3] == ("log_event_rate", "mean_correlation", "near_correlation")

@@ -81,12 +81,15 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main([*arguments, *columns, "--classes", "calm,bursty"]) == 0
     assert "model and report" in capsys.readouterr().out
     model = load_model(out, device="cpu")
-    assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 0
+    assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 4
+    assert model.config.recording_pooling == "evidence"
     assert (out / "report.csv").is_file() and (out / "report.json").is_file()
-    with_statistics = tmp_path / "with-statistics"
+    with_statistics = tmp_path / "gated-plain"
     arguments[arguments.index(str(out))] = str(with_statistics)
-    assert main([*arguments, *columns, "--activity-statistics"]) == 0
-    assert load_model(with_statistics, device="cpu").config.neuron_stats == 3
+    options = ["--no-activity-statistics", "--recording-pooling", "gated"]
+    assert main([*arguments, *columns, *options]) == 0
+    plain = load_model(with_statistics, device="cpu")
+    assert plain.config.neuron_stats == 0 and plain.config.recording_pooling == "gated"
 
 
 def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):

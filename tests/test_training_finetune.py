@@ -293,9 +293,53 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     )
     assert float(logits.softmax(-1)[1]) == pytest.approx(result.recording_probability, abs=1e-6)
     np.testing.assert_allclose(weights.numpy(), result.neuron_attention, atol=1e-6)
-    plain = finetune(items, tmp_path / "without", config, base=TINY).model  # off by default
+    plain = finetune(
+        items, tmp_path / "without", replace(config, activity_statistics=False), base=TINY
+    ).model
     assert plain.config.neuron_stats == 0
     assert "activity statistics" not in plain.classify(tokens).recording_rule
+
+
+def test_a_head_saved_with_three_statistics_reads_the_first_three():
+    from napari_neurt.model import NeurtModel
+
+    # classifiers saved before the fourth statistic existed keep working, and unchanged
+    network = Neurt(replace(TINY, n_classes=2, mil_hidden=8, neuron_stats=3)).eval()
+    model = NeurtModel(network, class_names=("a", "b"), device="cpu")
+    tokens = model.tokens_for(toy_recording("bursty", 0)).tokens
+    embeddings = torch.randn(len(tokens), TINY.n_embd)
+    logits, weights = model.recording_decision(embeddings, tokens)
+    first_three = torch.from_numpy(activity_statistics(tokens)[:, :3].copy())
+    with torch.no_grad():
+        expected, expected_weights = network.classify_recording(embeddings, first_three)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(weights, expected_weights)
+
+
+def test_fine_tuning_builds_the_recording_head_it_is_asked_for(tmp_path):
+    items = toy_cohort(per_class=2)
+    config = fast(steps=5, test_per_class=0, validation_per_class=0)
+    model = finetune(items, tmp_path / "default", config, base=TINY).model
+    assert model.config.recording_pooling == "evidence"  # the default
+    assert model.config.neuron_stats == len(ACTIVITY_STATISTICS)
+    result = model.classify(model.tokens_for(items[0].source))
+    assert "evidence" in result.recording_rule
+    gated = finetune(
+        items, tmp_path / "gated", replace(config, recording_pooling="gated"), base=TINY
+    ).model
+    assert gated.config.recording_pooling == "gated"
+    assert load_model(tmp_path / "gated", device="cpu").config.recording_pooling == "gated"
+    # starting from a gated classifier, an evidence head starts fresh: none of its weights
+    # (some have the same shapes) carry over from a head that means something else
+    again = finetune(
+        items, tmp_path / "again", replace(config, steps=1, head_lr=0.0), base=gated
+    ).model
+    for name in ("value.weight", "score.weight"):
+        old = gated.module.recording_head.state_dict()[name]
+        new = again.module.recording_head.state_dict()[name]
+        assert old.shape != new.shape or not torch.equal(old, new)
+    with pytest.raises(ValueError, match="recording_pooling must be one of"):
+        FinetuneConfig(recording_pooling="max")
 
 
 def test_stopping_while_reading_the_statistics_trains_nothing(tmp_path):

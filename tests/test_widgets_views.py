@@ -232,14 +232,16 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     widget.device_box.setCurrentText("cpu")
     widget.config_overrides = dict(bags_per_step=2, bag_size=4, mil_hidden=8, eval_every=6,
                                    patience=2, validation_bags=2, lr=3e-3, head_lr=1e-2)
-    assert not widget.statistics_box.isChecked()  # opt-in
-    widget.statistics_box.setChecked(True)
+    assert widget.statistics_box.isChecked()  # on by default
+    assert widget.pooling_box.currentData() == "evidence"
+    widget.pooling_box.setCurrentIndex(widget.pooling_box.findData("gated"))
     job = widget.start()
     assert job is not None
     qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
     assert job.error is None, job.error
     assert widget.plot.losses and len(widget.plot.steps) == len(widget.plot.losses)
-    assert load_model(tmp_path / "tuned", device="cpu").config.neuron_stats == 3
+    tuned = load_model(tmp_path / "tuned", device="cpu")
+    assert tuned.config.neuron_stats == 4 and tuned.config.recording_pooling == "gated"
     sources = [panel.model_box.itemData(i) for i in range(panel.model_box.count())]
     assert str(tmp_path / "tuned") in sources
     assert "held-out accuracy" in widget.status.text()

@@ -418,11 +418,19 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     p.add_argument("--bag-size", type=int, default=16, help="neurons per bag")
     p.add_argument(
+        "--recording-pooling",
+        choices=("evidence", "gated"),  # model.neurt.RECORDING_POOLINGS, without importing torch
+        default="evidence",
+        help="how the recording head pools neurons: evidence (each neuron argues for a class; "
+        "its weight is its share of the evidence) or gated (attention next to the mean neuron); "
+        "default evidence",
+    )
+    p.add_argument(
         "--activity-statistics",
-        action="store_true",
-        help="the recording head also reads each neuron's activity statistics (event rate and "
-        "correlations, see tokens.activity_statistics): a better decision on simulated "
-        "cohorts, a less faithful neuron attention (docs: Fine-tuning)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether the recording head also reads each neuron's activity statistics (event "
+        "rates and correlations, see tokens.activity_statistics); default yes",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -454,6 +462,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         head_lr=args.head_lr,
         bag_size=args.bag_size,
         activity_statistics=args.activity_statistics,
+        recording_pooling=args.recording_pooling,
         evaluation=args.evaluation,
         seed=args.seed,
         device=args.device,

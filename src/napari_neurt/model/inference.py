@@ -68,11 +68,15 @@ class ClassificationResult:
         (N, T) the classifier's pooling weights over time, stitched over windows (each window's
         weights sum to 1, so values are about 1 / seq_len where attention is even).
     neuron_attention
-        (N,) weight of each neuron in the recording's decision, summing to 1.
+        (N,) weight of each neuron in the recording's decision, summing to 1. With an
+        "evidence" recording head, the share of the pooled evidence for the most probable class
+        other than class 0 (class 1 with two classes) that each neuron contributes: a high weight
+        means the neuron argues for that class. With a "gated" head, how much the head looked at
+        the neuron, whichever way it argues.
     recording_probability
         Probability that the recording is of class 1.
     recording_head
-        True when the model has a recording head (gated-attention pooling over neurons).
+        True when the model has a recording head (pooling over neurons, see `RecordingHead`).
     recording_rule
         How `recording_probability` and `neuron_attention` were obtained, in words.
     neuron_embedding
@@ -613,9 +617,15 @@ class NeurtModel:
             logits, weights = self.recording_decision(neuron_embedding, x.numpy())
             recording_probability = float(logits.float().softmax(dim=-1)[1])
             neuron_attention = weights.float().cpu().numpy()
-            rule = "recording head: gated-attention pooling over neurons (Ilse et al. 2018)"
+            if config.recording_pooling == "evidence":
+                rule = (
+                    "recording head: each neuron's evidence for a class, pooled by log-mean-exp "
+                    "next to the mean neuron"
+                )
+            else:
+                rule = "recording head: gated-attention pooling over neurons (Ilse et al. 2018)"
             if config.neuron_stats:
-                rule += ", each read with its activity statistics (event rate, correlations)"
+                rule += ", each read with its activity statistics (event rates, correlations)"
         else:
             recording_probability = float((probabilities.argmax(dim=-1) == 1).float().mean())
             neuron_attention = np.full(n, 1.0 / n, dtype=np.float32)
@@ -642,7 +652,8 @@ class NeurtModel:
         that also reads their activity statistics."""
         statistics = None
         if self.config.neuron_stats:
-            statistics = torch.from_numpy(activity_statistics(tokens)).to(self.device)
+            statistics = activity_statistics(tokens)[:, : self.config.neuron_stats]
+            statistics = torch.from_numpy(np.ascontiguousarray(statistics)).to(self.device)
         with self.inference_context():
             return self.module.classify_recording(neuron_embedding.to(self.device), statistics)
 

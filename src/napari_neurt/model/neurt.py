@@ -12,10 +12,12 @@ see `tokens.py`). The maths is that of the published model, so its weights load 
 
 Our additions, both off in the published configuration:
 
-- The recording head: gated-attention multiple-instance pooling (Ilse et al., 2018) over the
-  neurons of a recording, read next to the mean neuron, which gives one decision per recording
-  and one weight per neuron; optionally (``neuron_stats``) each neuron's embedding is read with
-  a few activity statistics of its whole trace (event rate, correlations).
+- The recording head: multiple-instance pooling over the neurons of a recording, which gives
+  one decision per recording and one weight per neuron, either gated attention (Ilse et al.,
+  2018) read next to the mean neuron, or signed evidence: each neuron's evidence for a class,
+  pooled by a log-mean-exp, so that the weights are exactly how much each neuron's evidence
+  counts (``recording_pooling``); optionally (``neuron_stats``) each neuron's embedding is read
+  with a few activity statistics of its whole trace (event rates, correlations).
 - Interpolation-residual reconstruction (``interpolate=True``). The published model sees hidden
   entries as zeros and must learn to fill gaps from scratch; it scored below plain linear
   interpolation on real data. Ours is told which entries are hidden (`hidden`, a learned vector
@@ -49,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+RECORDING_POOLINGS = ("gated", "evidence")
+
 
 @dataclass
 class NeurtConfig:
@@ -62,9 +66,12 @@ class NeurtConfig:
     n_ff: int = 512  # width of the feed-forward layer
     n_classes: int = 0  # 0: no window classifier
     mil_hidden: int = 0  # 0: no recording head; else width of its gated attention
-    # ours: numbers per neuron the recording head reads next to its embedding (0: none; 3 for
-    # `tokens.activity_statistics`: event rate and correlations over the whole recording)
+    # ours: numbers per neuron the recording head reads next to its embedding (0: none; else the
+    # first ones of `tokens.ACTIVITY_STATISTICS`: event rates and correlations over the recording)
     neuron_stats: int = 0
+    # ours: how the recording head pools its neurons, "gated" (attention next to the mean neuron)
+    # or "evidence" (signed per-neuron evidence, log-mean-exp); see RecordingHead
+    recording_pooling: str = "gated"
     # the published LayerNorm puts epsilon inside the square root, as torch's does
     norm_eps: float = 1e-12
     interpolate: bool = False  # ours: hidden entries filled by interpolation, output a residual
@@ -88,6 +95,11 @@ class NeurtConfig:
             raise ValueError(
                 "local_kernel is an odd number of steps and needs interpolate=True; got "
                 f"local_kernel={self.local_kernel}, interpolate={self.interpolate}"
+            )
+        if self.recording_pooling not in RECORDING_POOLINGS:
+            raise ValueError(
+                f"recording_pooling must be one of {', '.join(map(repr, RECORDING_POOLINGS))}; "
+                f"got {self.recording_pooling!r}"
             )
         if self.mil_hidden and not self.n_classes:
             raise ValueError("a recording head (mil_hidden > 0) needs classes (n_classes > 0)")
@@ -182,13 +194,23 @@ class TimePool(nn.Module):
 
 
 class RecordingHead(nn.Module):
-    """Gated-attention multiple-instance pooling over neurons (Ilse, Tomczak & Welling, 2018).
+    """Multiple-instance pooling over the neurons of a recording: logits and one weight per neuron.
 
-    score_i = w . (tanh(V z_i) * sigmoid(U z_i)); weight = softmax over neurons. The recording is
-    classified from the attended neurons, sum_i weight_i z_i, next to the mean neuron: animals
-    differ in overall activity as much as groups do, so what marks a group is often a few neurons
-    unlike the rest of their own recording, which the pair lets the classifier see. The weights
-    say how much each neuron drove the decision.
+    Every neuron i gets scores from gated attention (Ilse, Tomczak & Welling, 2018),
+    s_i = W (tanh(V z_i) * sigmoid(U z_i)). Then, by ``recording_pooling``:
+
+    - "gated": one score per neuron, weight = softmax over neurons; the recording is classified
+      from the attended neurons, sum_i weight_i z_i, next to the mean neuron (animals differ in
+      overall activity as much as groups do; the pair lets the classifier see a few neurons
+      unlike the rest of their own recording). The weights say what the head looked at, but not
+      on which side: it may attend to the normal neurons as well as to the abnormal ones.
+    - "evidence": s_i holds neuron i's evidence for each class c >= 1 against class 0, and
+      logit_c = log(mean_i exp(s_ic)) + b_c + w_c . mean_i z_i (logit_0 = 0). The log-mean-exp
+      grows with every neuron's evidence and is dominated by the strongest, as a "some neurons
+      are abnormal" decision should be; the mean neuron carries what changes in all neurons.
+      The weights are softmax_i(s_ic) for the most probable class c >= 1 (class 1 with two
+      classes): exactly the share of that logit's pooled evidence each neuron contributes, so a
+      high weight always means "this neuron argues for class c".
 
     With ``neuron_stats`` > 0, z_i is the embedding followed by the neuron's activity statistics,
     standardised by `stats_shift` and `stats_scale` (buffers set from the training animals): an
@@ -199,10 +221,13 @@ class RecordingHead(nn.Module):
     def __init__(self, config: NeurtConfig):
         super().__init__()
         width = config.n_embd + config.neuron_stats
+        self.evidence = config.recording_pooling == "evidence"
+        n_scores = config.n_classes - 1 if self.evidence else 1
         self.value = nn.Linear(width, config.mil_hidden)
         self.gate = nn.Linear(width, config.mil_hidden)
-        self.score = nn.Linear(config.mil_hidden, 1)
-        self.head = nn.Linear(2 * width, config.n_classes)
+        self.score = nn.Linear(config.mil_hidden, n_scores)
+        self.head = nn.Linear(width if self.evidence else 2 * width, n_scores if self.evidence
+                              else config.n_classes)
         self.neuron_stats = config.neuron_stats
         if self.neuron_stats:
             self.register_buffer("stats_shift", torch.zeros(self.neuron_stats))
@@ -219,10 +244,18 @@ class RecordingHead(nn.Module):
                 )
             standardised = (stats.to(z.dtype) - self.stats_shift) / self.stats_scale
             z = torch.cat([z, standardised], dim=-1)
-        scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z))).squeeze(-1)
-        weights = scores.softmax(dim=-1)
-        attended = (weights.unsqueeze(-2) @ z).squeeze(-2)
-        return self.head(torch.cat([attended, z.mean(dim=-2)], dim=-1)), weights
+        scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z)))
+        mean = z.mean(dim=-2)
+        if not self.evidence:
+            weights = scores.squeeze(-1).softmax(dim=-1)
+            attended = (weights.unsqueeze(-2) @ z).squeeze(-2)
+            return self.head(torch.cat([attended, mean], dim=-1)), weights
+        pooled = torch.logsumexp(scores, dim=-2) - math.log(scores.shape[-2])
+        logits = pooled + self.head(mean)  # (..., n_classes - 1): each class against class 0
+        logits = torch.cat([torch.zeros_like(logits[..., :1]), logits], dim=-1)
+        strongest = logits[..., 1:].argmax(dim=-1, keepdim=True)  # most probable class >= 1
+        chosen = scores.gather(-1, strongest.unsqueeze(-2).expand(*scores.shape[:-1], 1))
+        return logits, chosen.squeeze(-1).softmax(dim=-1)
 
 
 class Neurt(nn.Module):

@@ -342,26 +342,29 @@ def _interpolate_gaps(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
     return filled
 
 
-ACTIVITY_STATISTICS = ("log_event_rate", "mean_correlation", "near_correlation")
+ACTIVITY_STATISTICS = (
+    "log_event_rate",
+    "mean_correlation",
+    "near_correlation",
+    "near_log_event_rate",
+)
 
 
 def activity_statistics(tokens: np.ndarray) -> np.ndarray:
-    """float32 (N, 3) summary of each neuron's activity in tokens (N, T, F), over all T frames.
+    """float32 (N, 4) summary of each neuron's activity in tokens (N, T, F), over all T frames.
 
     What a recording head needs next to a neuron's embedding, which describes a window of its
     trace but not how often it fires or how it goes with the rest of the population
     (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 MAD of
     its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
-    neuron, and its correlation with the mean trace of its near neighbourhood (feature 1).
-    A constant trace has correlation 0.
+    neuron, its correlation with the mean trace of its near neighbourhood (feature 1), and the
+    log event rate of that mean trace (high where the neighbours fire often together: a cluster
+    of active neurons). A constant trace has correlation 0. The order is fixed: a head that reads
+    k statistics reads the first k.
     """
     own = np.asarray(tokens[..., 0], dtype=np.float64)
+    near = np.asarray(tokens[..., 1], dtype=np.float64)
     n, n_frames = own.shape
-    median = np.median(own, axis=1, keepdims=True)
-    mad = np.median(np.abs(own - median), axis=1, keepdims=True) * 1.4826
-    above = own > median + 3 * np.maximum(mad, 1e-12)
-    onsets = np.count_nonzero(above[:, 1:] & ~above[:, :-1], axis=1)
-    log_rate = np.log1p(onsets * 1000.0 / max(n_frames, 1))
 
     def standardised(x):
         centred = x - x.mean(axis=1, keepdims=True)
@@ -371,6 +374,16 @@ def activity_statistics(tokens: np.ndarray) -> np.ndarray:
     z = standardised(own)
     total = z.sum(axis=0)  # mean correlation with the others without the N x N matrix
     mean_correlation = ((z @ total) / n_frames - (z * z).mean(axis=1)) / max(n - 1, 1)
-    near = standardised(np.asarray(tokens[..., 1], dtype=np.float64))
-    near_correlation = (z * near).mean(axis=1)
-    return np.stack([log_rate, mean_correlation, near_correlation], axis=1).astype(np.float32)
+    near_correlation = (z * standardised(near)).mean(axis=1)
+    return np.stack(
+        [_log_event_rate(own), mean_correlation, near_correlation, _log_event_rate(near)], axis=1
+    ).astype(np.float32)
+
+
+def _log_event_rate(x: np.ndarray) -> np.ndarray:
+    """log(1 + upward crossings of median + 3 MAD per 1000 frames) of each row of x (N, T)."""
+    median = np.median(x, axis=1, keepdims=True)
+    mad = np.median(np.abs(x - median), axis=1, keepdims=True) * 1.4826
+    above = x > median + 3 * np.maximum(mad, 1e-12)
+    onsets = np.count_nonzero(above[:, 1:] & ~above[:, :-1], axis=1)
+    return np.log1p(onsets * 1000.0 / max(x.shape[1], 1))

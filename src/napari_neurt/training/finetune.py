@@ -21,7 +21,7 @@ spare them and keep a training animal.
 Training: the pretrained encoder with the published layer-wise learning-rate decay (the top
 block at `lr`, each block below ``layer_decay = 0.9`` times the one above, the embedding at
 ``lr * embed_decay ** (n_layer - 1)`` with ``embed_decay = 0.8``), heads at `head_lr`. The
-window classifier (`TimePool`) and the recording head (`RecordingHead`, gated-attention pooling
+window classifier (`TimePool`) and the recording head (`RecordingHead`, pooling
 over neurons) learn together: each step takes bags of neurons' windows, each bag from one
 recording; every window is classified (cross-entropy against its recording's label) and the
 bag's pooled embeddings go through the recording head (cross-entropy again). Recordings are drawn
@@ -51,7 +51,7 @@ from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import save_checkpoint
 from ..model.inference import NeurtModel
-from ..model.neurt import Neurt
+from ..model.neurt import RECORDING_POOLINGS, Neurt
 from ..model.tokens import ACTIVITY_STATISTICS, activity_statistics
 from ..progress import Steps, run_steps
 from .data import BagStream, RecordingSource, describe_source, draw_bags, source_tokens
@@ -87,9 +87,11 @@ class FinetuneConfig:
     window_loss_weight: float = 1.0
     recording_loss_weight: float = 1.0
     mil_hidden: int = 64  # width of the recording head's gated attention
-    # the recording head also reads each neuron's activity statistics (tokens.activity_statistics):
-    # on tuning cohorts a better decision, less faithful attention (docs/finetune.md), so opt-in
-    activity_statistics: bool = False
+    # how the recording head pools neurons (model.neurt.RecordingHead): "evidence" (signed
+    # per-neuron evidence; its weights point at the neurons that argue for the class) or "gated"
+    recording_pooling: str = "evidence"
+    # the recording head also reads each neuron's activity statistics (tokens.activity_statistics)
+    activity_statistics: bool = True
     evaluation: str = "split"  # or "leave-one-animal-out"
     test_per_class: int = 1  # animals per class held out for the report ("split")
     validation_per_class: int = 1  # animals per class kept aside for early stopping
@@ -108,6 +110,11 @@ class FinetuneConfig:
             raise ValueError(
                 f"evaluation must be one of {', '.join(map(repr, EVALUATIONS))}; "
                 f"got {self.evaluation!r}"
+            )
+        if self.recording_pooling not in RECORDING_POOLINGS:
+            raise ValueError(
+                f"recording_pooling must be one of {', '.join(map(repr, RECORDING_POOLINGS))}; "
+                f"got {self.recording_pooling!r}"
             )
         for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
@@ -388,22 +395,39 @@ def balanced_weights(items: Sequence[LabelledRecording]) -> np.ndarray:
 
 # --- model ----------------------------------------------------------------------------------
 def classifier_network(
-    base: Neurt, n_classes: int, mil_hidden: int, seed: int = 0, neuron_stats: int = 0
+    base: Neurt,
+    n_classes: int,
+    mil_hidden: int,
+    seed: int = 0,
+    neuron_stats: int = 0,
+    recording_pooling: str = "evidence",
 ) -> Neurt:
     """`base`'s encoder with a window classifier and a recording head for `n_classes` classes.
 
-    The head reads `neuron_stats` activity statistics per neuron next to its embedding (0:
-    none). Heads of `base` that fit (same number of classes and widths) are kept, others start
+    The head pools neurons by `recording_pooling` and reads `neuron_stats` activity statistics
+    per neuron next to its embedding (0: none). Heads of `base` that fit (same number of
+    classes and widths, and for the recording head the same pooling) are kept, others start
     fresh.
     """
     config = replace(
-        base.config, n_classes=n_classes, mil_hidden=mil_hidden, neuron_stats=neuron_stats
+        base.config,
+        n_classes=n_classes,
+        mil_hidden=mil_hidden,
+        neuron_stats=neuron_stats,
+        recording_pooling=recording_pooling,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = Neurt(config)
     fresh = module.state_dict()
-    kept = {k: v for k, v in base.state_dict().items() if k in fresh and v.shape == fresh[k].shape}
+    same_pooling = base.config.recording_pooling == recording_pooling
+    kept = {
+        k: v
+        for k, v in base.state_dict().items()
+        if k in fresh
+        and v.shape == fresh[k].shape
+        and (same_pooling or not k.startswith("recording_head."))
+    }
     module.load_state_dict(kept, strict=False)
     return module
 
@@ -788,6 +812,7 @@ def iter_finetune(
             config.mil_hidden,
             config.seed,
             neuron_stats=len(ACTIVITY_STATISTICS) if config.activity_statistics else 0,
+            recording_pooling=config.recording_pooling,
         )
         fit = yield from _fit(
             module,

@@ -166,12 +166,23 @@ class FineTuneWidget(QWidget):
         self.evaluation_box.addItem("hold out one animal per class", "split")
         self.evaluation_box.addItem("leave one animal out (small cohorts)", "leave-one-animal-out")
         form.addRow("Evaluation", self.evaluation_box)
+        self.pooling_box = QComboBox()
+        self.pooling_box.addItem("neurons' evidence (weights argue for the class)", "evidence")
+        self.pooling_box.addItem("gated attention next to the mean neuron", "gated")
+        self.pooling_box.setToolTip(
+            "how the recording head pools its neurons. Evidence: each neuron argues for a class "
+            "and a neuron's weight is its share of the evidence, so the painted weights point "
+            "at the neurons that make the recording look like that class. Gated: the weights "
+            "say what the head looked at, on either side (docs: Fine-tuning)"
+        )
+        form.addRow("Recording head", self.pooling_box)
         self.statistics_box = QCheckBox("recording head also reads activity statistics")
         self.statistics_box.setToolTip(
             "each neuron's event rate and correlations (with the other neurons and with its "
-            "neighbourhood) next to its embedding: on simulated cohorts a better decision but a "
-            "neuron attention that points less at the neurons that differ (docs: Fine-tuning)"
+            "neighbourhood), and its neighbourhood's event rate, next to its embedding "
+            "(docs: Fine-tuning)"
         )
+        self.statistics_box.setChecked(True)
         form.addRow("", self.statistics_box)
         self.device_box = QComboBox()
         self.device_box.addItems(models.device_choices())
@@ -277,6 +288,7 @@ class FineTuneWidget(QWidget):
             "lr": self.lr_spin.value(),
             "evaluation": self.evaluation_box.currentData(),
             "activity_statistics": self.statistics_box.isChecked(),
+            "recording_pooling": self.pooling_box.currentData(),
             "device": self.device_box.currentText(),
             **self.config_overrides,
         }
