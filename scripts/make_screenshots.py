@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = scores
     scores.selected_label = busiest
     viewer.dims.set_current_step(0, sample.n_frames // 2)
-    panel.colour_by("neuron_attention", "viridis")
+    panel.colour_by("attention_log10_ratio", "viridis")
     viewer.reset_view()
     plot.draw()
     panel.show_legend()
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     legend = grab(group, panel.export_button.geometry().bottom() + 8)
     canvas = crop_dark_margins(Image.fromarray(np.asarray(canvas)).convert("RGB"))
     save_png(side_by_side(canvas, legend), out / "scores-legend.png", width)
-    panel.colour_by("neuron_attention", "viridis")
+    panel.colour_by("attention_log10_ratio", "viridis")
 
     # 4. The attention map of the selected neuron, around the current frame.
     attention = AttentionMapWidget(viewer)

@@ -201,6 +201,9 @@ def test_classification_and_the_neuron_table(tiny_model, recording):
     np.testing.assert_array_equal(table["neuron_id"], recording.neuron_ids)
     np.testing.assert_allclose(table["p_quiet"] + table["p_busy"], 1.0, rtol=1e-5)
     assert table["neuron_attention"].sum() == pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_allclose(
+        10 ** table["attention_log10_ratio"], n * table["neuron_attention"], rtol=1e-9
+    )
     provenance = result.provenance()
     assert provenance["classification"]["model"]["config"]["n_classes"] == 2
     assert provenance["reconstruction"]["parameters"]["n_folds"] == 2

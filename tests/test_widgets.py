@@ -93,7 +93,7 @@ def test_full_pipeline_through_the_buttons(panel, qtbot, sample):
     analysis = scores.metadata[ANALYSIS_KEY]
     assert analysis.classification is not None and analysis.reconstruction is not None
     column = scores.metadata[SCORES_KEY]["column"]
-    assert column == "neuron_attention"  # the tiny model has a recording head
+    assert column == "attention_log10_ratio"  # the tiny model has a recording head
     assert widget.colour_box.currentData() == column
     assert roi.metadata[ANALYSIS_KEY] is analysis
 

@@ -405,7 +405,10 @@ class Analysis:
         Columns: ``neuron_id``, ``centroid_y``, ``centroid_x``, ``event_rate_per_min`` always;
         ``fallback``, ``n_near``, ``n_far`` once the model has seen the recording;
         ``predictability_r2`` after a reconstruction; ``class_probability`` (of class 1),
-        ``p_<class>`` for every class and ``neuron_attention`` after a classification.
+        ``p_<class>`` for every class, ``neuron_attention`` and ``attention_log10_ratio`` (the
+        attention over an even share, 1/N, in log10: 0 for an average neuron, 1 for ten times
+        it; attention can be concentrated on a few neurons, and this shows where every other
+        neuron stands) after a classification.
         """
         recording = self.recording
         table: dict[str, np.ndarray] = {
@@ -429,7 +432,11 @@ class Analysis:
             )
             for i, name in enumerate(names):
                 table[f"p_{column_name(name)}"] = result.class_probability[:, i].astype(np.float64)
-            table["neuron_attention"] = np.asarray(result.neuron_attention, dtype=np.float64)
+            attention = np.asarray(result.neuron_attention, dtype=np.float64)
+            table["neuron_attention"] = attention
+            table["attention_log10_ratio"] = np.log10(
+                np.maximum(attention * len(attention), np.finfo(np.float64).tiny)
+            )
         return table
 
     def provenance(self) -> dict[str, Any]:

@@ -291,4 +291,5 @@ _COLUMN_DOCS = {
     "predictability_r2": "R^2 of NEuRT's prediction of the hidden frames against the trace",
     "class_probability": "probability of class 1 (mean over the neuron's windows)",
     "neuron_attention": "weight of the neuron in the recording's classification",
+    "attention_log10_ratio": "log10 of neuron_attention over an even share (1 / neurons)",
 }

@@ -33,6 +33,7 @@ COLORMAPS = ("viridis", "magma", "plasma", "inferno", "cividis", "turbo", "coolw
 #: Readable names of the columns the analysis writes (the others are shown as they are).
 COLUMN_LABELS = {
     "neuron_attention": "neuron attention",
+    "attention_log10_ratio": "neuron attention, log10 of its ratio to an even share",
     "class_probability": "class probability",
     "predictability_r2": "predictability R²",
     "event_rate_per_min": "event rate (events/min)",
@@ -40,7 +41,13 @@ COLUMN_LABELS = {
     "n_far": "neurons farther than delta",
 }
 #: Colour-by columns in the order the issue lists them, offered first when present.
-PREFERRED = ("neuron_attention", "class_probability", "predictability_r2", "event_rate_per_min")
+PREFERRED = (
+    "attention_log10_ratio",
+    "neuron_attention",
+    "class_probability",
+    "predictability_r2",
+    "event_rate_per_min",
+)
 NOT_SCORES = {"index", "neuron_id", "centroid_y", "centroid_x", "fallback"}
 
 
@@ -69,7 +76,9 @@ def default_column(features: pd.DataFrame, analysis: Analysis | None, previous: 
     previous choice, else the event rate."""
     columns = colour_columns(features)
     if analysis is not None and analysis.classification is not None:
-        wanted = "neuron_attention" if analysis.classification.result.recording_head else "class_probability"
+        # attention on a log scale: it may sit on a few neurons, which a linear scale shows alone
+        has_head = analysis.classification.result.recording_head
+        wanted = "attention_log10_ratio" if has_head else "class_probability"
         if wanted in columns:
             return wanted
     if analysis is not None and analysis.reconstruction is not None and "predictability_r2" in columns:
