@@ -222,12 +222,14 @@ class RecordingHead(nn.Module):
         super().__init__()
         width = config.n_embd + config.neuron_stats
         self.evidence = config.recording_pooling == "evidence"
-        n_scores = config.n_classes - 1 if self.evidence else 1
         self.value = nn.Linear(width, config.mil_hidden)
         self.gate = nn.Linear(width, config.mil_hidden)
-        self.score = nn.Linear(config.mil_hidden, n_scores)
-        self.head = nn.Linear(width if self.evidence else 2 * width, n_scores if self.evidence
-                              else config.n_classes)
+        if self.evidence:  # per neuron and per class c >= 1; the mean neuron's term likewise
+            self.score = nn.Linear(config.mil_hidden, config.n_classes - 1)
+            self.head = nn.Linear(width, config.n_classes - 1)
+        else:  # one score per neuron; the head reads the attended and the mean neuron
+            self.score = nn.Linear(config.mil_hidden, 1)
+            self.head = nn.Linear(2 * width, config.n_classes)
         self.neuron_stats = config.neuron_stats
         if self.neuron_stats:
             self.register_buffer("stats_shift", torch.zeros(self.neuron_stats))
