@@ -108,6 +108,9 @@ def test_classify_to_an_output_folder(tmp_path, checkpoint):
     with np.load(tmp_path / "out" / "mouse0.neurt-classify.npz", allow_pickle=False) as results:
         assert list(results["class_names"]) == ["control", "treated"]
         assert results["neuron_attention"].sum() == pytest.approx(1, abs=1e-5)
+        np.testing.assert_allclose(  # the same weights on a log scale, 0 for an even share
+            10 ** results["attention_log10_ratio"], 6 * results["neuron_attention"], rtol=1e-6
+        )
         assert results["temporal_attention"].shape == (6, 90)
         assert bool(results["recording_head"])
         assert 0 <= float(results["recording_probability"]) <= 1

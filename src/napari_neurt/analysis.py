@@ -434,9 +434,9 @@ class Analysis:
                 table[f"p_{column_name(name)}"] = result.class_probability[:, i].astype(np.float64)
             attention = np.asarray(result.neuron_attention, dtype=np.float64)
             table["neuron_attention"] = attention
-            table["attention_log10_ratio"] = np.log10(
-                np.maximum(attention * len(attention), np.finfo(np.float64).tiny)
-            )
+            from .model.inference import attention_log10_ratio  # torch is loaded by now
+
+            table["attention_log10_ratio"] = attention_log10_ratio(attention)
         return table
 
     def provenance(self) -> dict[str, Any]:

@@ -185,6 +185,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
                     "neuron_ids",
                     "neuron_probability",
                     "neuron_attention",
+                    "attention_log10_ratio",
                     "fallback",
                     "n_near",
                     "n_far",

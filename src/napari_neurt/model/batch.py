@@ -23,7 +23,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..progress import Progress
 from ..recording import Recording
-from .inference import Calibration, NeurtModel
+from .inference import Calibration, NeurtModel, attention_log10_ratio
 from .tokens import span_mask
 
 
@@ -116,6 +116,7 @@ def classify_recording(
         "class_probability": result.class_probability,
         "temporal_attention": result.temporal_attention,
         "neuron_attention": result.neuron_attention,
+        "attention_log10_ratio": attention_log10_ratio(result.neuron_attention),
         "recording_probability": np.float64(result.recording_probability),
         "recording_head": np.bool_(result.recording_head),
         "recording_rule": np.str_(result.recording_rule),

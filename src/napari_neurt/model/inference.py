@@ -141,6 +141,15 @@ class Calibration:
         return asdict(self)
 
 
+def attention_log10_ratio(attention: np.ndarray) -> np.ndarray:
+    """log10 of each neuron's attention over an even share (1 / N): 0 for an average neuron.
+
+    Attention can sit on a few neurons; on this scale every other neuron keeps its place too.
+    """
+    attention = np.asarray(attention, dtype=np.float64)
+    return np.log10(np.maximum(attention * attention.size, np.finfo(np.float64).tiny))
+
+
 def pchip_fill(values: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """`values` (..., T) with the `hidden` steps of each row filled by PCHIP interpolation.
 
