@@ -39,8 +39,9 @@ def toy_recording(kind: str, seed: int, n_neurons: int = 10, n_frames: int = 96)
     """ "calm": slow sines; "bursty": rare large events on a flat baseline. Trivially separable."""
     rng = np.random.default_rng(seed)
     frames = np.arange(n_frames)
-    if kind == "calm":
-        traces = np.sin(2 * np.pi * frames / 30 + rng.uniform(0, 6.3, (n_neurons, 1)))
+    if kind in ("calm", "fast"):  # "fast": sines of a 5 times shorter period
+        period = 30 if kind == "calm" else 6
+        traces = np.sin(2 * np.pi * frames / period + rng.uniform(0, 6.3, (n_neurons, 1)))
     else:
         traces = (rng.random((n_neurons, n_frames)) < 0.04) * 5.0
         traces[:, 0] = 5.0  # every neuron has an event, so none is constant
@@ -54,9 +55,11 @@ def toy_recording(kind: str, seed: int, n_neurons: int = 10, n_frames: int = 96)
     )
 
 
-def toy_cohort(per_class: int = 3, recordings_per_animal: int = 1) -> list[LabelledRecording]:
+def toy_cohort(
+    per_class: int = 3, recordings_per_animal: int = 1, kinds: tuple[str, ...] = ("calm", "bursty")
+) -> list[LabelledRecording]:
     items = []
-    for k, label in enumerate(("calm", "bursty")):
+    for k, label in enumerate(kinds):
         for a in range(per_class):
             animal = f"{label}-{a}"
             for r in range(recordings_per_animal):
@@ -298,6 +301,27 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     ).model
     assert plain.config.neuron_stats == 0
     assert "activity statistics" not in plain.classify(tokens).recording_rule
+
+
+def test_fine_tuning_three_classes_with_the_evidence_head(tmp_path):
+    kinds = ("calm", "bursty", "fast")
+    result = finetune(
+        toy_cohort(per_class=3, kinds=kinds), tmp_path, fast(steps=20), base=TINY, class_names=kinds
+    )
+    assert len(result.report.animals) == 3  # one held-out animal per class, each reported
+    assert {row["predicted"] for row in result.report.animals} <= set(kinds)
+    model = load_model(tmp_path, device="cpu")
+    assert model.config.recording_pooling == "evidence" and model.class_names == kinds
+    head = model.module.recording_head
+    assert head.score.out_features == 2  # evidence for "bursty" and for "fast", against "calm"
+    tokens = model.tokens_for(toy_recording("fast", 99))
+    outcome = model.classify(tokens)
+    logits, weights = model.recording_decision(
+        torch.from_numpy(outcome.neuron_embedding), tokens.tokens
+    )
+    assert outcome.recording_probability == pytest.approx(float(logits.softmax(-1)[1]), abs=1e-6)
+    np.testing.assert_allclose(outcome.neuron_attention, weights.numpy(), atol=1e-6)
+    assert outcome.neuron_attention.sum() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_a_head_saved_with_three_statistics_reads_the_first_three():
