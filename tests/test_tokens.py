@@ -10,6 +10,7 @@ from napari_neurt.model.tokens import (
     ACTIVITY_STATISTICS,
     DEFAULT_DELTA_UM,
     FEATURES,
+    NEAREST_NEURONS,
     activity_statistics,
     default_delta_px,
     neighborhood_tokens,
@@ -185,8 +186,9 @@ def test_activity_statistics_are_rate_and_correlations():
     tokens[1, :, 0] = tokens[2, :, 0] * 2 + 1  # perfectly correlated pair
     tokens[3, :, 0] = 7.0  # constant
     tokens[4, :, 1] = -tokens[4, :, 0]  # anti-correlated with its near neighbourhood
-    statistics = activity_statistics(tokens)
-    assert statistics.shape == (5, len(ACTIVITY_STATISTICS)) and statistics.dtype == np.float32
+    statistics = activity_statistics(tokens)  # a bare array: no neighbours, no fifth column
+    assert statistics.shape == (5, len(ACTIVITY_STATISTICS) - 1)
+    assert statistics.dtype == np.float32
     assert statistics[0, 0] == pytest.approx(np.log1p(3 * 1000 / n_frames))
     own = tokens[..., 0]
     correlation = np.zeros((5, 5))
@@ -200,3 +202,25 @@ def test_activity_statistics_are_rate_and_correlations():
     tokens[2, [10, 20, 30, 40, 41], 1] = 5.0  # the neighbours' mean trace: 4 events
     assert activity_statistics(tokens)[2, 3] == pytest.approx(np.log1p(4 * 1000 / n_frames))
     assert ACTIVITY_STATISTICS[:3] == ("log_event_rate", "mean_correlation", "near_correlation")
+
+
+def test_activity_statistics_average_the_nearest_neurons_event_rates():
+    rng = np.random.default_rng(0)
+    n_frames = 300
+    traces = rng.normal(0, 0.05, (8, n_frames))
+    for i in range(8):  # neuron i fires i + 1 times
+        traces[i, 20 + 30 * np.arange(i + 1)] += 5.0
+    centroids = np.array([[0, 10 * i] for i in range(8)], dtype=float)  # a row, 10 px apart
+    tokens = neighborhood_tokens(traces, centroids, delta=15.0)
+    np.testing.assert_array_equal(tokens.nearest[3], [2, 4, 1, 5, 0])  # nearest first
+    assert tokens.nearest.shape == (8, NEAREST_NEURONS)
+    statistics = activity_statistics(tokens)
+    assert statistics.shape == (8, len(ACTIVITY_STATISTICS))
+    np.testing.assert_allclose(statistics[:, :4], activity_statistics(tokens.tokens))
+    rates = statistics[:, 0]
+    np.testing.assert_allclose(statistics[3, 4], rates[[2, 4, 1, 5, 0]].mean(), rtol=1e-6)
+    assert statistics[0, 4] < statistics[7, 4]  # the busy end of the row
+    lone = neighborhood_tokens(traces[:1], centroids[:1], delta=15.0)
+    assert lone.nearest.shape == (1, 0)
+    lone_statistics = activity_statistics(lone)
+    assert lone_statistics[0, 4] == lone_statistics[0, 0]  # its own neighbourhood

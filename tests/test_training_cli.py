@@ -81,7 +81,7 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main([*arguments, *columns, "--classes", "calm,bursty"]) == 0
     assert "model and report" in capsys.readouterr().out
     model = load_model(out, device="cpu")
-    assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 4
+    assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 5
     assert model.config.recording_pooling == "evidence"
     assert (out / "report.csv").is_file() and (out / "report.json").is_file()
     with_statistics = tmp_path / "gated-plain"

@@ -25,6 +25,7 @@ from napari_neurt.training import (
 from napari_neurt.training.finetune import auc, balanced_weights, check_cohort
 
 TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
+TINY_TOKENS = [np.random.default_rng(k).random((6, 40, 5), dtype=np.float32) for k in range(2)]
 
 
 @pytest.fixture(autouse=True)
@@ -281,7 +282,7 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     assert model.config.neuron_stats == len(ACTIVITY_STATISTICS)
     head = model.module.recording_head
     values = np.concatenate(
-        [activity_statistics(model.tokens_for(item.source).tokens) for item in items]
+        [activity_statistics(model.tokens_for(item.source)) for item in items]
     )
     np.testing.assert_allclose(head.stats_shift.numpy(), values.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(head.stats_scale.numpy(), values.std(axis=0) + 1e-6, rtol=1e-5)
@@ -291,9 +292,9 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     result = saved.classify(tokens)
     assert "activity statistics" in result.recording_rule
     assert 0.0 <= result.recording_probability <= 1.0
-    logits, weights = saved.recording_decision(
-        torch.from_numpy(result.neuron_embedding), tokens.tokens
-    )
+    logits, weights = saved.recording_decision(torch.from_numpy(result.neuron_embedding), tokens)
+    with pytest.raises(ValueError, match="nearest neighbours' event rates"):
+        saved.recording_decision(torch.from_numpy(result.neuron_embedding), tokens.tokens)
     assert float(logits.softmax(-1)[1]) == pytest.approx(result.recording_probability, abs=1e-6)
     np.testing.assert_allclose(weights.numpy(), result.neuron_attention, atol=1e-6)
     plain = finetune(
@@ -301,6 +302,17 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     ).model
     assert plain.config.neuron_stats == 0
     assert "activity statistics" not in plain.classify(tokens).recording_rule
+
+
+def test_bare_tokens_have_no_neighbours_for_the_statistics(tmp_path):
+    items = [
+        LabelledRecording(TINY_TOKENS[k % 2] + k, f"m{k}", "ab"[k % 2]) for k in range(4)
+    ]
+    config = fast(steps=2, test_per_class=0, validation_per_class=0)
+    with pytest.raises(ValueError, match="bare tokens carry no neighbours"):
+        finetune(items, tmp_path / "a", config, base=TINY)
+    plain = finetune(items, tmp_path / "b", replace(config, activity_statistics=False), base=TINY)
+    assert plain.model.config.neuron_stats == 0
 
 
 def test_fine_tuning_three_classes_with_the_evidence_head(tmp_path):
@@ -316,9 +328,7 @@ def test_fine_tuning_three_classes_with_the_evidence_head(tmp_path):
     assert head.score.out_features == 2  # evidence for "bursty" and for "fast", against "calm"
     tokens = model.tokens_for(toy_recording("fast", 99))
     outcome = model.classify(tokens)
-    logits, weights = model.recording_decision(
-        torch.from_numpy(outcome.neuron_embedding), tokens.tokens
-    )
+    logits, weights = model.recording_decision(torch.from_numpy(outcome.neuron_embedding), tokens)
     assert outcome.recording_probability == pytest.approx(float(logits.softmax(-1)[1]), abs=1e-6)
     np.testing.assert_allclose(outcome.neuron_attention, weights.numpy(), atol=1e-6)
     assert outcome.neuron_attention.sum() == pytest.approx(1.0, abs=1e-5)

@@ -241,7 +241,7 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     assert job.error is None, job.error
     assert widget.plot.losses and len(widget.plot.steps) == len(widget.plot.losses)
     tuned = load_model(tmp_path / "tuned", device="cpu")
-    assert tuned.config.neuron_stats == 4 and tuned.config.recording_pooling == "gated"
+    assert tuned.config.neuron_stats == 5 and tuned.config.recording_pooling == "gated"
     sources = [panel.model_box.itemData(i) for i in range(panel.model_box.count())]
     assert str(tmp_path / "tuned") in sources
     assert "held-out accuracy" in widget.status.text()

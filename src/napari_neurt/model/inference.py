@@ -623,7 +623,9 @@ class NeurtModel:
         neuron_embedding = pooled.view(n, plan.n_starts, -1).mean(dim=1)
 
         if self.module.recording_head is not None:
-            logits, weights = self.recording_decision(neuron_embedding, x.numpy())
+            logits, weights = self.recording_decision(
+                neuron_embedding, tokens if isinstance(tokens, NeighborhoodTokens) else x.numpy()
+            )
             recording_probability = float(logits.float().softmax(dim=-1)[1])
             neuron_attention = weights.float().cpu().numpy()
             if config.recording_pooling == "evidence":
@@ -655,13 +657,23 @@ class NeurtModel:
             neuron_embedding=neuron_embedding.numpy(),
         )
 
-    def recording_decision(self, neuron_embedding: torch.Tensor, tokens: np.ndarray):
+    def recording_decision(
+        self, neuron_embedding: torch.Tensor, tokens: NeighborhoodTokens | np.ndarray
+    ):
         """The recording head's logits (n_classes,) and neuron weights (N,) for a recording's
         neuron embeddings (N, n_embd) (from `classify`), given its tokens (N, T, F) for a head
-        that also reads their activity statistics."""
+        that also reads their activity statistics (`NeighborhoodTokens` for a head that reads
+        the neighbours' event rates)."""
         statistics = None
         if self.config.neuron_stats:
-            statistics = activity_statistics(tokens)[:, : self.config.neuron_stats]
+            values = activity_statistics(tokens)
+            if values.shape[1] < self.config.neuron_stats:
+                raise ValueError(
+                    "this classifier reads each neuron's nearest neighbours' event rates: pass "
+                    "the recording's NeighborhoodTokens (model.tokens_for(recording)), not a "
+                    "bare array of tokens, which has no neighbours"
+                )
+            statistics = values[:, : self.config.neuron_stats]
             statistics = torch.from_numpy(np.ascontiguousarray(statistics)).to(self.device)
         with self.inference_context():
             return self.module.classify_recording(neuron_embedding.to(self.device), statistics)

@@ -45,6 +45,7 @@ MIN_GROUP = 2  # the published code skips neurons with fewer neurons than this i
 # Group sums are a matrix product with a 0/1 membership matrix; below this density a sparse
 # product is faster than dense BLAS (measured: ~7x at 1.5 %, break-even near 10 %).
 SPARSE_BELOW = 0.05
+NEAREST_NEURONS = 5  # neighbours whose event rates `activity_statistics` averages
 
 
 @dataclass
@@ -65,6 +66,10 @@ class NeighborhoodTokens:
         The neighbourhood radius in pixels.
     delta_um
         The same in micrometres, when the pixel size is known.
+    nearest
+        int64 (N, k): each neuron's k = min(`NEAREST_NEURONS`, N - 1) nearest other neurons by
+        centroid, nearest first (what `activity_statistics` needs for the neighbours' event
+        rates); None where unknown.
     """
 
     tokens: np.ndarray
@@ -74,6 +79,7 @@ class NeighborhoodTokens:
     n_filled: np.ndarray
     delta_px: float
     delta_um: float | None
+    nearest: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -230,6 +236,9 @@ def iter_neighborhood_tokens(
         n_filled=n_filled,
         delta_px=delta_px,
         delta_um=delta_um,
+        nearest=np.argsort(np.where(self_mask, np.inf, d2), axis=1, kind="stable")[
+            :, : min(NEAREST_NEURONS, n - 1)
+        ].astype(np.int64),
     )
 
 
@@ -347,21 +356,26 @@ ACTIVITY_STATISTICS = (
     "mean_correlation",
     "near_correlation",
     "near_log_event_rate",
+    "nearest_log_event_rate",
 )
 
 
-def activity_statistics(tokens: np.ndarray) -> np.ndarray:
-    """float32 (N, 4) summary of each neuron's activity in tokens (N, T, F), over all T frames.
+def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
+    """float32 (N, 5) summary of each neuron's activity in its tokens (N, T, F), over all T frames.
 
     What a recording head needs next to a neuron's embedding, which describes a window of its
     trace but not how often it fires or how it goes with the rest of the population
     (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 MAD of
     its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
-    neuron, its correlation with the mean trace of its near neighbourhood (feature 1), and the
-    log event rate of that mean trace (high where the neighbours fire often together: a cluster
-    of active neurons). A constant trace has correlation 0. The order is fixed: a head that reads
-    k statistics reads the first k.
+    neuron, its correlation with the mean trace of its near neighbourhood (feature 1), the log
+    event rate of that mean trace (high where the neighbours fire often together), and the mean
+    log event rate of its `NEAREST_NEURONS` nearest neurons (high in a cluster of active
+    neurons). A constant trace has correlation 0. The last needs the neighbours, which
+    `NeighborhoodTokens` carry and a bare array does not: from an array, the first 4 columns
+    only. The order is fixed: a head that reads k statistics reads the first k.
     """
+    nearest = getattr(tokens, "nearest", None)
+    tokens = np.asarray(getattr(tokens, "tokens", tokens))
     own = np.asarray(tokens[..., 0], dtype=np.float64)
     near = np.asarray(tokens[..., 1], dtype=np.float64)
     n, n_frames = own.shape
@@ -375,9 +389,11 @@ def activity_statistics(tokens: np.ndarray) -> np.ndarray:
     total = z.sum(axis=0)  # mean correlation with the others without the N x N matrix
     mean_correlation = ((z @ total) / n_frames - (z * z).mean(axis=1)) / max(n - 1, 1)
     near_correlation = (z * standardised(near)).mean(axis=1)
-    return np.stack(
-        [_log_event_rate(own), mean_correlation, near_correlation, _log_event_rate(near)], axis=1
-    ).astype(np.float32)
+    log_rate = _log_event_rate(own)
+    columns = [log_rate, mean_correlation, near_correlation, _log_event_rate(near)]
+    if nearest is not None:  # a lone neuron is its own neighbourhood
+        columns.append(log_rate[nearest].mean(axis=1) if nearest.shape[1] else log_rate)
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 def _log_event_rate(x: np.ndarray) -> np.ndarray:

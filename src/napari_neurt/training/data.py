@@ -88,8 +88,17 @@ def source_tokens(
     source: RecordingSource, token_settings: dict | None = None, read_options: dict | None = None
 ) -> np.ndarray:
     """float32 tokens (N, T, F) of a source, built as the model with `token_settings` wants them."""
+    tokens = source_neighbourhood(source, token_settings, read_options)
+    return tokens.tokens if isinstance(tokens, NeighborhoodTokens) else tokens
+
+
+def source_neighbourhood(
+    source: RecordingSource, token_settings: dict | None = None, read_options: dict | None = None
+) -> NeighborhoodTokens | np.ndarray:
+    """`source_tokens` with what is known of the neurons' neighbourhoods: `NeighborhoodTokens`
+    for a recording (or given ones), the float32 array itself for bare tokens."""
     if isinstance(source, NeighborhoodTokens):
-        return source.tokens
+        return source
     if isinstance(source, np.ndarray):
         if source.ndim != 3:
             raise ValueError(f"tokens must be (neurons, frames, features); got {source.shape}")
@@ -100,7 +109,7 @@ def source_tokens(
         recording.centroids,
         delta_for(recording, token_settings),
         pixel_size_um=recording.pixel_size_um,
-    ).tokens
+    )
 
 
 def distributed_rank() -> tuple[int, int]:

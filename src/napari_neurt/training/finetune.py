@@ -54,7 +54,7 @@ from ..model.inference import NeurtModel
 from ..model.neurt import RECORDING_POOLINGS, Neurt
 from ..model.tokens import ACTIVITY_STATISTICS, activity_statistics
 from ..progress import Steps, run_steps
-from .data import BagStream, RecordingSource, describe_source, draw_bags, source_tokens
+from .data import BagStream, RecordingSource, describe_source, draw_bags, source_neighbourhood
 from .engine import ModelSpec, Stop, TrainingProgress, WarmupCosine, starting_point
 
 EVALUATIONS = ("split", "leave-one-animal-out")
@@ -524,8 +524,8 @@ def _fit(
             if stop is not None and stop():
                 return _Fit(module.eval(), 0, 0, None, True)
             yield TrainingProgress(offset, total, f"{stage} activity statistics")
-            tokens = source_tokens(item.source, token_settings, read_options)
-            statistics.append(activity_statistics(tokens))
+            neighbourhood = source_neighbourhood(item.source, token_settings, read_options)
+            statistics.append(_statistics(neighbourhood, module.config.neuron_stats, item.source))
         _standardise_statistics(module, np.concatenate(statistics))
     device = resolve_device(config.device)
     autocast = device.type == "cuda" and config.bf16
@@ -602,6 +602,18 @@ def _fit(
     return fit
 
 
+def _statistics(neighbourhood, n_statistics: int, source) -> np.ndarray:
+    """The first `n_statistics` activity statistics of a recording's neurons (N, S)."""
+    values = activity_statistics(neighbourhood)
+    if values.shape[1] < n_statistics:
+        raise ValueError(
+            f"{describe_source(source)}: bare tokens carry no neighbours, and the recording head "
+            "reads the nearest neurons' event rates; give recordings (or NeighborhoodTokens), "
+            "or fine-tune with activity_statistics=False"
+        )
+    return values[:, :n_statistics]
+
+
 def _standardise_statistics(module: Neurt, values: np.ndarray) -> None:
     """Scale the recording head's activity statistics by their mean and s.d. over `values`, the
     training recordings' neurons (N, S): the head sees numbers of order 1 whatever their units."""
@@ -619,7 +631,8 @@ def _validation_bags(items, index, module, config, token_settings, read_options)
     rng = np.random.default_rng([config.seed, 1])
     bags, statistics, labels = [], [], []
     for item in items:
-        tokens = source_tokens(item.source, token_settings, read_options)
+        neighbourhood = source_neighbourhood(item.source, token_settings, read_options)
+        tokens = np.asarray(getattr(neighbourhood, "tokens", neighbourhood))
         try:
             windows, neurons = draw_bags(
                 tokens, config.validation_bags, config.bag_size, module.config.seq_len, rng
@@ -628,7 +641,8 @@ def _validation_bags(items, index, module, config, token_settings, read_options)
             raise ValueError(f"{describe_source(item.source)}: {error}") from None
         bags.append(windows)
         if module.config.neuron_stats:
-            statistics.append(activity_statistics(tokens)[neurons])
+            n_statistics = module.config.neuron_stats
+            statistics.append(_statistics(neighbourhood, n_statistics, item.source)[neurons])
         else:
             statistics.append(np.zeros((*neurons.shape, 0), dtype=np.float32))
         labels.append(np.full(config.validation_bags, index[item.label]))
@@ -671,7 +685,7 @@ def _classify_held_out(model, items, class_names, read_options, fold) -> list[di
     """Per recording: the recording head's class probabilities and each neuron's."""
     records = []
     for item in items:
-        tokens = source_tokens(item.source, model.token_settings, read_options)
+        tokens = source_neighbourhood(item.source, model.token_settings, read_options)
         result = model.classify(tokens)
         logits, _ = model.recording_decision(torch.from_numpy(result.neuron_embedding), tokens)
         records.append(
