@@ -224,3 +224,18 @@ def test_activity_statistics_average_the_nearest_neurons_event_rates():
     assert lone.nearest.shape == (1, 0)
     lone_statistics = activity_statistics(lone)
     assert lone_statistics[0, 4] == lone_statistics[0, 0]  # its own neighbourhood
+
+
+def test_nearest_neurons_break_ties_by_index_as_a_full_sort_would():
+    from napari_neurt.model.tokens import _nearest
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):  # centroids on a coarse grid: many equal distances
+        n = int(rng.integers(2, 60))
+        centroids = rng.integers(0, 6, (n, 2)).astype(float)
+        d2 = ((centroids[:, None] - centroids[None]) ** 2).sum(-1)
+        np.fill_diagonal(d2, np.inf)
+        k = min(NEAREST_NEURONS, n - 1)
+        expected = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(_nearest(d2, k), expected)
+    assert _nearest(np.full((1, 1), np.inf), 0).shape == (1, 0)

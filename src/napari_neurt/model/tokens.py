@@ -236,10 +236,23 @@ def iter_neighborhood_tokens(
         n_filled=n_filled,
         delta_px=delta_px,
         delta_um=delta_um,
-        nearest=np.argsort(np.where(self_mask, np.inf, d2), axis=1, kind="stable")[
-            :, : min(NEAREST_NEURONS, n - 1)
-        ].astype(np.int64),
+        nearest=_nearest(np.where(self_mask, np.inf, d2), min(NEAREST_NEURONS, n - 1)),
     )
+
+
+def _nearest(d2: np.ndarray, k: int) -> np.ndarray:
+    """int64 (N, k): the columns of each row's k smallest `d2`, smallest first, ties by index
+    (as a stable argsort of each row would give, without sorting all N of them)."""
+    if k == 0:
+        return np.zeros((len(d2), 0), dtype=np.int64)
+    chosen = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(d2, chosen, axis=1)
+    # where neurons tie with the k-th distance, argpartition picks among them arbitrarily
+    tied = np.flatnonzero((d2 <= values.max(axis=1, keepdims=True)).sum(axis=1) > k)
+    chosen[tied] = np.argsort(d2[tied], axis=1, kind="stable")[:, :k]
+    values[tied] = np.take_along_axis(d2[tied], chosen[tied], axis=1)
+    order = np.lexsort((chosen, values), axis=1)  # by distance, then by index
+    return np.take_along_axis(chosen, order, axis=1).astype(np.int64)
 
 
 def default_chunk_frames(n_neurons: int) -> int:
