@@ -36,7 +36,7 @@ from ..recording import Recording
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
 from .neurt import Neurt, NeurtConfig, interpolate_hidden
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
-from .tokens import NeighborhoodTokens, activity_statistics, neighborhood_tokens, token_settings
+from .tokens import NeighborhoodTokens, head_statistics, neighborhood_tokens, token_settings
 
 log = logging.getLogger(__name__)
 
@@ -666,15 +666,8 @@ class NeurtModel:
         the neighbours' event rates)."""
         statistics = None
         if self.config.neuron_stats:
-            values = activity_statistics(tokens)
-            if values.shape[1] < self.config.neuron_stats:
-                raise ValueError(
-                    "this classifier reads each neuron's nearest neighbours' event rates: pass "
-                    "the recording's NeighborhoodTokens (model.tokens_for(recording)), not a "
-                    "bare array of tokens, which has no neighbours"
-                )
-            statistics = values[:, : self.config.neuron_stats]
-            statistics = torch.from_numpy(np.ascontiguousarray(statistics)).to(self.device)
+            values = head_statistics(tokens, self.config.neuron_stats)
+            statistics = torch.from_numpy(values).to(self.device)
         with self.inference_context():
             return self.module.classify_recording(neuron_embedding.to(self.device), statistics)
 

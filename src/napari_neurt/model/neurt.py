@@ -54,6 +54,15 @@ from torch import nn
 RECORDING_POOLINGS = ("gated", "evidence")
 
 
+def check_recording_pooling(value: str) -> None:
+    """Raise a clear error unless `value` is one of `RECORDING_POOLINGS`."""
+    if value not in RECORDING_POOLINGS:
+        raise ValueError(
+            f"recording_pooling must be one of {', '.join(map(repr, RECORDING_POOLINGS))}; "
+            f"got {value!r}"
+        )
+
+
 @dataclass
 class NeurtConfig:
     """Shape of a NEuRT network. The defaults are those of the published model."""
@@ -96,11 +105,7 @@ class NeurtConfig:
                 "local_kernel is an odd number of steps and needs interpolate=True; got "
                 f"local_kernel={self.local_kernel}, interpolate={self.interpolate}"
             )
-        if self.recording_pooling not in RECORDING_POOLINGS:
-            raise ValueError(
-                f"recording_pooling must be one of {', '.join(map(repr, RECORDING_POOLINGS))}; "
-                f"got {self.recording_pooling!r}"
-            )
+        check_recording_pooling(self.recording_pooling)
         if self.mil_hidden and not self.n_classes:
             raise ValueError("a recording head (mil_hidden > 0) needs classes (n_classes > 0)")
 

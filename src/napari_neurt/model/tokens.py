@@ -409,6 +409,19 @@ def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def head_statistics(tokens: NeighborhoodTokens | np.ndarray, count: int) -> np.ndarray:
+    """float32 (N, count): the first `count` `activity_statistics`, what a recording head that
+    reads `count` of them takes; a clear error where the tokens cannot give them."""
+    values = activity_statistics(tokens)
+    if values.shape[1] < count:
+        raise ValueError(
+            "bare tokens carry no neighbours, and this recording head reads each neuron's "
+            "nearest neighbours' event rates: pass the recording's NeighborhoodTokens "
+            "(model.tokens_for(recording)) or the recording itself"
+        )
+    return np.ascontiguousarray(values[:, :count])
+
+
 def _log_event_rate(x: np.ndarray) -> np.ndarray:
     """log(1 + upward crossings of median + 3 MAD per 1000 frames) of each row of x (N, T)."""
     median = np.median(x, axis=1, keepdims=True)

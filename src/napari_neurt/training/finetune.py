@@ -51,8 +51,8 @@ from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import save_checkpoint
 from ..model.inference import NeurtModel
-from ..model.neurt import RECORDING_POOLINGS, Neurt
-from ..model.tokens import ACTIVITY_STATISTICS, activity_statistics
+from ..model.neurt import Neurt, check_recording_pooling
+from ..model.tokens import ACTIVITY_STATISTICS, head_statistics
 from ..progress import Steps, run_steps
 from .data import BagStream, RecordingSource, describe_source, draw_bags, source_neighbourhood
 from .engine import ModelSpec, Stop, TrainingProgress, WarmupCosine, starting_point
@@ -111,11 +111,7 @@ class FinetuneConfig:
                 f"evaluation must be one of {', '.join(map(repr, EVALUATIONS))}; "
                 f"got {self.evaluation!r}"
             )
-        if self.recording_pooling not in RECORDING_POOLINGS:
-            raise ValueError(
-                f"recording_pooling must be one of {', '.join(map(repr, RECORDING_POOLINGS))}; "
-                f"got {self.recording_pooling!r}"
-            )
+        check_recording_pooling(self.recording_pooling)
         for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be at least 1")
@@ -604,14 +600,12 @@ def _fit(
 
 def _statistics(neighbourhood, n_statistics: int, source) -> np.ndarray:
     """The first `n_statistics` activity statistics of a recording's neurons (N, S)."""
-    values = activity_statistics(neighbourhood)
-    if values.shape[1] < n_statistics:
+    try:
+        return head_statistics(neighbourhood, n_statistics)
+    except ValueError as error:
         raise ValueError(
-            f"{describe_source(source)}: bare tokens carry no neighbours, and the recording head "
-            "reads the nearest neurons' event rates; give recordings (or NeighborhoodTokens), "
-            "or fine-tune with activity_statistics=False"
-        )
-    return values[:, :n_statistics]
+            f"{describe_source(source)}: {error}; or fine-tune with activity_statistics=False"
+        ) from None
 
 
 def _standardise_statistics(module: Neurt, values: np.ndarray) -> None:
