@@ -282,7 +282,7 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
                    full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
-                   recording_pooling="evidence"):
+                   recording_pooling="evidence", demo=True):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -316,7 +316,8 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
             return load_model(folder, device="cpu")
         return finetune(train, folder, config, base=default_model, class_names=CLASS_NAMES).model
 
-    evaluate("default (shipped demo classifier)", default_model, 10)
+    if demo:
+        evaluate("default (shipped demo classifier)", default_model, 10)
     for n in sizes:
         t0 = time.monotonic()
         train = simulate.cohort(n, seed=TRAIN_COHORT_SEED + n + 1000 * repeat,
@@ -328,8 +329,10 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
                                               else "")
         label = f"fine-tuned from default (encoder frozen, {head})"
-        name = f"classifier-{n}-{recording_pooling}" + ("-statistics" if activity_statistics
-                                                        else "")
+        # every setting that changes the model is in the name, so that a rerun with other
+        # settings never picks up a model an earlier run saved
+        name = (f"classifier-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
+                f"{recording_pooling}" + ("-statistics" if activity_statistics else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
@@ -381,6 +384,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--test-per-group", type=int, default=6)
     parser.add_argument("--finetune-steps", type=int, default=1200)
+    parser.add_argument("--neurons", type=int, default=100,
+                        help="mean neurons per simulated animal (simulate.cohort's n_neurons)")
+    parser.add_argument("--frames", type=int, default=1000,
+                        help="frames per simulated animal (30 Hz; simulate.cohort's n_frames)")
     parser.add_argument("--repeat", type=int, default=0,
                         help="training cohorts of another draw: seeds 9100 + n + 1000 * REPEAT")
     parser.add_argument("--activity-statistics", action=argparse.BooleanOptionalAction,
@@ -389,7 +396,8 @@ def main(argv=None) -> None:
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
-    parser.add_argument("--skip", default="", help="comma list: recon,classify")
+    parser.add_argument("--skip", default="", help="comma list: recon,classify,demo (demo: the shipped "
+                        "classifier's row)")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/neurt-quality"))
     args = parser.parse_args(argv)
@@ -418,12 +426,13 @@ def main(argv=None) -> None:
         out.append(format_reconstruction(rows, recordings))
     if "classify" not in skip:
         sizes = [int(s) for s in args.sizes.split(",") if s]
-        rows, attention, n_test = classification(model, sizes, args.test_per_group, 100, 1000,
+        rows, attention, n_test = classification(model, sizes, args.test_per_group, args.neurons,
+                                                 args.frames,
                                                  args.finetune_steps, args.work, args.full_lr,
                                                  args.markdown.with_suffix(".partial.md")
                                                  if args.markdown else None, args.repeat,
                                                  args.activity_statistics,
-                                                 args.recording_pooling)
+                                                 args.recording_pooling, "demo" not in skip)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")
