@@ -34,9 +34,11 @@ Prints three tables (markdown):
    from the default pretrained encoder with `napari_neurt.training.finetune` (the recipe of the
    shipped demo classifier: encoder frozen, heads trained), against logistic regression on
    summary statistics (mean event rate and mean pairwise correlation); plus the shipped demo
-   classifier itself. The recording head is `FinetuneConfig`'s default (evidence pooling,
-   reading each neuron's activity statistics); `--recording-pooling gated` and
-   `--no-activity-statistics` give the earlier ones.
+   classifier itself. Every animal is `simulate.cohort(..., n_neurons=--neurons,
+   n_frames=--frames)`: 100 neurons x 1000 frames (33 s at 30 Hz) unless told, to keep the run
+   short; the simulator's own default is 300 x 3000. The recording head is `FinetuneConfig`'s
+   default (evidence pooling, reading each neuron's activity statistics); `--recording-pooling
+   gated` and `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals).
 
@@ -396,8 +398,8 @@ def main(argv=None) -> None:
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
-    parser.add_argument("--skip", default="", help="comma list: recon,classify,demo (demo: the shipped "
-                        "classifier's row)")
+    parser.add_argument("--skip", default="",
+                        help="comma list: recon,classify,demo (demo: the shipped classifier's row)")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/neurt-quality"))
     args = parser.parse_args(argv)
