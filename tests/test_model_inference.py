@@ -11,7 +11,6 @@ from scipy.interpolate import PchipInterpolator
 
 from napari_neurt import Cancelled, Progress, Recording
 from napari_neurt.model import Calibration, NeurtModel, pchip_fill, window_starts, window_taper
-from napari_neurt.model.inference import fitting_steps
 from napari_neurt.model.neurt import Neurt, NeurtConfig
 
 L = 32  # seq_len of the small test model
@@ -327,37 +326,6 @@ def gap_mask(n: int, t: int) -> np.ndarray:
         start = 5 + 7 * neuron
         hide[neuron, start : start + 6] = True
     return hide
-
-
-def _gaps(row: np.ndarray) -> list[tuple[int, int]]:
-    """(start, length) of each run of True in a 1-D bool array."""
-    edges = np.flatnonzero(np.diff(np.r_[0, row.astype(np.int8), 0]))
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-
-
-def test_fitting_steps_copy_the_gaps_apart_from_the_hidden_ones():
-    rng = np.random.default_rng(3)
-    hide = np.zeros((40, 300), dtype=bool)
-    for row in hide:  # gaps of 3-9 frames, about 15 % of the row
-        for start in rng.choice(np.arange(5, 290, 12), 6, replace=False):
-            row[start : start + rng.integers(3, 10)] = True
-    extra = fitting_steps(hide, seed=0)
-    assert not (extra & hide).any()
-    touching = np.zeros_like(hide)
-    touching[:, 1:] |= hide[:, :-1]
-    touching[:, :-1] |= hide[:, 1:]
-    assert not (extra & touching).any()  # never next to a hidden step: no merged, longer gaps
-    lengths = {length for row in hide for _, length in _gaps(row)}
-    inner = [length for row in extra for start, length in _gaps(row)
-             if 0 < start and start + length < hide.shape[1]]  # a gap at a row's end may be cut
-    assert inner and set(inner) <= lengths
-    assert extra.sum() > 0.5 * hide.sum()  # most shifted gaps fall apart from the hidden ones
-    assert np.array_equal(extra, fitting_steps(hide, seed=0))
-    assert not np.array_equal(extra, fitting_steps(hide, seed=1))
-    # a pattern too dense to copy apart still gives the steps outside it
-    dense = np.zeros((2, 20), dtype=bool)
-    dense[:, ::2] = True
-    assert fitting_steps(dense).any() and not (fitting_steps(dense) & dense).any()
 
 
 def test_calibration_moves_between_the_fills_and_the_model():

@@ -150,30 +150,6 @@ def attention_log10_ratio(attention: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(attention * attention.size, np.finfo(np.float64).tiny))
 
 
-def fitting_steps(hidden: np.ndarray, seed: int = 0) -> np.ndarray:
-    """bool (N, T): where `NeurtModel.calibrate` fits, the `hidden` (N, T) pattern shifted in time.
-
-    Each row's pattern is rolled by a random number of frames (from `seed`). A shifted gap that
-    would overlap or adjoin one of `hidden`'s is left out, so that no fitting gap merges with a
-    hidden one into a longer gap than those asked about (a fill's error grows with the gap's
-    length). Only where that leaves nothing at all (`hidden` too dense) are the shifted steps
-    outside `hidden` used as they fall.
-    """
-    hidden = np.asarray(hidden, dtype=bool)
-    n, n_frames = hidden.shape
-    shifts = np.random.default_rng(seed).integers(1, n_frames, size=n)
-    shifted = np.stack([np.roll(row, int(s)) for row, s in zip(hidden, shifts, strict=True)])
-    near = hidden.copy()  # hidden steps and their neighbours in time
-    near[:, 1:] |= hidden[:, :-1]
-    near[:, :-1] |= hidden[:, 1:]
-    starts = shifted.copy()  # a gap starts at a row's first frame or after a visible step
-    starts[:, 1:] &= ~shifted[:, :-1]
-    gap = np.cumsum(starts.ravel()).reshape(n, n_frames)  # ids, unique across rows
-    touching = np.unique(gap[shifted & near])
-    apart = shifted & ~np.isin(gap, touching)
-    return apart if apart.any() else shifted & ~hidden
-
-
 def pchip_fill(values: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """`values` (..., T) with the `hidden` steps of each row filled by PCHIP interpolation.
 
@@ -413,9 +389,8 @@ class NeurtModel:
         fill plus a learned correction. On recordings unlike its training data the correction
         can hurt (on smooth, fast traces it is noise), and on smooth traces a cubic fill beats
         the straight line. This hides, next to `hide`, the same pattern shifted in time by a
-        random number of frames per neuron (its gaps that would overlap or adjoin one of `hide`'s
-        left out, so the gaps have the same lengths: `fitting_steps`), reconstructs both at once
-        and fits, by least squares on the own trace
+        random number of frames per neuron (at steps `hide` leaves visible, so the gaps have the
+        same lengths), reconstructs both at once and fits, by least squares on the own trace
         (feature 0) at the extra steps, both shares within [0, 1]: how far to move from the
         linear fill towards PCHIP, and how much of the correction to add. Pass it to
         ``reconstruct(..., calibration=...)`` with the same `hide` and `channels`. The steps in
@@ -448,7 +423,9 @@ class NeurtModel:
                 "calibrate needs hidden steps (hide) to copy: it fits on the same pattern "
                 "shifted in time"
             )
-        extra = torch.from_numpy(fitting_steps(hidden.numpy(), seed))
+        shifts = np.random.default_rng(seed).integers(1, n_frames, size=x.shape[0])
+        shifted = torch.stack([row.roll(int(s)) for row, s in zip(hidden, shifts, strict=True)])
+        extra = shifted & ~hidden
         if not extra.any():
             raise ValueError(
                 "calibrate found no visible step to hide: `hide` covers every frame its shifted "
