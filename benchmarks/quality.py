@@ -49,6 +49,7 @@ default weights were chosen before these figures were computed (see docs/model_c
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -318,6 +319,9 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
             return load_model(folder, device="cpu")
         return finetune(train, folder, config, base=default_model, class_names=CLASS_NAMES).model
 
+    base = hashlib.sha1(b"".join(value.detach().cpu().numpy().tobytes()
+                                 for value in default_model.module.state_dict().values()))
+    base = base.hexdigest()[:10]
     if demo:
         evaluate("default (shipped demo classifier)", default_model, 10)
     for n in sizes:
@@ -331,9 +335,9 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
                                               else "")
         label = f"fine-tuned from default (encoder frozen, {head})"
-        # every setting that changes the model is in the name, so that a rerun with other
-        # settings never picks up a model an earlier run saved
-        name = (f"classifier-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
+        # every setting that changes the model is in the name, the base weights by a digest of
+        # their values, so that a rerun never picks up a model another run saved
+        name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
@@ -342,7 +346,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                     device="cpu", activity_statistics=activity_statistics,
                                     recording_pooling=recording_pooling)
             evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g}, {head})",
-                     trained(f"{name}-full", train, config), n)
+                     trained(f"{name}-full{full_lr:g}", train, config), n)
         x = np.array([summary_statistics(a.recording) for a in train])
         y = np.array([a.group == "AD-like" for a in train], dtype=float)
         p = logistic_regression(x, y)(stats_test)
