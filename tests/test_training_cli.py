@@ -62,6 +62,20 @@ def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
     assert "no recordings" in capsys.readouterr().err
 
 
+def test_finetune_command_defaults_are_finetune_configs():
+    from napari_neurt.cli import build_parser
+    from napari_neurt.training import FinetuneConfig
+
+    args = build_parser().parse_args(["finetune", "manifest.csv", "--out", "out"])
+    config = FinetuneConfig()
+    assert (args.steps, args.lr, args.head_lr, args.bag_size) == (
+        config.steps, config.lr, config.head_lr, config.bag_size
+    )
+    assert (args.recording_pooling, args.activity_statistics) == (
+        config.recording_pooling, config.activity_statistics
+    )
+
+
 def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, capsys):
     rows = []
     for kind in ("calm", "bursty"):

@@ -149,6 +149,18 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         FinetuneConfig(evaluation="k-fold")
 
 
+def test_default_recipe_is_the_measured_one():
+    # the quality report's recipe (chosen on tuning cohorts): encoder frozen, heads at 3e-3,
+    # up to 1200 steps of 4 bags of 32 neurons; the CLI and the panel start from the same
+    config = FinetuneConfig()
+    assert (config.lr, config.head_lr, config.steps, config.bags_per_step, config.bag_size) == (
+        0.0, 3e-3, 1200, 4, 32
+    )
+    for name, value in (("lr", -1e-4), ("head_lr", float("nan")), ("lr", float("inf"))):
+        with pytest.raises(ValueError, match=f"FinetuneConfig.{name} must be a finite"):
+            FinetuneConfig(**{name: value})
+
+
 def test_splits_keep_each_animal_on_one_side():
     items = toy_cohort(per_class=4, recordings_per_animal=2)
     split = split_animals(items, test_per_class=1, validation_per_class=1, seed=3)

@@ -228,6 +228,9 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     assert "6 recordings" in widget.data_summary.text()
     widget.set_base(str(base))
     widget.out_edit.setText(str(tmp_path / "tuned"))
+    shown = widget._config()  # the panel starts from FinetuneConfig's recipe: encoder frozen
+    assert (shown.steps, shown.lr, shown.head_lr, shown.bag_size) == (1200, 0.0, 3e-3, 32)
+    assert widget.lr_spin.text() == "0 (encoder frozen)"
     widget.steps_spin.setValue(12)
     widget.device_box.setCurrentText("cpu")
     widget.config_overrides = dict(bags_per_step=2, bag_size=4, mil_hidden=8, eval_every=6,

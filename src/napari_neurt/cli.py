@@ -414,10 +414,19 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default="label", help="manifest column of the labels")
     p.add_argument("--animal-column", default="animal", help="manifest column of the animals")
     p.add_argument("--path-column", default="path", help="manifest column of the recordings")
-    p.add_argument("--steps", type=int, default=2000, help="most steps per training")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the top block")
-    p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
-    p.add_argument("--bag-size", type=int, default=16, help="neurons per bag")
+    # FinetuneConfig's defaults, spelt out so that `neurt --help` does not import torch
+    p.add_argument("--steps", type=int, default=1200, help="most steps per training (1200)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=0.0,
+        help="learning rate of the encoder's top block, lower blocks decayed as published; "
+        "default 0: the encoder stays frozen (the published recipe: 1e-4)",
+    )
+    p.add_argument(
+        "--head-lr", type=float, default=3e-3, help="learning rate of the heads (3e-3)"
+    )
+    p.add_argument("--bag-size", type=int, default=32, help="neurons per bag (32)")
     p.add_argument(
         "--recording-pooling",
         choices=("evidence", "gated"),  # model.neurt.RECORDING_POOLINGS, without importing torch

@@ -74,13 +74,17 @@ class LabelledRecording:
 class FinetuneConfig:
     """Settings of a fine-tuning run (see the module docstring)."""
 
-    steps: int = 2000  # most optimiser steps per training; early stopping may end it sooner
+    # The defaults are the recipe chosen on simulated tuning cohorts and measured in the quality
+    # report: the encoder frozen (lr 0: its reconstructions stay those validated, and steps are
+    # about 3x faster), the heads at 3e-3, up to 1200 steps of 4 bags of 32 neurons. The
+    # published recipe trains the encoder too: lr 1e-4, head_lr 1e-3, bags of 16, 2000 steps.
+    steps: int = 1200  # most optimiser steps per training; early stopping may end it sooner
     bags_per_step: int = 4  # bags (each from one recording) per step
-    bag_size: int = 16  # neurons per bag, all over the same window
-    lr: float = 1e-4  # learning rate of the top encoder block
+    bag_size: int = 32  # neurons per bag, all over the same window
+    lr: float = 0.0  # learning rate of the top encoder block; 0 freezes the encoder
     layer_decay: float = 0.9  # published: each block below gets this times the one above
     embed_decay: float = 0.8  # published: the embedding gets lr * embed_decay ** (n_layer - 1)
-    head_lr: float = 1e-3  # classifier heads
+    head_lr: float = 3e-3  # classifier heads
     weight_decay: float = 0.01
     warmup: float = 0.1  # share of the steps with a linear warm-up, then cosine decay
     grad_clip: float = 1.0
@@ -115,6 +119,13 @@ class FinetuneConfig:
         for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be at least 1")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"FinetuneConfig.{name} must be a finite learning rate >= 0 (lr 0 freezes "
+                    f"the encoder); got {value!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

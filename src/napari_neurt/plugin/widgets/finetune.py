@@ -155,13 +155,20 @@ class FineTuneWidget(QWidget):
         form.addRow("Save to", _row((self.out_edit, 1), out_button))
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(2000)
+        self.steps_spin.setValue(1200)  # FinetuneConfig's defaults
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setRange(0.0, 1.0)
         self.lr_spin.setSingleStep(1e-5)
-        self.lr_spin.setValue(1e-4)
-        form.addRow("Steps", _row(self.steps_spin, QLabel("learning rate"), self.lr_spin))
+        self.lr_spin.setSpecialValueText("0 (encoder frozen)")
+        self.lr_spin.setValue(0.0)
+        self.lr_spin.setToolTip(
+            "learning rate of the encoder's top block (lower blocks decayed as published). 0 "
+            "keeps the pretrained encoder frozen and trains the classifier heads only: the "
+            "recipe measured in the quality report, and the model's reconstructions stay as "
+            "they were. The published recipe trains the encoder too (1e-4)"
+        )
+        form.addRow("Steps", _row(self.steps_spin, QLabel("encoder lr"), self.lr_spin))
         self.evaluation_box = QComboBox()
         self.evaluation_box.addItem("hold out one animal per class", "split")
         self.evaluation_box.addItem("leave one animal out (small cohorts)", "leave-one-animal-out")
