@@ -18,9 +18,10 @@ on each held-out animal, then trains the saved model on all animals. Within each
 `validation_per_class` animals per class are kept aside for early stopping, when every class can
 spare them and keep a training animal.
 
-Training: the pretrained encoder with the published layer-wise learning-rate decay (the top
-block at `lr`, each block below ``layer_decay = 0.9`` times the one above, the embedding at
-``lr * embed_decay ** (n_layer - 1)`` with ``embed_decay = 0.8``), heads at `head_lr`. The
+Training: by default (``lr = 0``) the pretrained encoder stays frozen and only the heads learn,
+at `head_lr`; with ``lr > 0`` the encoder learns too, with the published layer-wise
+learning-rate decay (the top block at `lr`, each block below ``layer_decay = 0.9`` times the one
+above, the embedding at ``lr * embed_decay ** (n_layer - 1)`` with ``embed_decay = 0.8``). The
 window classifier (`TimePool`) and the recording head (`RecordingHead`, pooling
 over neurons) learn together: each step takes bags of neurons' windows, each bag from one
 recording; every window is classified (cross-entropy against its recording's label) and the
