@@ -419,3 +419,78 @@ def test_bags_carry_the_statistics_of_their_own_neurons():
     assert bag_statistics.shape == (3, 4, 0)  # none given: an empty row per neuron
     with pytest.raises(ValueError, match="one array of statistics per recording"):
         BagStream(tokens, [0, 1], [1, 1], statistics=statistics[:1], **options)
+
+
+DDP_FINETUNE = """
+import os, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from napari_neurt.model.neurt import NeurtConfig
+from napari_neurt.training import FinetuneConfig, finetune
+
+manifest, out = sys.argv[1], sys.argv[2]
+result = finetune(manifest, out, FinetuneConfig(**{config}), base=NeurtConfig(**{network}),
+                  class_names=("calm", "bursty"))
+weights = torch.cat([p.detach().reshape(-1) for p in result.model.module.state_dict().values()])
+rank = os.environ["RANK"]
+np.save(os.path.join(out, "rank" + rank + ".npy"), weights.numpy())
+open(os.path.join(out, "rank" + rank + ".report"), "w").write(str(result.report is not None))
+"""
+
+
+def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = []
+    for item in toy_cohort(per_class=3):
+        path = tmp_path / f"{item.animal}.npz"
+        save_npz(path, item.source)
+        rows.append([path.name, item.animal, item.label])
+    manifest = write_manifest(tmp_path, rows)
+    # the encoder learns too (lr > 0), so that every block's gradients are averaged
+    config = {"steps": 6, "bags_per_step": 2, "bag_size": 4, "lr": 3e-3, "head_lr": 1e-2,
+              "mil_hidden": 8, "eval_every": 3, "patience": 5, "validation_bags": 2,
+              "device": "cpu"}
+    script = tmp_path / "finetune.py"
+    script.write_text(DDP_FINETUNE.format(config=repr(config), network=repr(TINY.to_dict())))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script),
+               str(manifest), str(out)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")
+    np.testing.assert_array_equal(rank0, rank1)  # the gradients were averaged at every step
+    assert (out / "rank0.report").read_text() == "True"  # rank 0 tested, wrote model and report
+    assert (out / "rank1.report").read_text() == "False"
+    saved = load_model(out, device="cpu")
+    flat = torch.cat([p.reshape(-1) for p in saved.module.state_dict().values()]).numpy()
+    np.testing.assert_array_equal(flat, rank0)
+    assert (out / "report.json").is_file()
+    # one process alone, same seed: rank 0's bags only, so other weights (rank 1 drew its own)
+    alone = finetune(manifest, tmp_path / "alone", FinetuneConfig(**config),
+                     base=TINY, class_names=("calm", "bursty")).model.module
+    single = torch.cat([p.detach().reshape(-1) for p in alone.state_dict().values()]).numpy()
+    assert np.abs(single - rank0).max() > 1e-6
+    # the command line under torchrun: rank 0 reports, once
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", "-m",
+               "napari_neurt.cli", "finetune", str(manifest), "--out", str(tmp_path / "cli"),
+               "--steps", "4", "--bag-size", "4", "--device", "cpu", "--classes", "calm,bursty",
+               "--base", str(tmp_path / "alone")]  # a tiny network, as the windows are short
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("model and report ->") == 1
+    assert load_model(tmp_path / "cli", device="cpu").class_names == ("calm", "bursty")

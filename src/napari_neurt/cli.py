@@ -494,6 +494,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
             progress=show,
             stop=stop,
         )
+    if result.report is None:  # a process other than rank 0 under torchrun: it reports nothing
+        return 0
     for row in result.report.animals:
         print(
             f"{row['animal']} ({row['label']}): predicted {row['predicted']}, "

@@ -254,7 +254,8 @@ class BagStream(IterableDataset):
     balance classes and animals, see `finetune`) and cuts `bags_per_recording` bags from each;
     the round's bags are shuffled and yielded `bags_per_step` at a time. The tokens of the
     `cached_recordings` most recently used recordings are kept, since a cohort's recordings come
-    back often. Reproducible for a seed (single process).
+    back often. Reproducible for a seed; under DDP each `rank` draws its own bags (rank 0 the
+    same as a single process).
     """
 
     def __init__(
@@ -273,6 +274,7 @@ class BagStream(IterableDataset):
         bags_per_recording: int = 8,
         cached_recordings: int = 16,
         statistics: Sequence[np.ndarray] | None = None,
+        rank: int = 0,
     ):
         super().__init__()
         if not len(sources) == len(labels) == len(weights) or not sources:
@@ -288,11 +290,13 @@ class BagStream(IterableDataset):
         self.recordings_per_round = int(recordings_per_round)
         self.bags_per_recording = int(bags_per_recording)
         self.cached_recordings = int(cached_recordings)
+        self.rank = int(rank)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         cache: OrderedDict[int, np.ndarray] = OrderedDict()
         for round_index in itertools.count():
-            rng = np.random.default_rng([self.seed, round_index, _WINDOWS])
+            stream = [self.seed, round_index, _WINDOWS] + ([self.rank] if self.rank else [])
+            rng = np.random.default_rng(stream)
             picked = rng.choice(len(self.sources), self.recordings_per_round, p=self.weights)
             bags, statistics, labels = [], [], []
             for index in np.unique(picked):

@@ -82,12 +82,22 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         """`module` in DistributedDataParallel when there are several processes."""
         if not self.distributed:
             return module
         device_ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids)
+        return DistributedDataParallel(
+            module, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the processes (every process gets the same number)."""
+        if not self.distributed:
+            return value
+        total = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total.item()) / self.world_size
 
     def any(self, flag: bool) -> bool:
         """True on every process if `flag` is true on any (so that all stop at the same step)."""

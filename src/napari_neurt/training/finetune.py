@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch.utils.data import DataLoader
 
-from ..device import resolve_device
 from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import save_checkpoint
@@ -56,7 +55,14 @@ from ..model.neurt import Neurt, check_recording_pooling
 from ..model.tokens import ACTIVITY_STATISTICS, head_statistics
 from ..progress import Steps, run_steps
 from .data import BagStream, RecordingSource, describe_source, draw_bags, source_neighbourhood
-from .engine import ModelSpec, Stop, TrainingProgress, WarmupCosine, starting_point
+from .engine import (
+    DistributedContext,
+    ModelSpec,
+    Stop,
+    TrainingProgress,
+    WarmupCosine,
+    starting_point,
+)
 
 EVALUATIONS = ("split", "leave-one-animal-out")
 MANIFEST_COLUMNS = ("path", "animal", "label")
@@ -183,7 +189,7 @@ class FinetuneResult:
 
     folder: Path
     model: NeurtModel
-    report: FinetuneReport
+    report: FinetuneReport | None  # None on the processes other than rank 0 under DDP
     stopped: bool
 
 
@@ -510,6 +516,18 @@ def _losses(module: Neurt, windows, statistics, labels, config: FinetuneConfig):
     return total, window_loss, recording_loss
 
 
+class _BagLosses(torch.nn.Module):
+    """`_losses` as a forward, so that DistributedDataParallel sees each step (and averages the
+    gradients across processes during backward)."""
+
+    def __init__(self, module: Neurt, config: FinetuneConfig):
+        super().__init__()
+        self.module, self.config = module, config
+
+    def forward(self, windows, statistics, labels):
+        return _losses(self.module, windows, statistics, labels, self.config)
+
+
 def _fit(
     module: Neurt,
     items: Sequence[LabelledRecording],
@@ -523,19 +541,23 @@ def _fit(
     total: int,
     stage: str,
     stop: Callable[[], bool] | None,
+    context: DistributedContext,
 ) -> Steps[_Fit]:
-    """Train `module` on `items`, stopping early on the `validation` recordings' loss."""
+    """Train `module` on `items`, stopping early on the `validation` recordings' loss.
+
+    Under DDP every process draws its own bags, the gradients are averaged, and the stops
+    (`stop`, early stopping) are decided alike on every process."""
     statistics = None  # per training recording, when the head reads them
     if module.config.neuron_stats:  # reads every training recording once: report and obey stop
         statistics = []
         for item in items:
-            if stop is not None and stop():
+            if context.any(bool(stop is not None and stop())):
                 return _Fit(module.eval(), 0, 0, None, True)
             yield TrainingProgress(offset, total, f"{stage} activity statistics")
             neighbourhood = source_neighbourhood(item.source, token_settings, read_options)
             statistics.append(_statistics(neighbourhood, module.config.neuron_stats, item.source))
         _standardise_statistics(module, np.concatenate(statistics))
-    device = resolve_device(config.device)
+    device = context.device
     autocast = device.type == "cuda" and config.bf16
     module = module.to(device).train()
     if config.lr == 0:  # a frozen encoder: no gradients through it (about 3x faster steps)
@@ -568,20 +590,21 @@ def _fit(
         bags_per_recording=config.bags_per_recording,
         cached_recordings=config.cached_recordings,
         statistics=statistics,
+        rank=context.rank,
     )
+    # unused parameters: those of the reconstruction head, for one (they stay as they were)
+    losses = context.wrap(_BagLosses(module, config), find_unused_parameters=True)
     held = _validation_bags(validation, index, module, config, token_settings, read_options)
     fit = _Fit(module, 0, 0, None, False)
     best_state, bad_validations = None, 0
     batches = iter(DataLoader(stream, batch_size=None))
     for step in range(1, config.steps + 1):
-        if stop is not None and stop():
+        if context.any(bool(stop is not None and stop())):
             fit.stopped = True
             break
         windows, statistics, labels = next(batches)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, _, _ = _losses(
-                module, windows.to(device), statistics.to(device), labels.to(device), config
-            )
+            loss, _, _ = losses(windows.to(device), statistics.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -594,7 +617,7 @@ def _fit(
         top_lr = config.lr * schedule(step)  # the top block's rate now
         yield TrainingProgress(offset + step, total, f"{stage} loss {value:.4f}", value, top_lr)
         if held is not None and (step % config.eval_every == 0 or step == config.steps):
-            held_loss = _validation_loss(module, held, config, device, autocast)
+            held_loss = context.mean(_validation_loss(module, held, config, device, autocast))
             if fit.validation_loss is None or held_loss < fit.validation_loss:
                 fit.validation_loss, fit.best_step, bad_validations = held_loss, step, 0
                 best_state = copy.deepcopy(module.state_dict())
@@ -817,9 +840,22 @@ def iter_finetune(
     class_names = check_cohort(items, class_names)
     should_stop = getattr(stop, "is_set", stop)
     start = starting_point(base, config.seed)
-    tokens, frame_rate = start.token_settings, start.frame_rate_hz
-    device = resolve_device(config.device)
+    context = DistributedContext.setup(config.device)
+    try:
+        return (
+            yield from _iter_finetune(
+                items, out_dir, config, start, class_names, read_options, should_stop, context
+            )
+        )
+    finally:
+        context.close()
 
+
+def _iter_finetune(items, out_dir, config, start, class_names, read_options, should_stop, context):
+    """The folds, the report and the saved model of `iter_finetune`, in `context` (rank 0 tests
+    the held-out animals and writes the model and report; the others train alongside)."""
+    tokens, frame_rate = start.token_settings, start.frame_rate_hz
+    device = context.device
     splits = plan_splits(items, config)
     total = config.steps * len(splits)
     records, folds, fit = [], [], None
@@ -846,6 +882,7 @@ def iter_finetune(
             total=total,
             stage=stage,
             stop=should_stop,
+            context=context,
         )
         model = NeurtModel(
             fit.module,
@@ -854,7 +891,7 @@ def iter_finetune(
             frame_rate_hz=frame_rate,
             device=device,
         )
-        if split.test:
+        if split.test and context.is_main:
             records += _classify_held_out(
                 model,
                 [i for i in items if i.animal in split.test],
@@ -876,6 +913,9 @@ def iter_finetune(
             break
 
     out_dir = Path(out_dir)
+    if not context.is_main:
+        context.barrier()  # rank 0 is writing
+        return FinetuneResult(out_dir, model, None, fit.stopped)
     report = _report(records, class_names, config.evaluation, folds)
     save_checkpoint(
         out_dir,
@@ -894,4 +934,5 @@ def iter_finetune(
         },
     )
     report.write(out_dir)
+    context.barrier()
     return FinetuneResult(out_dir, model, report, fit.stopped)
