@@ -99,6 +99,10 @@ class DistributedContext:
         dist.all_reduce(total)
         return float(total.item()) / self.world_size
 
+    def stop_requested(self, stop: Callable[[], bool] | None) -> bool:
+        """True on every process if `stop` (a callable, or None) says stop on any of them."""
+        return self.any(bool(stop is not None and stop()))
+
     def any(self, flag: bool) -> bool:
         """True on every process if `flag` is true on any (so that all stop at the same step)."""
         if not self.distributed:

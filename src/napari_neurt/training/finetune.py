@@ -551,7 +551,7 @@ def _fit(
     if module.config.neuron_stats:  # reads every training recording once: report and obey stop
         statistics = []
         for item in items:
-            if context.any(bool(stop is not None and stop())):
+            if context.stop_requested(stop):
                 return _Fit(module.eval(), 0, 0, None, True)
             yield TrainingProgress(offset, total, f"{stage} activity statistics")
             neighbourhood = source_neighbourhood(item.source, token_settings, read_options)
@@ -599,7 +599,7 @@ def _fit(
     best_state, bad_validations = None, 0
     batches = iter(DataLoader(stream, batch_size=None))
     for step in range(1, config.steps + 1):
-        if context.any(bool(stop is not None and stop())):
+        if context.stop_requested(stop):
             fit.stopped = True
             break
         windows, statistics, labels = next(batches)

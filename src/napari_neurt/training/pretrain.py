@@ -272,7 +272,7 @@ def train_steps(
     batches = iter(batches)
     try:
         while trainer.step < config.steps:
-            if trainer.context.any(bool(should_stop and should_stop())):
+            if trainer.context.stop_requested(should_stop):
                 return True
             loss = trainer.train_step(next(batches))
             if config.save_every and trainer.step % config.save_every == 0:
