@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,33 +140,10 @@ def test_shard_and_results_path(tmp_path):
     )
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-    reason="torchrun not installed",
-)
-def test_torchrun_ranks_share_the_cohort(tmp_path, checkpoint):
+def test_torchrun_ranks_share_the_cohort(tmp_path, checkpoint, torchrun):
     paths = write_recordings(tmp_path, 3)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "napari_neurt.cli",
-            "reconstruct",
-            *map(str, paths),
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
+    done = torchrun("-m", "napari_neurt.cli", "reconstruct", *paths, "--model", checkpoint,
+                    "--out", tmp_path / "out", timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.npz")) == [
         "mouse0.neurt-reconstruct.npz",

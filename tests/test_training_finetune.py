@@ -438,13 +438,7 @@ open(os.path.join(out, "rank" + rank + ".report"), "w").write(str(result.report 
 """
 
 
-def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path, torchrun):
     rows = []
     for item in toy_cohort(per_class=3):
         path = tmp_path / f"{item.animal}.npz"
@@ -457,15 +451,8 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path):
               "device": "cpu"}
     script = tmp_path / "finetune.py"
     script.write_text(DDP_FINETUNE.format(config=repr(config), network=repr(TINY.to_dict())))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script),
-               str(manifest), str(out)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = torchrun(script, manifest, out)
     assert done.returncode == 0, done.stderr[-3000:]
 
     rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")
@@ -482,15 +469,9 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path):
     single = torch.cat([p.detach().reshape(-1) for p in alone.state_dict().values()]).numpy()
     assert np.abs(single - rank0).max() > 1e-6
     # the command line under torchrun: rank 0 reports, once
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", "-m",
-               "napari_neurt.cli", "finetune", str(manifest), "--out", str(tmp_path / "cli"),
-               "--steps", "4", "--bag-size", "4", "--device", "cpu", "--classes", "calm,bursty",
-               "--base", str(tmp_path / "alone")]  # a tiny network, as the windows are short
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = torchrun("-m", "napari_neurt.cli", "finetune", manifest, "--out", tmp_path / "cli",
+                    "--steps", 4, "--bag-size", 4, "--device", "cpu", "--classes", "calm,bursty",
+                    "--base", tmp_path / "alone")  # a tiny network, as the windows are short
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("model and report ->") == 1
     assert load_model(tmp_path / "cli", device="cpu").class_names == ("calm", "bursty")

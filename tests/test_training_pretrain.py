@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,13 +186,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path):
+def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path, torchrun):
     paths = []
     for k in range(4):
         recording = sine_recording(k)
@@ -206,20 +195,8 @@ def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path):
     train = {"steps": 6, "batch_size": 4, "lr": 3e-3, "save_every": 3, "device": "cpu"}
     script = tmp_path / "train.py"
     script.write_text(DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train)))
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "run"
-    command = [
-        str(torchrun),
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        str(script),
-        str(out),
-        *map(str, paths),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=240, env=env
-    )
+    done = torchrun(script, out, *paths, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
     rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")
