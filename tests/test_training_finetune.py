@@ -22,6 +22,7 @@ from napari_neurt.training import (
     leave_one_animal_out,
     split_animals,
 )
+from napari_neurt.training.data import source_neighbourhood
 from napari_neurt.training.finetune import auc, balanced_weights, check_cohort
 
 TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
@@ -462,7 +463,15 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path, to
     saved = load_model(out, device="cpu")
     flat = torch.cat([p.reshape(-1) for p in saved.module.state_dict().values()]).numpy()
     np.testing.assert_array_equal(flat, rank0)
-    assert (out / "report.json").is_file()
+    # the two held-out animals were tested one on each process; rank 0 reports both, as the
+    # saved model scores them
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(row["label"] for row in report["animals"]) == ["bursty", "calm"]
+    for row in report["animals"]:
+        tokens = source_neighbourhood(tmp_path / f"{row['animal']}.npz", saved.token_settings)
+        p_bursty = saved.classify(tokens).recording_probability
+        p_true = p_bursty if row["label"] == "bursty" else 1 - p_bursty
+        assert row["p_true"] == pytest.approx(p_true, abs=1e-5)
     # one process alone, same seed: rank 0's bags only, so other weights (rank 1 drew its own)
     alone = finetune(manifest, tmp_path / "alone", FinetuneConfig(**config),
                      base=TINY, class_names=("calm", "bursty")).model.module
@@ -475,3 +484,34 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path, to
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("model and report ->") == 1
     assert load_model(tmp_path / "cli", device="cpu").class_names == ("calm", "bursty")
+
+
+MAP_TO_MAIN = """
+import os, sys
+import numpy as np
+from napari_neurt.training.engine import DistributedContext
+
+context = DistributedContext.setup("cpu")
+results = context.map_to_main(lambda i: np.full((i + 1, 2), 10.0 * i + context.rank), range(5))
+if context.is_main:
+    np.savez(os.path.join(sys.argv[1], "results.npz"), *results)
+else:
+    open(os.path.join(sys.argv[1], "rank1.txt"), "w").write(repr(results))
+context.close()
+"""
+
+
+def test_map_to_main_shares_the_items_out_and_gathers_them_in_order(tmp_path, torchrun):
+    from napari_neurt.training.engine import DistributedContext
+
+    alone = DistributedContext.setup("cpu").map_to_main(lambda i: np.arange(i), [2, 3])
+    assert [a.tolist() for a in alone] == [[0, 1], [0, 1, 2]] and alone[0].dtype == np.float64
+    script = tmp_path / "gather.py"
+    script.write_text(MAP_TO_MAIN)
+    done = torchrun(script, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "results.npz") as saved:
+        results = [saved[f"arr_{i}"] for i in range(5)]
+    assert (tmp_path / "rank1.txt").read_text() == "None"
+    for i, result in enumerate(results):  # item i on rank i % 2, in its own shape
+        np.testing.assert_array_equal(result, np.full((i + 1, 2), 10.0 * i + i % 2))

@@ -10,11 +10,12 @@ import copy
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -110,6 +111,36 @@ class DistributedContext:
         value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def map_to_main(self, function: Callable[[Any], np.ndarray], items: Sequence[Any]):
+        """`function` of every item, each process taking its share (item i on rank i mod the
+        number of processes); rank 0 gets the results in order, the others None. Results are
+        float64 arrays of any shape, sent as tensors (never pickled)."""
+        if not self.distributed:
+            return [np.asarray(function(item), dtype=np.float64) for item in items]
+        results = []
+        for index, item in enumerate(items):
+            owner = index % self.world_size
+            if owner == self.rank:
+                value = torch.as_tensor(np.asarray(function(item), dtype=np.float64))
+                if self.is_main:
+                    results.append(value.numpy())
+                    continue
+                for message in (
+                    torch.tensor([value.ndim]),
+                    torch.tensor(value.shape, dtype=torch.int64),
+                    value,
+                ):
+                    dist.send(message.to(self.device), dst=0)  # its rank (ndim), shape, then values
+            elif self.is_main:
+                ndim = torch.zeros(1, dtype=torch.int64, device=self.device)
+                dist.recv(ndim, src=owner)
+                shape = torch.zeros(int(ndim), dtype=torch.int64, device=self.device)
+                dist.recv(shape, src=owner)
+                value = torch.empty(shape.tolist(), dtype=torch.float64, device=self.device)
+                dist.recv(value, src=owner)
+                results.append(value.cpu().numpy())
+        return results if self.is_main else None
 
     def barrier(self) -> None:
         if self.distributed:

@@ -710,24 +710,29 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _classify_held_out(model, items, class_names, read_options, fold) -> list[dict[str, Any]]:
-    """Per recording: the recording head's class probabilities and each neuron's."""
-    records = []
-    for item in items:
+def _classify_held_out(model, items, class_names, read_options, fold, context):
+    """Per recording: the recording head's class probabilities and each neuron's. Under DDP the
+    recordings are shared out among the processes; rank 0 gets every record, the others none."""
+
+    def probabilities(item) -> np.ndarray:  # row 0: the recording's, then one row per neuron
         tokens = source_neighbourhood(item.source, model.token_settings, read_options)
         result = model.classify(tokens)
         logits, _ = model.recording_decision(torch.from_numpy(result.neuron_embedding), tokens)
-        records.append(
-            {
-                "animal": item.animal,
-                "label": class_names.index(item.label),
-                "recording": describe_source(item.source),
-                "fold": fold,
-                "probability": logits.float().softmax(-1).cpu().numpy(),
-                "neuron_probability": result.class_probability,
-            }
-        )
-    return records
+        recording = logits.float().softmax(-1).cpu().numpy()
+        return np.concatenate([recording[None], result.class_probability])
+
+    outputs = context.map_to_main(probabilities, items)
+    return [
+        {
+            "animal": item.animal,
+            "label": class_names.index(item.label),
+            "recording": describe_source(item.source),
+            "fold": fold,
+            "probability": output[0],
+            "neuron_probability": output[1:],
+        }
+        for item, output in zip(items, outputs or [])
+    ]
 
 
 def _report(records, class_names, evaluation, folds) -> FinetuneReport:
@@ -852,8 +857,9 @@ def iter_finetune(
 
 
 def _iter_finetune(items, out_dir, config, start, class_names, read_options, should_stop, context):
-    """The folds, the report and the saved model of `iter_finetune`, in `context` (rank 0 tests
-    the held-out animals and writes the model and report; the others train alongside)."""
+    """The folds, the report and the saved model of `iter_finetune`, in `context` (every
+    process trains and tests its share of the held-out recordings; rank 0 writes the model and
+    the report)."""
     tokens, frame_rate = start.token_settings, start.frame_rate_hz
     device = context.device
     splits = plan_splits(items, config)
@@ -891,13 +897,14 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             frame_rate_hz=frame_rate,
             device=device,
         )
-        if split.test and context.is_main:
+        if split.test:
             records += _classify_held_out(
                 model,
                 [i for i in items if i.animal in split.test],
                 list(class_names),
                 read_options,
                 number,
+                context,
             )
         folds.append(
             {
