@@ -249,10 +249,20 @@ def test_auc():
 
 
 def test_finetuning_separates_a_toy_cohort(tmp_path):
+    seen = []
     result = finetune(
-        toy_cohort(per_class=3), tmp_path, fast(), base=TINY, class_names=("calm", "bursty")
+        toy_cohort(per_class=3), tmp_path, fast(), base=TINY, class_names=("calm", "bursty"),
+        progress=seen.append,
     )
     report = result.report
+    # the validation loss comes with the progress of the steps that computed it, and the
+    # model kept is the one with the lowest
+    validated = {p.done: p.validation_loss for p in seen if np.isfinite(p.validation_loss)}
+    fold = report.folds[0]
+    assert sorted(validated) == list(range(10, fold["steps"] + 1, 10))
+    assert min(validated, key=validated.get) == fold["best_step"]
+    assert min(validated.values()) == pytest.approx(fold["validation_loss"])
+    assert all(f"validation {validated[p.done]:.4f}" in p.stage for p in seen if p.done in validated)
     assert len(report.animals) == 2 and report.summary["animal_accuracy"] == 1.0
     assert report.summary["recording_auc"] == 1.0
     assert all(row["neuron_accuracy"] > 0.9 for row in report.animals)

@@ -243,6 +243,9 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
     assert job.error is None, job.error
     assert widget.plot.losses and len(widget.plot.steps) == len(widget.plot.losses)
+    steps, values = widget.plot.validation_line.get_data()  # every 6 steps, and plotted
+    assert len(steps) and all(step % 6 == 0 for step in steps) and np.isfinite(values).all()
+    assert widget.plot.axes.get_legend() is not None
     tuned = load_model(tmp_path / "tuned", device="cpu")
     assert tuned.config.neuron_stats == 5 and tuned.config.recording_pooling == "gated"
     sources = [panel.model_box.itemData(i) for i in range(panel.model_box.count())]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 
 
@@ -480,7 +481,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
 
     def show(step) -> None:
-        if step.done % 50 == 0 or step.done == step.total:
+        validated = not math.isnan(getattr(step, "validation_loss", math.nan))
+        if step.done % 50 == 0 or step.done == step.total or validated:
             print(f"{step.stage} [{step.done}/{step.total}]", file=sys.stderr, flush=True)
 
     with _stop_on_signals() as stop:

@@ -40,10 +40,12 @@ ModelSpec = NeurtConfig | NeurtModel | Neurt | str | os.PathLike | None
 
 @dataclass(frozen=True)
 class TrainingProgress(Progress):
-    """`Progress` of a training loop: `done` of `total` optimiser steps, with the last loss."""
+    """`Progress` of a training loop: `done` of `total` optimiser steps, with the last loss (and
+    the validation loss at the steps where one was computed, NaN elsewhere)."""
 
     loss: float = math.nan
     lr: float = math.nan
+    validation_loss: float = math.nan
 
 
 @dataclass

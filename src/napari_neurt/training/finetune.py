@@ -614,8 +614,7 @@ def _fit(
         value = float(loss.detach())
         fit.steps = step
         fit.history.append((step, value))
-        top_lr = config.lr * schedule(step)  # the top block's rate now
-        yield TrainingProgress(offset + step, total, f"{stage} loss {value:.4f}", value, top_lr)
+        held_loss = math.nan
         if held is not None and (step % config.eval_every == 0 or step == config.steps):
             held_loss = context.mean(_validation_loss(module, held, config, device, autocast))
             if fit.validation_loss is None or held_loss < fit.validation_loss:
@@ -623,8 +622,13 @@ def _fit(
                 best_state = copy.deepcopy(module.state_dict())
             else:
                 bad_validations += 1
-                if bad_validations >= config.patience:
-                    break
+        top_lr = config.lr * schedule(step)  # the top block's rate now
+        text = f"{stage} loss {value:.4f}"
+        if not math.isnan(held_loss):
+            text += f", validation {held_loss:.4f}"
+        yield TrainingProgress(offset + step, total, text, value, top_lr, held_loss)
+        if bad_validations >= config.patience:
+            break
     if best_state is not None:
         module.load_state_dict(best_state)
     else:

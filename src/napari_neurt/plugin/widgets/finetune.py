@@ -2,8 +2,8 @@
 
 Pick labelled recordings (a CSV manifest with columns path, animal, label, or a folder with one
 sub-folder per class; see `napari_neurt.training.labelled_recordings`), a model to start from
-and an output folder, and run `napari_neurt.training.iter_finetune` in a worker. The training
-loss is plotted live; when training ends the held-out animals' accuracy is shown and the new
+and an output folder, and run `napari_neurt.training.iter_finetune` in a worker. The training and validation losses
+are plotted live; when training ends the held-out animals' accuracy is shown and the new
 checkpoint is added to the model picker of every NEuRT analysis panel (`models.registry`).
 
 *Stop early* ends training after the current step and still evaluates and saves the model;
@@ -11,9 +11,9 @@ checkpoint is added to the model picker of every NEuRT analysis panel (`models.r
 
 The training API is called through `finetune_steps`, a function with the signature of
 `iter_finetune` (``data, out_dir, config, *, base, stop``) that returns a step generator whose
-items have ``done``, ``total``, ``stage`` and ``loss`` (and, when present, ``accuracy`` and
-``validation_loss``, which are plotted too) and which returns an object with ``folder`` and
-``report``; tests may replace it.
+items have ``done``, ``total``, ``stage``, ``loss`` and ``validation_loss`` (NaN where none was
+computed; both are plotted) and which returns an object with ``folder`` and ``report``; tests may
+replace it.
 """
 
 from __future__ import annotations
@@ -58,29 +58,34 @@ def _default_finetune_steps(*args, **kwargs):
 
 
 class LossPlot(PlotWidget):
-    """Training loss (and validation metrics when the trainer reports them) against steps."""
+    """Training loss (each step and its running mean) and validation loss against steps."""
 
     def __init__(self, viewer, parent=None):
         super().__init__(viewer, parent, figsize=(4, 2.2), min_height=160)
-        (self.loss_line,) = self.axes.plot([], [], lw=0.6, color="#3fa7ff", alpha=0.5,
-                                           label="loss")
-        (self.smooth_line,) = self.axes.plot([], [], lw=1.2, color="#3fa7ff",
-                                             label="loss (running mean)")
-        self.accuracy_axes = self.axes.twinx()
-        (self.accuracy_line,) = self.accuracy_axes.plot(
-            [], [], "o-", ms=3, color="#ff9f1c", label="accuracy"
+        (self.loss_line,) = self.axes.plot([], [], lw=0.6, color="#3fa7ff", alpha=0.5)
+        (self.smooth_line,) = self.axes.plot([], [], lw=1.2, color="#3fa7ff", label="training")
+        (self.validation_line,) = self.axes.plot(
+            [], [], "o-", ms=3, lw=1.0, color="#ff9f1c", label="validation"
         )
-        self.accuracy_axes.set_ylim(0, 1.05)
-        self.accuracy_axes.set_visible(False)
         self.axes.set_xlabel("step")
         self.axes.set_ylabel("loss")
         self._apply_theme()
         self.reset()
 
+    def on_theme(self) -> None:
+        legend = self.axes.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(self.background_color)
+            for text in legend.get_texts():
+                text.set_color(self.text_color)
+
     def reset(self) -> None:
         self.steps: list[int] = []
         self.losses: list[float] = []
-        self.accuracy: list[tuple[int, float]] = []
+        self.validation: list[tuple[int, float]] = []
+        legend = self.axes.get_legend()
+        if legend is not None:
+            legend.remove()
         self.draw()
 
     def add(self, item) -> None:
@@ -88,9 +93,9 @@ class LossPlot(PlotWidget):
         if loss is not None and np.isfinite(loss):
             self.steps.append(int(item.done))
             self.losses.append(float(loss))
-        accuracy = getattr(item, "accuracy", None)
-        if accuracy is not None and np.isfinite(accuracy):
-            self.accuracy.append((int(item.done), float(accuracy)))
+        validation = getattr(item, "validation_loss", None)
+        if validation is not None and np.isfinite(validation):
+            self.validation.append((int(item.done), float(validation)))
 
     def draw(self) -> None:
         steps, losses = np.asarray(self.steps), np.asarray(self.losses)
@@ -99,20 +104,22 @@ class LossPlot(PlotWidget):
             k = max(1, min(25, len(losses) // 10))
             smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
             self.smooth_line.set_data(steps[k - 1 :], smooth)
+            values = np.concatenate([losses, [v for _, v in self.validation]])
             self.axes.set_xlim(0, max(int(steps.max()), 1))
-            low, high = float(losses.min()), float(losses.max())
+            low, high = float(values.min()), float(values.max())
             pad = 0.05 * (high - low or 1.0)
             self.axes.set_ylim(low - pad, high + pad)
         else:
             self.smooth_line.set_data([], [])
-        if self.accuracy:
-            a = np.asarray(self.accuracy)
-            self.accuracy_line.set_data(a[:, 0], a[:, 1])
-            self.accuracy_axes.set_visible(True)
+        if self.validation:
+            v = np.asarray(self.validation)
+            self.validation_line.set_data(v[:, 0], v[:, 1])
+            if self.axes.get_legend() is None:
+                self.axes.legend(loc="upper right", fontsize=7, framealpha=0.6)
+                self.on_theme()
+        else:
+            self.validation_line.set_data([], [])
         self.canvas.draw_idle()
-
-    def all_axes(self):
-        return self.figure.axes
 
 
 class FineTuneWidget(QWidget):
@@ -387,9 +394,6 @@ class FineTuneWidget(QWidget):
                                     else "")
         if getattr(result, "stopped", False):
             text += " (stopped early)"
-        if accuracy is not None:
-            self.plot.accuracy.append((self.plot.steps[-1] if self.plot.steps else 0, accuracy))
-            self.plot.draw()
         self.status.setText(text + f"; pick it as “{choice.label}” in NEuRT analysis")
         show_info(f"NEuRT fine-tune: {text}")
 
