@@ -40,7 +40,9 @@ Prints three tables (markdown):
    default (evidence pooling, reading each neuron's activity statistics); `--recording-pooling
    gated` and `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
-   affected neurons of each held-out AD-like animal (mean and range over animals).
+   affected neurons of each held-out AD-like animal (mean and range over animals); the same for
+   the window classifier's per-neuron class probability (`neuron_probability`), for comparison.
+   ``--sizes ""`` measures the shipped demo classifier alone.
 
 Nothing here is tuned on: the real recordings are evaluation data only; the settings of the
 default weights were chosen before these figures were computed (see docs/model_card.md).
@@ -291,26 +293,29 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
     test_tokens = [default_model.tokens_for(a.recording) for a in test]
     stats_test = np.array([summary_statistics(a.recording) for a in test])
-    rows, attention = [], {}
+    rows, attention, window = [], {}, {}
 
     def evaluate(label, model, n):
-        probs, faith = [], []
+        probs, faith, window_faith = [], [], []
         for animal, tokens in zip(test, test_tokens, strict=True):
             result = model.classify(tokens)
             probs.append(result.recording_probability)
             if animal.group == "AD-like" and 0 < animal.affected.sum() < len(animal.affected):
                 faith.append(auc(result.neuron_attention, animal.affected))
+                window_faith.append(auc(result.neuron_probability, animal.affected))
         probs = np.array(probs)
         accuracy = float(np.mean((probs > 0.5) == (y_test > 0.5)))
         rows.append((label, n, accuracy, auc(probs, y_test > 0.5)))
         attention[f"{label}, {n} per class"] = faith
+        window[f"{label}, {n} per class"] = window_faith
         report_partial()
 
     def report_partial():
         print(f"  {rows[-1]}", file=sys.stderr, flush=True)
         if partial is not None:
             partial.write_text(format_classification(rows, len(test)) + "\n\n"
-                               + format_attention(attention) + "\n")
+                               + format_attention(attention) + "\n\n"
+                               + format_attention(window) + "\n")
 
     def trained(name, train, config):
         """Fine-tune, or load the model a previous (interrupted) run of this benchmark saved."""
@@ -355,7 +360,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         report_partial()
         print(f"  classification n={n}: {time.monotonic() - t0:.0f} s", file=sys.stderr,
               flush=True)
-    return rows, attention, len(test)
+    return rows, attention, window, len(test)
 
 
 def format_classification(rows, n_test) -> str:
@@ -432,8 +437,8 @@ def main(argv=None) -> None:
         out.append(format_reconstruction(rows, recordings))
     if "classify" not in skip:
         sizes = [int(s) for s in args.sizes.split(",") if s]
-        rows, attention, n_test = classification(model, sizes, args.test_per_group, args.neurons,
-                                                 args.frames,
+        rows, attention, window, n_test = classification(model, sizes, args.test_per_group,
+                                                 args.neurons, args.frames,
                                                  args.finetune_steps, args.work, args.full_lr,
                                                  args.markdown.with_suffix(".partial.md")
                                                  if args.markdown else None, args.repeat,
@@ -443,6 +448,9 @@ def main(argv=None) -> None:
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")
         out.append(format_attention(attention))
+        out.append("\n### The window classifier's P(AD-like) per neuron: AUROC for affected "
+                   "neurons\n")
+        out.append(format_attention(window))
     out.append(f"\nWall time: {(time.monotonic() - started) / 60:.1f} min.")
     text = "\n".join(out)
     print(text)

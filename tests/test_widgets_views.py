@@ -98,6 +98,10 @@ def test_clicks_shift_hover_and_overlay(make_napari_viewer, result):
     plot._pick_on_click(scores, Event((150, y, x)))
     assert scores.selected_label == recording.neuron_ids[4]
     np.testing.assert_allclose(plot.trace_line.get_ydata(), recording.traces[4])
+    result = out.classification.result  # the neuron's weight against an even share, and the
+    ratio = len(result.neuron_attention) * result.neuron_attention[4]  # window classifier's P
+    assert f"attention ×{ratio:.2g}" in plot.info.text()
+    assert f"window P(busy) {result.neuron_probability[4]:.2f}" in plot.info.text()
     y2, x2 = recording.centroids[9] * px
     plot._on_mouse_move(viewer, Event((150, y2, x2), modifiers=["Shift"], type="mouse_move"))
     np.testing.assert_allclose(plot.preview_line.get_ydata(), recording.traces[9])

@@ -34,7 +34,7 @@ COLORMAPS = ("viridis", "magma", "plasma", "inferno", "cividis", "turbo", "coolw
 COLUMN_LABELS = {
     "neuron_attention": "neuron attention",
     "attention_log10_ratio": "neuron attention, log10 of its ratio to an even share",
-    "class_probability": "class probability",
+    "class_probability": "class probability (window classifier)",
     "predictability_r2": "predictability R²",
     "event_rate_per_min": "event rate (events/min)",
     "n_near": "neighbours nearer than delta",
@@ -56,7 +56,7 @@ def column_label(column: str, features: pd.DataFrame | None = None, analysis=Non
     if column == "class_probability" and analysis is not None and analysis.classification:
         names = analysis.classification.result.class_names
         if len(names) > 1:
-            label = f"class probability (P({names[1]}))"
+            label = f"window classifier's P({names[1]})"
     return label
 
 

@@ -598,7 +598,10 @@ class TracePlotWidget(PlotWidget):
         if analysis.classification is not None:
             result = analysis.classification.result
             name = result.class_names[1] if len(result.class_names) > 1 else "class 1"
-            parts.append(f"P({name}) {result.neuron_probability[row]:.2f}")
+            if result.recording_head:  # its weight in the verdict, against an even share
+                ratio = len(result.neuron_attention) * float(result.neuron_attention[row])
+                parts.append(f"attention ×{ratio:.2g}")
+            parts.append(f"window P({name}) {result.neuron_probability[row]:.2f}")
         info = analysis.token_info
         if info is not None and info.fallback[row]:
             parts.append("too few neighbours")
