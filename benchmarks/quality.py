@@ -37,8 +37,9 @@ Prints three tables (markdown):
    classifier itself. Every animal is `simulate.cohort(..., n_neurons=--neurons,
    n_frames=--frames)`: 100 neurons x 1000 frames (33 s at 30 Hz) unless told, to keep the run
    short; the simulator's own default is 300 x 3000. The recording head is `FinetuneConfig`'s
-   default (evidence pooling, reading each neuron's activity statistics); `--recording-pooling
-   gated` and `--no-activity-statistics` give the earlier ones.
+   default (evidence pooling, reading each neuron's activity statistics and their spread over
+   neurons); `--no-statistics-spread`, `--recording-pooling gated` and
+   `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals); the same for
    the window classifier's per-neuron class probability (`neuron_probability`), for comparison.
@@ -287,7 +288,7 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
                    full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
-                   recording_pooling="evidence", demo=True):
+                   recording_pooling="evidence", demo=True, statistics_spread=True):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -336,20 +337,23 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         config = FinetuneConfig(steps=steps, lr=0.0, head_lr=3e-3, bags_per_step=4, bag_size=32,
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu",
                                 activity_statistics=activity_statistics,
-                                recording_pooling=recording_pooling)
+                                recording_pooling=recording_pooling,
+                                statistics_spread=statistics_spread)
         head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
                                               else "")
         label = f"fine-tuned from default (encoder frozen, {head})"
         # every setting that changes the model is in the name, the base weights by a digest of
         # their values, so that a rerun never picks up a model another run saved
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
-                f"{recording_pooling}" + ("-statistics" if activity_statistics else ""))
+                f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
+                + ("-spread" if statistics_spread else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
                                     bag_size=32, test_per_class=0, validation_per_class=0, seed=0,
                                     device="cpu", activity_statistics=activity_statistics,
-                                    recording_pooling=recording_pooling)
+                                    recording_pooling=recording_pooling,
+                                    statistics_spread=statistics_spread)
             evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g}, {head})",
                      trained(f"{name}-full{full_lr:g}", train, config), n)
         x = np.array([summary_statistics(a.recording) for a in train])
@@ -403,6 +407,9 @@ def main(argv=None) -> None:
                         help="training cohorts of another draw: seeds 9100 + n + 1000 * REPEAT")
     parser.add_argument("--activity-statistics", action=argparse.BooleanOptionalAction,
                         default=True, help="FinetuneConfig.activity_statistics (default: yes)")
+    parser.add_argument("--statistics-spread", action=argparse.BooleanOptionalAction,
+                        default=True, help="the evidence head also reads the statistics' spread "
+                        "over neurons (FinetuneConfig.statistics_spread)")
     parser.add_argument("--recording-pooling", choices=("evidence", "gated"), default="evidence",
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
@@ -443,7 +450,8 @@ def main(argv=None) -> None:
                                                  args.markdown.with_suffix(".partial.md")
                                                  if args.markdown else None, args.repeat,
                                                  args.activity_statistics,
-                                                 args.recording_pooling, "demo" not in skip)
+                                                 args.recording_pooling, "demo" not in skip,
+                                                 args.statistics_spread)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")

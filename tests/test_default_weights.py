@@ -16,7 +16,8 @@ WEIGHTS = Path(str(files("napari_neurt.model") / "weights" / "default"))
 # the documented configuration (docs/model_card.md)
 DOCUMENTED = NeurtConfig(
     seq_len=256, n_features=5, n_embd=64, n_head=4, n_layer=3, n_ff=256, n_classes=2,
-    mil_hidden=64, neuron_stats=5, recording_pooling="evidence", interpolate=True,
+    mil_hidden=64, neuron_stats=5, recording_pooling="evidence", stats_spread=True,
+    interpolate=True,
     local_kernel=17,
 )
 

@@ -161,6 +161,37 @@ def test_recording_head_reads_standardised_activity_statistics():
         NeurtConfig(**{**SMALL, "n_classes": 2, "neuron_stats": 3})
 
 
+def test_evidence_head_can_read_the_spread_of_the_statistics_over_neurons():
+    network = small_network(n_classes=2, mil_hidden=8, neuron_stats=2,
+                            recording_pooling="evidence", stats_spread=True)
+    head = network.recording_head
+    assert head.head.in_features == 16 + 2 + 2  # mean neuron, then the statistics' spread
+    neurons, statistics = torch.randn(6, 16), torch.randn(6, 2)
+    with torch.inference_mode():
+        logits, weights = network.classify_recording(neurons, statistics)
+    z = torch.cat([neurons, statistics], dim=1)  # stats_shift 0, stats_scale 1
+    with torch.no_grad():
+        evidence = head.score(torch.tanh(head.value(z)) * torch.sigmoid(head.gate(z)))
+        spread = statistics.std(dim=0, correction=0)
+        term = head.head(torch.cat([z.mean(0), spread]))
+        expected = torch.logsumexp(evidence, 0) - math.log(6) + term
+    torch.testing.assert_close(logits[1:], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights, evidence[:, 0].softmax(0))
+    # same neurons and mean statistics, more spread: only the recording term moves
+    with torch.no_grad():
+        head.score.weight.zero_()
+        head.head.weight.zero_()
+        head.head.weight[0, -2:] = 1.0
+    even = torch.zeros(6, 2)
+    uneven = torch.tensor([[1.0, -1.0]] * 3 + [[-1.0, 1.0]] * 3)
+    with torch.inference_mode():
+        low, _ = network.classify_recording(neurons, even)
+        high, _ = network.classify_recording(neurons, uneven)
+    torch.testing.assert_close(high[1] - low[1], torch.tensor(2.0))
+    with pytest.raises(ValueError, match="stats_spread"):
+        NeurtConfig(**SMALL, n_classes=2, mil_hidden=4, neuron_stats=2, stats_spread=True)
+
+
 def test_heads_absent_unless_configured():
     plain = small_network()
     assert plain.time_pool is None and plain.recording_head is None

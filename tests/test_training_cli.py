@@ -71,8 +71,8 @@ def test_finetune_command_defaults_are_finetune_configs():
     assert (args.steps, args.lr, args.head_lr, args.bag_size) == (
         config.steps, config.lr, config.head_lr, config.bag_size
     )
-    assert (args.recording_pooling, args.activity_statistics) == (
-        config.recording_pooling, config.activity_statistics
+    assert (args.recording_pooling, args.activity_statistics, args.statistics_spread) == (
+        config.recording_pooling, config.activity_statistics, config.statistics_spread
     )
 
 
@@ -96,7 +96,7 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert "model and report" in capsys.readouterr().out
     model = load_model(out, device="cpu")
     assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 5
-    assert model.config.recording_pooling == "evidence"
+    assert model.config.recording_pooling == "evidence" and model.config.stats_spread
     assert (out / "report.csv").is_file() and (out / "report.json").is_file()
     with_statistics = tmp_path / "gated-plain"
     arguments[arguments.index(str(out))] = str(with_statistics)
@@ -104,6 +104,11 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main([*arguments, *columns, *options]) == 0
     plain = load_model(with_statistics, device="cpu")
     assert plain.config.neuron_stats == 0 and plain.config.recording_pooling == "gated"
+    assert not plain.config.stats_spread  # only an evidence head reading statistics has it
+    arguments[arguments.index(str(with_statistics))] = str(tmp_path / "no-spread")
+    assert main([*arguments, *columns, "--no-statistics-spread"]) == 0
+    no_spread = load_model(tmp_path / "no-spread", device="cpu").config
+    assert no_spread.neuron_stats == 5 and not no_spread.stats_spread
 
 
 def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):

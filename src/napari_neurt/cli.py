@@ -443,6 +443,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         help="whether the recording head also reads each neuron's activity statistics (event "
         "rates and correlations, see tokens.activity_statistics); default yes",
     )
+    p.add_argument(
+        "--statistics-spread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether an evidence head reading the statistics also reads their spread over the "
+        "recording's neurons; default yes",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
@@ -473,6 +480,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         head_lr=args.head_lr,
         bag_size=args.bag_size,
         activity_statistics=args.activity_statistics,
+        statistics_spread=args.statistics_spread,
         recording_pooling=args.recording_pooling,
         evaluation=args.evaluation,
         seed=args.seed,

@@ -81,6 +81,9 @@ class NeurtConfig:
     # ours: how the recording head pools its neurons, "gated" (attention next to the mean neuron)
     # or "evidence" (signed per-neuron evidence, log-mean-exp); see RecordingHead
     recording_pooling: str = "gated"
+    # ours: an evidence head's recording term also reads the spread of the statistics over the
+    # recording's neurons (their standard deviation), next to the mean neuron
+    stats_spread: bool = False
     # the published LayerNorm puts epsilon inside the square root, as torch's does
     norm_eps: float = 1e-12
     interpolate: bool = False  # ours: hidden entries filled by interpolation, output a residual
@@ -106,6 +109,11 @@ class NeurtConfig:
                 f"local_kernel={self.local_kernel}, interpolate={self.interpolate}"
             )
         check_recording_pooling(self.recording_pooling)
+        if self.stats_spread and not (self.neuron_stats and self.recording_pooling == "evidence"):
+            raise ValueError(
+                "stats_spread (the spread of the activity statistics over neurons) needs an "
+                "evidence recording head that reads them (neuron_stats > 0)"
+            )
         if self.mil_hidden and not self.n_classes:
             raise ValueError("a recording head (mil_hidden > 0) needs classes (n_classes > 0)")
 
@@ -220,7 +228,9 @@ class RecordingHead(nn.Module):
     With ``neuron_stats`` > 0, z_i is the embedding followed by the neuron's activity statistics,
     standardised by `stats_shift` and `stats_scale` (buffers set from the training animals): an
     embedding describes a window of one trace, not how often the neuron fires over the recording
-    or how it goes with the population.
+    or how it goes with the population. With ``stats_spread`` (evidence pooling only), the term
+    of the mean neuron reads the statistics' standard deviation over the neurons as well: how
+    unlike each other the recording's neurons are, which a mean hides.
     """
 
     def __init__(self, config: NeurtConfig):
@@ -229,9 +239,11 @@ class RecordingHead(nn.Module):
         self.evidence = config.recording_pooling == "evidence"
         self.value = nn.Linear(width, config.mil_hidden)
         self.gate = nn.Linear(width, config.mil_hidden)
+        self.spread = config.stats_spread
         if self.evidence:  # per neuron and per class c >= 1; the mean neuron's term likewise
             self.score = nn.Linear(config.mil_hidden, config.n_classes - 1)
-            self.head = nn.Linear(width, config.n_classes - 1)
+            spread_width = config.neuron_stats if self.spread else 0
+            self.head = nn.Linear(width + spread_width, config.n_classes - 1)
         else:  # one score per neuron; the head reads the attended and the mean neuron
             self.score = nn.Linear(config.mil_hidden, 1)
             self.head = nn.Linear(2 * width, config.n_classes)
@@ -253,6 +265,8 @@ class RecordingHead(nn.Module):
             z = torch.cat([z, standardised], dim=-1)
         scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z)))
         mean = z.mean(dim=-2)
+        if self.spread:  # how unlike each other the neurons are (a subset differs)
+            mean = torch.cat([mean, standardised.std(dim=-2, correction=0)], dim=-1)
         if not self.evidence:
             weights = scores.squeeze(-1).softmax(dim=-1)
             attended = (weights.unsqueeze(-2) @ z).squeeze(-2)

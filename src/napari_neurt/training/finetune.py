@@ -103,6 +103,9 @@ class FinetuneConfig:
     recording_pooling: str = "evidence"
     # the recording head also reads each neuron's activity statistics (tokens.activity_statistics)
     activity_statistics: bool = True
+    # an evidence head that reads the statistics also reads their spread over the recording's
+    # neurons in its recording term (NeurtConfig.stats_spread); ignored by other heads
+    statistics_spread: bool = True
     evaluation: str = "split"  # or "leave-one-animal-out"
     test_per_class: int = 1  # animals per class held out for the report ("split")
     validation_per_class: int = 1  # animals per class kept aside for early stopping
@@ -415,6 +418,7 @@ def classifier_network(
     seed: int = 0,
     neuron_stats: int = 0,
     recording_pooling: str = "evidence",
+    stats_spread: bool = False,
 ) -> Neurt:
     """`base`'s encoder with a window classifier and a recording head for `n_classes` classes.
 
@@ -429,6 +433,7 @@ def classifier_network(
         mil_hidden=mil_hidden,
         neuron_stats=neuron_stats,
         recording_pooling=recording_pooling,
+        stats_spread=stats_spread,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -879,6 +884,9 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             config.seed,
             neuron_stats=len(ACTIVITY_STATISTICS) if config.activity_statistics else 0,
             recording_pooling=config.recording_pooling,
+            stats_spread=config.statistics_spread
+            and config.activity_statistics
+            and config.recording_pooling == "evidence",
         )
         fit = yield from _fit(
             module,

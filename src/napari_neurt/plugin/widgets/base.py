@@ -54,11 +54,16 @@ class Canvas(FigureCanvasQTAgg):
         self.layout_dirty = True
         self.margins = margins
         self._engine = ConstrainedLayoutEngine(h_pad=0.03, w_pad=0.03)
+        # a draw queued by draw_idle can fire after the widget was closed: skip it then
+        self.deleted = False
+        self.destroyed.connect(lambda *_: setattr(self, "deleted", True))
 
     def relayout(self) -> None:
         self.layout_dirty = True
 
     def draw(self):
+        if self.deleted:
+            return
         if self.layout_dirty:
             self.layout_dirty = False
             if self.margins is None:
