@@ -133,7 +133,7 @@ class DistributedContext:
                     torch.tensor(value.shape, dtype=torch.int64),
                     value,
                 ):
-                    dist.send(message.to(self.device), dst=0)  # its rank (ndim), shape, then values
+                    dist.send(message.to(self.device), dst=0)  # number of dimensions, shape, values
             elif self.is_main:
                 ndim = torch.zeros(1, dtype=torch.int64, device=self.device)
                 dist.recv(ndim, src=owner)

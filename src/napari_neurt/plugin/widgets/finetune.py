@@ -2,9 +2,10 @@
 
 Pick labelled recordings (a CSV manifest with columns path, animal, label, or a folder with one
 sub-folder per class; see `napari_neurt.training.labelled_recordings`), a model to start from
-and an output folder, and run `napari_neurt.training.iter_finetune` in a worker. The training and validation losses
-are plotted live; when training ends the held-out animals' accuracy is shown and the new
-checkpoint is added to the model picker of every NEuRT analysis panel (`models.registry`).
+and an output folder, and run `napari_neurt.training.iter_finetune` in a worker. The training
+and validation losses are plotted live; when training ends the held-out animals' accuracy is
+shown and the new checkpoint is added to the model picker of every NEuRT analysis panel
+(`models.registry`).
 
 *Stop early* ends training after the current step and still evaluates and saves the model;
 *Cancel* throws the run away (nothing is saved).
