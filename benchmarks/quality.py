@@ -57,6 +57,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -341,19 +342,17 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                 statistics_spread=statistics_spread)
         head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
                                               else "")
+        if config.head_reads_spread:
+            head += " and their spread"
         label = f"fine-tuned from default (encoder frozen, {head})"
         # every setting that changes the model is in the name, the base weights by a digest of
         # their values, so that a rerun never picks up a model another run saved
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
-                + ("-spread" if statistics_spread else ""))
+                + ("-spread" if config.head_reads_spread else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
-            config = FinetuneConfig(steps=steps, lr=full_lr, head_lr=3e-3, bags_per_step=4,
-                                    bag_size=32, test_per_class=0, validation_per_class=0, seed=0,
-                                    device="cpu", activity_statistics=activity_statistics,
-                                    recording_pooling=recording_pooling,
-                                    statistics_spread=statistics_spread)
+            config = replace(config, lr=full_lr)  # the same recipe, the encoder learning too
             evaluate(f"fine-tuned from default (whole encoder, lr {full_lr:g}, {head})",
                      trained(f"{name}-full{full_lr:g}", train, config), n)
         x = np.array([summary_statistics(a.recording) for a in train])

@@ -137,6 +137,16 @@ class FinetuneConfig:
                     f"the encoder); got {value!r}"
                 )
 
+    @property
+    def head_reads_spread(self) -> bool:
+        """Whether the trained head reads the statistics' spread (`statistics_spread` applies to
+        an evidence head that reads the statistics, and to no other)."""
+        return (
+            self.statistics_spread
+            and self.activity_statistics
+            and self.recording_pooling == "evidence"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -884,9 +894,7 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             config.seed,
             neuron_stats=len(ACTIVITY_STATISTICS) if config.activity_statistics else 0,
             recording_pooling=config.recording_pooling,
-            stats_spread=config.statistics_spread
-            and config.activity_statistics
-            and config.recording_pooling == "evidence",
+            stats_spread=config.head_reads_spread,
         )
         fit = yield from _fit(
             module,
