@@ -38,7 +38,8 @@ Prints three tables (markdown):
    n_frames=--frames)`: 100 neurons x 1000 frames (33 s at 30 Hz) unless told, to keep the run
    short; the simulator's own default is 300 x 3000. The recording head is `FinetuneConfig`'s
    default (evidence pooling, reading each neuron's activity statistics and their spread over
-   neurons); `--no-statistics-spread`, `--recording-pooling gated` and
+   neurons, its recording term then fitted to the whole training recordings);
+   `--no-whole-recording-fit`, `--no-statistics-spread`, `--recording-pooling gated` and
    `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals); the same for
@@ -289,7 +290,8 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
                    full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
-                   recording_pooling="evidence", demo=True, statistics_spread=True):
+                   recording_pooling="evidence", demo=True, statistics_spread=True,
+                   whole_recording_fit=True):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -339,17 +341,21 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                 test_per_class=0, validation_per_class=0, seed=0, device="cpu",
                                 activity_statistics=activity_statistics,
                                 recording_pooling=recording_pooling,
-                                statistics_spread=statistics_spread)
+                                statistics_spread=statistics_spread,
+                                whole_recording_fit=whole_recording_fit)
         head = f"{recording_pooling} head" + (", activity statistics" if activity_statistics
                                               else "")
         if config.head_reads_spread:
             head += " and their spread"
+        fitted = whole_recording_fit and recording_pooling == "evidence"
+        if fitted:
+            head += ", fitted to whole recordings"
         label = f"fine-tuned from default (encoder frozen, {head})"
         # every setting that changes the model is in the name, the base weights by a digest of
         # their values, so that a rerun never picks up a model another run saved
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
-                + ("-spread" if config.head_reads_spread else ""))
+                + ("-spread" if config.head_reads_spread else "") + ("-fit" if fitted else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = replace(config, lr=full_lr)  # the same recipe, the encoder learning too
@@ -409,6 +415,9 @@ def main(argv=None) -> None:
     parser.add_argument("--statistics-spread", action=argparse.BooleanOptionalAction,
                         default=True, help="the evidence head also reads the statistics' spread "
                         "over neurons (FinetuneConfig.statistics_spread)")
+    parser.add_argument("--whole-recording-fit", action=argparse.BooleanOptionalAction,
+                        default=True, help="the evidence head's recording term is then fitted "
+                        "to whole training recordings (FinetuneConfig.whole_recording_fit)")
     parser.add_argument("--recording-pooling", choices=("evidence", "gated"), default="evidence",
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
@@ -450,7 +459,8 @@ def main(argv=None) -> None:
                                                  if args.markdown else None, args.repeat,
                                                  args.activity_statistics,
                                                  args.recording_pooling, "demo" not in skip,
-                                                 args.statistics_spread)
+                                                 args.statistics_spread,
+                                                 args.whole_recording_fit)
         out.append("\n### Classification, wild type vs AD-like (simulated)\n")
         out.append(format_classification(rows, n_test))
         out.append("\n### Attention faithfulness: AUROC of neuron_attention for affected neurons\n")

@@ -74,6 +74,7 @@ def test_finetune_command_defaults_are_finetune_configs():
     assert (args.recording_pooling, args.activity_statistics, args.statistics_spread) == (
         config.recording_pooling, config.activity_statistics, config.statistics_spread
     )
+    assert args.whole_recording_fit == config.whole_recording_fit
 
 
 def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, capsys):
@@ -109,6 +110,11 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main([*arguments, *columns, "--no-statistics-spread"]) == 0
     no_spread = load_model(tmp_path / "no-spread", device="cpu").config
     assert no_spread.neuron_stats == 5 and not no_spread.stats_spread
+    assert load_model(out, device="cpu").module.recording_head.evidence_scale.item() != 1.0
+    arguments[arguments.index(str(tmp_path / "no-spread"))] = str(tmp_path / "bags-only")
+    assert main([*arguments, *columns, "--no-whole-recording-fit"]) == 0
+    bags_only = load_model(tmp_path / "bags-only", device="cpu").module.recording_head
+    assert bags_only.evidence_scale.item() == 1.0  # as the head learnt it
 
 
 def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):

@@ -23,7 +23,12 @@ from napari_neurt.training import (
     split_animals,
 )
 from napari_neurt.training.data import source_neighbourhood
-from napari_neurt.training.finetune import auc, balanced_weights, check_cohort
+from napari_neurt.training.finetune import (
+    auc,
+    balanced_weights,
+    check_cohort,
+    fit_recording_term,
+)
 
 TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
 TINY_TOKENS = [np.random.default_rng(k).random((6, 40, 5), dtype=np.float32) for k in range(2)]
@@ -157,6 +162,7 @@ def test_default_recipe_is_the_measured_one():
     assert (config.lr, config.head_lr, config.steps, config.bags_per_step, config.bag_size) == (
         0.0, 3e-3, 1200, 4, 32
     )
+    assert config.whole_recording_fit  # chosen on tuning cohorts (docs/quality.md)
     for name, value in (("lr", -1e-4), ("head_lr", float("nan")), ("lr", float("inf"))):
         with pytest.raises(ValueError, match=f"FinetuneConfig.{name} must be a finite"):
             FinetuneConfig(**{name: value})
@@ -243,6 +249,102 @@ def test_frozen_encoder_stays_put_and_heads_learn(tmp_path):
     assert tuned["recording_head.score.weight"].abs().sum() > 0
 
 
+def penalised_logistic_regression(x, y, l2):
+    """Newton's method on standardised inputs: the optimum `fit_recording_term` must reach."""
+    shift, scale = x.mean(0), x.std(0)
+    z = np.c_[(x - shift) / scale, np.ones(len(x))]
+    w = np.zeros(z.shape[1])
+    penalty = np.r_[np.full(x.shape[1], l2), 0.0]
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-z @ w))
+        gradient = z.T @ (p - y) / len(y) + penalty * w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z / len(y) + np.diag(penalty)
+        w -= np.linalg.solve(hessian, gradient)
+    return lambda xt: np.c_[(xt - shift) / scale, np.ones(len(xt))] @ w
+
+
+def test_fit_recording_term_is_the_penalised_logistic_regression_folded_into_the_head():
+    rng = np.random.default_rng(0)
+    n_embd, n_stats = 3, 2
+    pooled = rng.normal(size=(14, 1))
+    summary = rng.normal(size=(14, n_embd + n_stats))
+    labels = (summary[:, -1] + 0.5 * pooled[:, 0] + 0.5 * rng.normal(size=14) > 0).astype(int)
+    head_weight = rng.normal(size=(1, n_embd + n_stats))
+    scale, weight, bias = fit_recording_term(
+        *map(torch.from_numpy, (pooled, summary, head_weight)), n_embd,
+        torch.from_numpy(labels), torch.ones(14), l2=0.1,
+    )
+    # inputs of the regression: pooled evidence, the learnt term, the statistics
+    inputs = np.c_[pooled, summary @ head_weight.T, summary[:, n_embd:]]
+    oracle = penalised_logistic_regression(inputs, labels, l2=0.1)
+    new_pooled, new_summary = rng.normal(size=(5, 1)), rng.normal(size=(5, n_embd + n_stats))
+    head_logits = scale.numpy() * new_pooled[:, 0] + new_summary @ weight[0].numpy() + bias.item()
+    expected = oracle(np.c_[new_pooled, new_summary @ head_weight.T, new_summary[:, n_embd:]])
+    np.testing.assert_allclose(head_logits, expected, atol=1e-6)
+    assert scale.item() > 0  # the pooled evidence argues for class 1 here
+
+    # an input equal in every recording gets no weight, and nothing becomes NaN
+    summary[:, -2] = 4.0
+    _, weight, bias = fit_recording_term(
+        *map(torch.from_numpy, (pooled, summary, head_weight)), n_embd,
+        torch.from_numpy(labels), torch.ones(14),
+    )
+    assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
+    term_share = (weight[0, 0] / head_weight[0, 0]).item()  # an embedding input: the term's
+    assert weight[0, -2].item() == pytest.approx(term_share * head_weight[0, -2])
+
+
+def test_whole_recording_fit_changes_only_the_recording_term(tmp_path):
+    items = toy_cohort(per_class=3)
+    config = fast(steps=20, test_per_class=0, validation_per_class=0, lr=0.0)
+    fitted = finetune(items, tmp_path / "fitted", config, base=TINY).model
+    bags = finetune(
+        items, tmp_path / "bags", replace(config, whole_recording_fit=False), base=TINY
+    ).model
+    refitted = {"evidence_scale", "head.weight", "head.bias"}
+    before, after = bags.module.state_dict(), fitted.module.state_dict()
+    for name, value in before.items():
+        same = torch.equal(after[name], value)
+        assert same != (name.removeprefix("recording_head.") in refitted), name
+    assert before["recording_head.evidence_scale"].item() == 1.0
+    # the neurons' weights are the scores' softmax: what the fit leaves alone
+    tokens = fitted.tokens_for(toy_recording("bursty", 77))
+    np.testing.assert_allclose(
+        fitted.classify(tokens).neuron_attention, bags.classify(tokens).neuron_attention,
+        atol=1e-6,
+    )
+    # fine-tuning from a fitted classifier learns with the evidence counted once again
+    again = finetune(
+        items, tmp_path / "again",
+        replace(config, whole_recording_fit=False, steps=1, head_lr=0.0), base=fitted,
+    ).model.module.state_dict()
+    assert again["recording_head.evidence_scale"].item() == 1.0
+    assert torch.equal(again["recording_head.head.weight"], after["recording_head.head.weight"])
+    # a gated head has no recording term of this form: the option leaves it as trained
+    stages = []
+    gated = finetune(items, tmp_path / "gated", replace(config, recording_pooling="gated"),
+                     base=TINY, progress=lambda p: stages.append(p.stage))
+    assert not hasattr(gated.model.module.recording_head, "evidence_scale")
+    assert not any("whole recordings" in stage for stage in stages)
+
+
+def test_a_classifier_saved_before_the_evidence_scale_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    items = toy_cohort(per_class=2)
+    config = fast(steps=3, test_per_class=0, validation_per_class=0, whole_recording_fit=False)
+    model = finetune(items, tmp_path, config, base=TINY).model
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["recording_head.evidence_scale"]
+    save_file(weights, tmp_path / "model.safetensors")
+    old = load_model(tmp_path, device="cpu")
+    assert old.module.recording_head.evidence_scale.item() == 1.0
+    tokens = model.tokens_for(items[0].source)
+    assert old.classify(tokens).recording_probability == pytest.approx(
+        model.classify(tokens).recording_probability, abs=1e-6
+    )
+
+
 def test_auc():
     assert auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
     assert auc([1, 2], [True, True]) is None
@@ -262,7 +364,13 @@ def test_finetuning_separates_a_toy_cohort(tmp_path):
     assert sorted(validated) == list(range(10, fold["steps"] + 1, 10))
     assert min(validated, key=validated.get) == fold["best_step"]
     assert min(validated.values()) == pytest.approx(fold["validation_loss"])
-    assert all(f"validation {validated[p.done]:.4f}" in p.stage for p in seen if p.done in validated)
+    assert all(
+        f"validation {p.validation_loss:.4f}" in p.stage
+        for p in seen
+        if np.isfinite(p.validation_loss)
+    )
+    # then the recording term is fitted to the 4 whole training and validation recordings
+    assert "fitting the recording term to 4 whole recordings" in seen[-1].stage
     assert len(report.animals) == 2 and report.summary["animal_accuracy"] == 1.0
     assert report.summary["recording_auc"] == 1.0
     assert all(row["neuron_accuracy"] > 0.9 for row in report.animals)
@@ -473,6 +581,8 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path, to
     saved = load_model(out, device="cpu")
     flat = torch.cat([p.reshape(-1) for p in saved.module.state_dict().values()]).numpy()
     np.testing.assert_array_equal(flat, rank0)
+    # the recording term was fitted (each process read half the recordings), alike on both
+    assert saved.module.recording_head.evidence_scale.item() != 1.0
     # the two held-out animals were tested one on each process; rank 0 reports both, as the
     # saved model scores them
     report = json.loads((out / "report.json").read_text())

@@ -450,6 +450,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         help="whether an evidence head reading the statistics also reads their spread over the "
         "recording's neurons; default yes",
     )
+    p.add_argument(
+        "--whole-recording-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether an evidence head's recording term is then fitted to the whole training "
+        "recordings (the head learns on bags of neurons); default yes",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
@@ -481,6 +488,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         bag_size=args.bag_size,
         activity_statistics=args.activity_statistics,
         statistics_spread=args.statistics_spread,
+        whole_recording_fit=args.whole_recording_fit,
         recording_pooling=args.recording_pooling,
         evaluation=args.evaluation,
         seed=args.seed,

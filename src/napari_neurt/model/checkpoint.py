@@ -122,6 +122,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state_dict = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights} is not a readable safetensors file: {error}") from None
+    if config.mil_hidden and config.recording_pooling == "evidence":
+        # written before evidence heads had a scale: their pooled evidence counted once
+        state_dict.setdefault("recording_head.evidence_scale", torch.ones(config.n_classes - 1))
     check_state_dict(config, state_dict, where=str(folder))
     provenance = dict(document.get("provenance") or {})
     provenance.update(path=str(folder), weights_sha256=sha256_of(weights))

@@ -664,12 +664,26 @@ class NeurtModel:
         neuron embeddings (N, n_embd) (from `classify`), given its tokens (N, T, F) for a head
         that also reads their activity statistics (`NeighborhoodTokens` for a head that reads
         the neighbours' event rates)."""
+        with self.inference_context():
+            return self.module.classify_recording(*self._head_inputs(neuron_embedding, tokens))
+
+    def recording_terms(
+        self, neuron_embedding: torch.Tensor, tokens: NeighborhoodTokens | np.ndarray
+    ):
+        """What the recording head combines into its logits (`RecordingHead.terms`): the
+        neurons' scores (N, n_scores) and the input of its linear term, for a recording given as
+        to `recording_decision`."""
+        if self.module.recording_head is None:
+            raise ValueError("this model has no recording head")
+        with self.inference_context():
+            return self.module.recording_head.terms(*self._head_inputs(neuron_embedding, tokens))
+
+    def _head_inputs(self, neuron_embedding: torch.Tensor, tokens):
         statistics = None
         if self.config.neuron_stats:
             values = head_statistics(tokens, self.config.neuron_stats)
             statistics = torch.from_numpy(values).to(self.device)
-        with self.inference_context():
-            return self.module.classify_recording(neuron_embedding.to(self.device), statistics)
+        return neuron_embedding.to(self.device), statistics
 
     # --- attention maps ---------------------------------------------------------------------
     def attention_maps(

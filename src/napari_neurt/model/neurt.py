@@ -231,6 +231,10 @@ class RecordingHead(nn.Module):
     or how it goes with the population. With ``stats_spread`` (evidence pooling only), the term
     of the mean neuron reads the statistics' standard deviation over the neurons as well: how
     unlike each other the recording's neurons are, which a mean hides.
+
+    An evidence head's pooled evidence is scaled by `evidence_scale` (a buffer, one per class
+    c >= 1): 1 while the head learns on bags of neurons, then set with the recording term by
+    fitting them to whole recordings (`training.finetune`'s `whole_recording_fit`).
     """
 
     def __init__(self, config: NeurtConfig):
@@ -244,6 +248,7 @@ class RecordingHead(nn.Module):
             self.score = nn.Linear(config.mil_hidden, config.n_classes - 1)
             spread_width = config.neuron_stats if self.spread else 0
             self.head = nn.Linear(width + spread_width, config.n_classes - 1)
+            self.register_buffer("evidence_scale", torch.ones(config.n_classes - 1))
         else:  # one score per neuron; the head reads the attended and the mean neuron
             self.score = nn.Linear(config.mil_hidden, 1)
             self.head = nn.Linear(2 * width, config.n_classes)
@@ -255,6 +260,26 @@ class RecordingHead(nn.Module):
     def forward(self, z: torch.Tensor, stats: torch.Tensor | None = None):
         """z (..., N, C) neurons' embeddings and, when configured, their statistics
         (..., N, neuron_stats) -> logits (..., n_classes), weights (..., N)."""
+        scores, summary = self.terms(z, stats)
+        if not self.evidence:
+            weights = scores.squeeze(-1).softmax(dim=-1)
+            return self.head(summary), weights
+        # (..., n_classes - 1): each class against class 0
+        logits = self.evidence_scale * self.pooled(scores) + self.head(summary)
+        logits = torch.cat([torch.zeros_like(logits[..., :1]), logits], dim=-1)
+        strongest = logits[..., 1:].argmax(dim=-1, keepdim=True)  # most probable class >= 1
+        chosen = scores.gather(-1, strongest.unsqueeze(-2).expand(*scores.shape[:-1], 1))
+        return logits, chosen.squeeze(-1).softmax(dim=-1)
+
+    @staticmethod
+    def pooled(scores: torch.Tensor) -> torch.Tensor:
+        """Evidence (..., N, n_classes - 1) pooled over neurons by log-mean-exp."""
+        return torch.logsumexp(scores, dim=-2) - math.log(scores.shape[-2])
+
+    def terms(self, z: torch.Tensor, stats: torch.Tensor | None = None):
+        """The neurons' scores (..., N, n_scores) and what the linear `head` reads (...,
+        in_features): for evidence pooling the mean neuron (and the statistics' spread), for gated
+        pooling the attended neuron next to the mean one."""
         if self.neuron_stats:
             if stats is None or stats.shape[-1] != self.neuron_stats:
                 raise ValueError(
@@ -270,13 +295,8 @@ class RecordingHead(nn.Module):
         if not self.evidence:
             weights = scores.squeeze(-1).softmax(dim=-1)
             attended = (weights.unsqueeze(-2) @ z).squeeze(-2)
-            return self.head(torch.cat([attended, mean], dim=-1)), weights
-        pooled = torch.logsumexp(scores, dim=-2) - math.log(scores.shape[-2])
-        logits = pooled + self.head(mean)  # (..., n_classes - 1): each class against class 0
-        logits = torch.cat([torch.zeros_like(logits[..., :1]), logits], dim=-1)
-        strongest = logits[..., 1:].argmax(dim=-1, keepdim=True)  # most probable class >= 1
-        chosen = scores.gather(-1, strongest.unsqueeze(-2).expand(*scores.shape[:-1], 1))
-        return logits, chosen.squeeze(-1).softmax(dim=-1)
+            return scores, torch.cat([attended, mean], dim=-1)
+        return scores, mean
 
 
 class Neurt(nn.Module):

@@ -144,6 +144,12 @@ class DistributedContext:
                 results.append(value.cpu().numpy())
         return results if self.is_main else None
 
+    def share_from_main(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Overwrite `tensors` (on this context's device) on every process with rank 0's."""
+        if self.distributed:
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -26,7 +26,10 @@ window classifier (`TimePool`) and the recording head (`RecordingHead`, pooling
 over neurons) learn together: each step takes bags of neurons' windows, each bag from one
 recording; every window is classified (cross-entropy against its recording's label) and the
 bag's pooled embeddings go through the recording head (cross-entropy again). Recordings are drawn
-so that every class, and every animal within a class, is seen equally often.
+so that every class, and every animal within a class, is seen equally often. Then
+(`whole_recording_fit`) an evidence head's recording term is fitted to the whole training and
+validation recordings (`fit_recording_term`), as the head sees recordings in use: every neuron,
+each through all its windows.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ from .engine import (
 
 EVALUATIONS = ("split", "leave-one-animal-out")
 MANIFEST_COLUMNS = ("path", "animal", "label")
+# L2 penalty of the whole-recording fit, on standardised inputs (chosen on tuning cohorts)
+WHOLE_RECORDING_L2 = 0.1
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,9 @@ class FinetuneConfig:
     # an evidence head that reads the statistics also reads their spread over the recording's
     # neurons in its recording term (NeurtConfig.stats_spread); ignored by other heads
     statistics_spread: bool = True
+    # after training on bags, fit an evidence head's recording term to whole training recordings
+    # (`fit_recording_term`); ignored by gated heads
+    whole_recording_fit: bool = True
     evaluation: str = "split"  # or "leave-one-animal-out"
     test_per_class: int = 1  # animals per class held out for the report ("split")
     validation_per_class: int = 1  # animals per class kept aside for early stopping
@@ -456,6 +464,9 @@ def classifier_network(
         if k in fresh
         and v.shape == fresh[k].shape
         and (same_pooling or not k.startswith("recording_head."))
+        # a head learns on bags with its pooled evidence counted once; the whole-recording fit
+        # sets the scale anew
+        and k != "recording_head.evidence_scale"
     }
     module.load_state_dict(kept, strict=False)
     return module
@@ -718,6 +729,106 @@ def _validation_loss(module, held, config, device, autocast) -> float:
     return total / count
 
 
+# --- the recording term, fitted to whole recordings ------------------------------------------
+def _fit_to_whole_recordings(model, items, class_names, read_options, context) -> None:
+    """Fit `model`'s evidence head's recording term to the whole recordings `items`, in place
+    on every process (each process reads its share of the recordings; rank 0 fits).
+
+    The head learnt on bags of neurons, each seen through one window; in use it sees every
+    neuron of a recording through all its windows. Its neuron scores (hence the neuron
+    attention) stay as learnt; the weights of the pooled evidence, of the linear term and of
+    the statistics it reads are fitted anew (`fit_recording_term`)."""
+    head = model.module.recording_head
+
+    def inputs(item) -> np.ndarray:  # the pooled evidence (K,), then the linear term's input
+        tokens = source_neighbourhood(item.source, model.token_settings, read_options)
+        embedding = torch.from_numpy(model.classify(tokens).neuron_embedding)
+        scores, summary = model.recording_terms(embedding, tokens)
+        return torch.cat([head.pooled(scores), summary]).double().cpu().numpy()
+
+    rows = context.map_to_main(inputs, items)
+    if context.is_main:
+        rows = torch.from_numpy(np.stack(rows))
+        n_classes = len(class_names) - 1
+        labels = torch.tensor([class_names.index(item.label) for item in items])
+        scale, weight, bias = fit_recording_term(
+            rows[:, :n_classes],
+            rows[:, n_classes:],
+            head.head.weight.detach().double().cpu(),
+            model.config.n_embd,
+            labels,
+            torch.from_numpy(balanced_weights(items)),
+        )
+        with torch.no_grad():
+            for tensor, value in zip(
+                (head.evidence_scale, head.head.weight, head.head.bias),
+                (scale, weight, bias),
+                strict=True,
+            ):
+                tensor.copy_(value.to(tensor))
+    context.share_from_main([head.evidence_scale, head.head.weight, head.head.bias])
+
+
+def fit_recording_term(
+    pooled: torch.Tensor,
+    summary: torch.Tensor,
+    head_weight: torch.Tensor,
+    n_embd: int,
+    labels: torch.Tensor,
+    sample_weights: torch.Tensor,
+    l2: float = WHOLE_RECORDING_L2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An evidence head's recording term fitted to whole recordings.
+
+    Per recording r and class c >= 1, the logit against class 0 is a logistic regression on
+    three kinds of input: the pooled evidence `pooled` (R, K), the learnt linear term
+    ``head_weight @ summary`` and the statistics part of `summary` (R, D; after the `n_embd`
+    embedding means: the statistics' means and spreads over the neurons). Inputs are
+    standardised over the recordings, the penalty is ``l2 / 2 * |coefficients|^2`` and
+    `sample_weights` balance the classes. Returns the head's new evidence scale (K,), weight
+    (K, D) and bias (K,), which give the same logits as the regression.
+    """
+    pooled, summary, head_weight = (t.double() for t in (pooled, summary, head_weight))
+    n_recordings, n_classes = pooled.shape
+    statistics = summary[:, n_embd:]
+    x = torch.cat(
+        [
+            pooled[..., None],
+            (summary @ head_weight.T)[..., None],
+            statistics[:, None, :].expand(n_recordings, n_classes, -1),
+        ],
+        dim=-1,
+    )  # (R, K, P)
+    shift, scale = x.mean(dim=0), x.std(dim=0, correction=0)
+    varies = scale > 1e-8  # an input equal in every recording says nothing
+    scale = torch.where(varies, scale, torch.ones_like(scale))
+    z = torch.where(varies, (x - shift) / scale, torch.zeros_like(x))
+    coefficients = torch.zeros(x.shape[1:], dtype=torch.float64, requires_grad=True)
+    intercept = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    weights = sample_weights.double() / sample_weights.sum()
+    optimizer = torch.optim.LBFGS(
+        [coefficients, intercept], max_iter=500, tolerance_grad=1e-10,
+        tolerance_change=1e-14, line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        logits = (z * coefficients).sum(dim=-1) + intercept
+        logits = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=-1)
+        loss = (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
+        loss = loss + 0.5 * l2 * coefficients.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        raw = torch.where(varies, coefficients / scale, torch.zeros_like(coefficients))
+        bias = intercept - (raw * shift).sum(dim=-1)
+        weight = raw[:, 1:2] * head_weight
+        weight[:, n_embd:] += raw[:, 2:]
+    return raw[:, 0], weight, bias
+
+
 # --- evaluation -----------------------------------------------------------------------------
 def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     """Area under the ROC curve (Mann-Whitney, ties counted half); None without both kinds."""
@@ -917,6 +1028,15 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             frame_rate_hz=frame_rate,
             device=device,
         )
+        fitted = [i for i in items if i.animal in split.train or i.animal in split.validation]
+        refit = config.whole_recording_fit and config.recording_pooling == "evidence"
+        if refit and not fit.stopped:  # a stopped run saves the model as it was trained
+            yield TrainingProgress(
+                number * config.steps + fit.steps,
+                total,
+                f"{stage} fitting the recording term to {len(fitted)} whole recordings",
+            )
+            _fit_to_whole_recordings(model, fitted, list(class_names), read_options, context)
         if split.test:
             records += _classify_held_out(
                 model,
