@@ -294,3 +294,39 @@ def test_napari_saves_the_scores_layer_through_our_writer(make_napari_viewer, re
                                  plugin="napari-neurt")
     names = sorted(p.split("/")[-1] for p in written)
     assert "cells.csv" in names and "cells.provenance.json" in names
+
+
+def test_a_canvas_deleted_before_or_during_its_draw_skips_it(qtbot):
+    from matplotlib.figure import Figure
+    from qtpy import sip
+    from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+    from napari_neurt.plugin.widgets.base import Canvas
+
+    def canvas_in_a_panel():
+        panel = QWidget()
+        canvas = Canvas(Figure())
+        QVBoxLayout(panel).addWidget(canvas)
+        canvas.figure.add_subplot().plot([0, 1])
+        return panel, canvas
+
+    # closed before a queued draw fires
+    panel, canvas = canvas_in_a_panel()
+    sip.delete(panel)
+    canvas.draw()
+    # deleted in the middle of the draw (as garbage collection of a closed panel can do)
+    panel, canvas = canvas_in_a_panel()
+    canvas.mpl_connect("draw_event", lambda event: sip.delete(panel))
+    canvas.draw()
+    assert sip.isdeleted(canvas)
+    # a live canvas still reports a failure of its own
+    from matplotlib.artist import Artist
+
+    class Broken(Artist):
+        def draw(self, renderer):
+            raise RuntimeError("broken artist")
+
+    panel, canvas = canvas_in_a_panel()
+    canvas.figure.add_artist(Broken())
+    with pytest.raises(RuntimeError, match="broken artist"):
+        canvas.draw()

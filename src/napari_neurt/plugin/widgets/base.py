@@ -54,15 +54,21 @@ class Canvas(FigureCanvasQTAgg):
         self.layout_dirty = True
         self.margins = margins
         self._engine = ConstrainedLayoutEngine(h_pad=0.03, w_pad=0.03)
-        # a draw queued by draw_idle can fire after the widget was closed: skip it then
-        self.deleted = False
-        self.destroyed.connect(lambda *_: setattr(self, "deleted", True))
 
     def relayout(self) -> None:
         self.layout_dirty = True
 
+    def alive(self) -> bool:
+        """Whether Qt still holds the widget. A draw queued by draw_idle can fire after a panel
+        was closed, and garbage collection can delete a closed panel in the middle of a draw."""
+        try:
+            self.objectName()
+        except RuntimeError:  # what PyQt and PySide raise for a wrapper whose object is gone
+            return False
+        return True
+
     def draw(self):
-        if self.deleted:
+        if not self.alive():
             return
         if self.layout_dirty:
             self.layout_dirty = False
@@ -70,7 +76,11 @@ class Canvas(FigureCanvasQTAgg):
                 self._engine.execute(self.figure)
             else:
                 self._place_axes()
-        super().draw()
+        try:
+            super().draw()  # ends by asking Qt to repaint the widget
+        except RuntimeError:
+            if self.alive():
+                raise
 
     def _place_axes(self) -> None:
         width, height = self.figure.get_size_inches() * 72  # points
