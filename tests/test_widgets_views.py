@@ -241,7 +241,11 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
                                    patience=2, validation_bags=2, lr=3e-3, head_lr=1e-2)
     assert widget.statistics_box.isChecked()  # on by default
     assert widget.pooling_box.currentData() == "evidence"
+    assert widget.whole_fit_box.isChecked() and widget._config().whole_recording_fit
+    widget.whole_fit_box.setChecked(False)  # advised for 4 or fewer animals per class
+    assert not widget._config().whole_recording_fit
     widget.pooling_box.setCurrentIndex(widget.pooling_box.findData("gated"))
+    assert not widget.whole_fit_box.isEnabled()  # a gated head has no such term
     job = widget.start()
     assert job is not None
     qtbot.waitUntil(lambda: widget.job is None, timeout=120_000)
