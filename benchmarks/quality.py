@@ -347,15 +347,15 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                               else "")
         if config.head_reads_spread:
             head += " and their spread"
-        fitted = whole_recording_fit and recording_pooling == "evidence"
-        if fitted:
+        if config.fits_whole_recordings:
             head += ", fitted to whole recordings"
         label = f"fine-tuned from default (encoder frozen, {head})"
         # every setting that changes the model is in the name, the base weights by a digest of
         # their values, so that a rerun never picks up a model another run saved
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
-                + ("-spread" if config.head_reads_spread else "") + ("-fit" if fitted else ""))
+                + ("-spread" if config.head_reads_spread else "")
+                + ("-fit" if config.fits_whole_recordings else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = replace(config, lr=full_lr)  # the same recipe, the encoder learning too

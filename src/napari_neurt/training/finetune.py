@@ -155,6 +155,12 @@ class FinetuneConfig:
             and self.recording_pooling == "evidence"
         )
 
+    @property
+    def fits_whole_recordings(self) -> bool:
+        """Whether the trained head's recording term is then fitted to whole recordings
+        (`whole_recording_fit` applies to an evidence head, and to no other)."""
+        return self.whole_recording_fit and self.recording_pooling == "evidence"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -1028,9 +1034,9 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             frame_rate_hz=frame_rate,
             device=device,
         )
-        fitted = [i for i in items if i.animal in split.train or i.animal in split.validation]
-        refit = config.whole_recording_fit and config.recording_pooling == "evidence"
-        if refit and not fit.stopped:  # a stopped run saves the model as it was trained
+        # a stopped run saves the model as it was trained
+        if config.fits_whole_recordings and not fit.stopped:
+            fitted = [i for i in items if i.animal in split.train + split.validation]
             yield TrainingProgress(
                 number * config.steps + fit.steps,
                 total,
