@@ -68,7 +68,7 @@ from scipy.interpolate import PchipInterpolator
 
 from napari_neurt import simulate
 from napari_neurt.io import read_suite2p
-from napari_neurt.model import load_model
+from napari_neurt.model import kriging_fill, load_model
 from napari_neurt.model.tokens import neighborhood_tokens
 from napari_neurt.training import FinetuneConfig, finetune
 from napari_neurt.training.finetune import auc
@@ -233,10 +233,13 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
                     rows.setdefault(f"{base_label}, calibrated", {})[key] = r2(
                         truth, out[hidden])
                     print(f"  {name} {regime} {base_label}: cubic {calibration.cubic:.2f}, "
+                          f"kriging {calibration.kriging:.2f}, "
                           f"correction {calibration.correction:.2f}", file=sys.stderr, flush=True)
             for kind in ("linear", "pchip"):
                 est = interpolate(tokens[..., 0], hidden, kind)
                 rows.setdefault(f"{kind} interpolation", {})[key] = r2(truth, est[hidden])
+            est = kriging_fill(tokens[..., 0], hidden)
+            rows.setdefault("kriging (own autocovariance)", {})[key] = r2(truth, est[hidden])
             est = ridge(tokens, hidden, channels, regime)
             rows.setdefault("ridge (neighbourhood + interpolation)", {})[key] = r2(
                 truth, est[hidden])

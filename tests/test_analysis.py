@@ -268,7 +268,7 @@ def test_kfold_calibrates_each_pass_without_seeing_its_frames(
     fitted = analysis.reconstruct(residual_model, recording, **options)
     calibrations = fitted.parameters["calibrations"]
     assert len(calibrations) == 3
-    assert all(0.0 <= c[share] <= 1.0 for c in calibrations for share in ("cubic", "correction"))
+    assert all(0.0 <= c[share] <= 1.0 for c in calibrations for share in ("cubic", "kriging", "correction"))
     plain = analysis.reconstruct(residual_model, recording, calibrate=False, **options)
     assert plain.parameters["calibrations"] is None
     # a random correction only hurts: the calibration shrinks it, and the k-fold R^2 rises

@@ -85,12 +85,14 @@ def test_reconstruct_calibrates_residual_models(tmp_path):
         assert main(["reconstruct", str(path), "--model", str(residual), *flags]) == 0
         with np.load(results_path(path, "reconstruct"), allow_pickle=False) as results:
             parameters = json.loads(str(results["parameters"]))
-            shares[tuple(flags)] = (float(results["calibration_cubic"]),
-                                    float(results["calibration_correction"]))
+            shares[tuple(flags)] = tuple(
+                float(results[f"calibration_{share}"])
+                for share in ("cubic", "kriging", "correction")
+            )
         assert parameters["calibrate"] is not bool(flags)
-    cubic, correction = shares[()]
-    assert 0.0 <= cubic <= 1.0 and 0.0 <= correction < 1.0
-    assert shares[("--no-calibrate",)] == (0.0, 1.0)  # as trained
+    cubic, kriging, correction = shares[()]
+    assert 0.0 <= cubic + kriging <= 1.0 and 0.0 <= correction < 1.0
+    assert shares[("--no-calibrate",)] == (0.0, 0.0, 1.0)  # as trained
 
 
 def test_classify_to_an_output_folder(tmp_path, checkpoint):

@@ -10,7 +10,14 @@ import torch
 from scipy.interpolate import PchipInterpolator
 
 from napari_neurt import Cancelled, Progress, Recording
-from napari_neurt.model import Calibration, NeurtModel, pchip_fill, window_starts, window_taper
+from napari_neurt.model import (
+    Calibration,
+    NeurtModel,
+    kriging_fill,
+    pchip_fill,
+    window_starts,
+    window_taper,
+)
 from napari_neurt.model.neurt import Neurt, NeurtConfig
 
 L = 32  # seq_len of the small test model
@@ -362,7 +369,8 @@ def test_calibration_moves_between_the_fills_and_the_model():
 @pytest.mark.parametrize(
     "values, message",
     [({"correction": float("nan")}, "finite"), ({"cubic": 1.5}, "between 0 and 1"),
-     ({"cubic": "0"}, "finite")],
+     ({"cubic": "0"}, "finite"), ({"kriging": -0.1}, "between 0 and 1"),
+     ({"cubic": 0.6, "kriging": 0.5}, "at most 1")],
 )
 def test_calibration_refuses_bad_shares(values, message):
     with pytest.raises(ValueError, match=message):
@@ -373,17 +381,48 @@ def test_calibration_takes_numpy_numbers_and_stores_floats():
     calibration = Calibration(cubic=np.float32(0.25), correction=np.int64(1))
     assert calibration == Calibration(0.25, 1.0)
     assert type(calibration.cubic) is float and type(calibration.correction) is float
-    assert calibration.to_dict() == {"cubic": 0.25, "correction": 1.0}
+    assert calibration.to_dict() == {"cubic": 0.25, "correction": 1.0, "kriging": 0.0}
 
 
 def test_calibration_fit_is_least_squares_within_bounds():
     rng = np.random.default_rng(0)
-    towards_cubic, correction = rng.normal(size=(2, 200))
-    fitted = Calibration.fit(0.3 * towards_cubic + 0.6 * correction, towards_cubic, correction)
-    assert (fitted.cubic, fitted.correction) == pytest.approx((0.3, 0.6), abs=1e-6)
-    # never beyond either fill nor amplifying the correction; an empty column stays as trained
-    assert Calibration.fit(3 * towards_cubic, towards_cubic, 0 * correction) == Calibration(1, 1)
-    assert Calibration.fit(-correction, 0 * towards_cubic, correction) == Calibration(0, 0)
+    cubic, kriging, correction = rng.normal(size=(3, 200))
+    zero = 0 * cubic
+
+    def fit(target, towards_cubic=cubic, towards_kriging=kriging, model=correction):
+        return Calibration.fit(target, towards_cubic=towards_cubic,
+                               towards_kriging=towards_kriging, correction=model)
+
+    fitted = fit(0.3 * cubic + 0.2 * kriging + 0.6 * correction)
+    assert (fitted.cubic, fitted.kriging, fitted.correction) == pytest.approx(
+        (0.3, 0.2, 0.6), abs=1e-6
+    )
+    # never beyond the fills nor amplifying the correction; an empty column stays as trained
+    assert fit(3 * cubic, towards_kriging=zero, model=zero) == Calibration(1, 1, 0)
+    assert fit(-correction, zero, zero) == Calibration(0, 0, 0)
+    assert fit(2 * kriging, zero, kriging, zero) == Calibration(0, 1, 1)
+
+
+def test_calibration_fit_keeps_the_fill_a_blend_and_is_the_constrained_optimum():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(1)
+    columns = rng.normal(size=(3, 300))
+    target = columns.T @ [0.8, 0.7, 0.4] + 0.1 * rng.normal(size=300)  # fill shares sum past 1
+    fitted = Calibration.fit(target, towards_cubic=columns[0], towards_kriging=columns[1],
+                             correction=columns[2])
+    assert fitted.cubic + fitted.kriging == pytest.approx(1.0)
+
+    def loss(shares):
+        return np.sum((target - columns.T @ shares) ** 2)
+
+    # an independent solver of the same problem (bounds and c + k <= 1) agrees
+    best = minimize(loss, [0.3, 0.3, 0.5], method="SLSQP", bounds=[(0, 1)] * 3,
+                    constraints=[{"type": "ineq", "fun": lambda s: 1 - s[0] - s[1]}],
+                    options={"ftol": 1e-12})
+    shares = [fitted.cubic, fitted.kriging, fitted.correction]
+    assert loss(shares) <= best.fun + 1e-6
+    np.testing.assert_allclose(shares, best.x, atol=1e-4)
 
 
 def test_pchip_fill_is_scipys_inside_and_flat_outside():
@@ -443,8 +482,9 @@ def test_calibrate_bends_towards_the_cubic_on_smooth_traces():
     # a sine is much nearer its cubic interpolation than the straight line
     assert model.calibrate(tokens, hide, channels="own").cubic > 0.9
     ramps = np.repeat(np.linspace(0, 1, L, dtype=np.float32)[None, :, None], 3, axis=0)
-    ramps = np.repeat(ramps, 5, axis=2)  # on straight lines both fills agree: stays as trained
-    assert model.calibrate(ramps, hide, channels="own").cubic == 0.0
+    ramps = np.repeat(ramps, 5, axis=2)  # on straight lines the line is exact: as trained
+    on_ramps = model.calibrate(ramps, hide, channels="own")
+    assert (on_ramps.cubic, on_ramps.kriging) == pytest.approx((0.0, 0.0), abs=1e-9)
 
 
 def test_calibrate_keeps_hidden_steps_unscored_and_checks_its_input():
@@ -474,3 +514,19 @@ def test_a_whole_cubic_share_is_pchip_across_windows_and_features():
     entries = np.repeat(hide[..., None], 5, axis=2)  # channels "all": every feature hidden
     expected = pchip_fill(tokens.transpose(0, 2, 1), entries.transpose(0, 2, 1))
     np.testing.assert_allclose(cubic, expected.transpose(0, 2, 1), atol=1e-5)
+
+
+def test_a_whole_kriging_share_is_the_kriging_fill_across_windows_and_features():
+    model = small_model(interpolate=True, local_kernel=3)
+    tokens, hide = smooth_tokens(3, 3 * L + 5), gap_mask(3, 3 * L + 5)
+    hide[:, L - 3 : L + 9] = True  # a gap across a window boundary
+    kriged = model.reconstruct(tokens, hide, calibration=Calibration(kriging=1.0, correction=0.0))
+    entries = np.repeat(hide[..., None], 5, axis=2)
+    expected = kriging_fill(tokens.transpose(0, 2, 1), entries.transpose(0, 2, 1))
+    np.testing.assert_allclose(kriged, expected.transpose(0, 2, 1), atol=1e-5)
+    # shares blend the fills linearly
+    line = model.reconstruct(tokens, hide, calibration=Calibration(correction=0.0))
+    cubic = model.reconstruct(tokens, hide, calibration=Calibration(cubic=1.0, correction=0.0))
+    blend = model.reconstruct(tokens, hide,
+                              calibration=Calibration(cubic=0.3, kriging=0.5, correction=0.0))
+    np.testing.assert_allclose(blend, 0.2 * line + 0.3 * cubic + 0.5 * kriged, atol=1e-5)

@@ -167,9 +167,10 @@ def test_calibrate_box_calibrates_residual_models(panel, qtbot, tmp_path):
     assert widget.calibrate_box.isChecked()  # on by default
     fitted = reconstruct_marked(viewer, widget, qtbot)
     [calibration] = fitted.parameters["calibrations"]
-    assert set(calibration) == {"cubic", "correction"}
+    assert set(calibration) == {"cubic", "kriging", "correction"}
     assert all(0.0 <= share <= 1.0 for share in calibration.values())
-    assert f"cubic {calibration['cubic']:.2f}" in widget.status.text()
+    for share, value in calibration.items():
+        assert f"{share} {value:.2f}" in widget.status.text()
     widget.calibrate_box.setChecked(False)
     plain = reconstruct_marked(viewer, widget, qtbot)
     assert plain.parameters["calibrations"] is None

@@ -656,8 +656,8 @@ def reconstruct(
     (`NeurtModel.adapt`; 0, the default, does not), once per pass and never showing it the frames
     that pass hides, so a k-fold R^2 stays a prediction of unseen frames.
     ``calibrate`` (default True): for an interpolation-residual model, fit on this recording
-    how far to move its linear fill towards PCHIP and how much of its correction to keep
-    (`NeurtModel.calibrate`), once per pass (never scoring the frames that pass hides); each
+    how far to move its linear fill towards PCHIP and towards a kriging fill, and how much of its
+    correction to keep (`NeurtModel.calibrate`), once per pass (never scoring the frames that pass hides); each
     pass's `Calibration` is in ``parameters["calibrations"]`` (as dicts). Models without an
     interpolation fill (the published ones) reconstruct as they are.
     """

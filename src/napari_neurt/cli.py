@@ -117,8 +117,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         dest="calibrate",
         action="store_false",
         help="use an interpolation-residual model as trained, instead of fitting on each "
-        "recording how far to move its linear fill towards PCHIP and how much of its correction "
-        "to keep (see NeurtModel.calibrate)",
+        "recording how far to move its linear fill towards PCHIP and towards a kriging fill, "
+        "and how much of its correction to keep (see NeurtModel.calibrate)",
     )
     p.set_defaults(func=_run_model_task)
 

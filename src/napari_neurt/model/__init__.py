@@ -9,12 +9,12 @@ This package never imports Qt or napari.
 """
 
 from .checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from .fills import kriging_fill, pchip_fill
 from .inference import (
     Calibration,
     ClassificationResult,
     NeurtModel,
     load_model,
-    pchip_fill,
     window_starts,
     window_taper,
 )
@@ -46,6 +46,7 @@ __all__ = [
     "WeightsNotAvailable",
     "activity_statistics",
     "fetch_published",
+    "kriging_fill",
     "load_model",
     "neighborhood_tokens",
     "normalise_traces",

@@ -67,9 +67,9 @@ def reconstruct_recording(
     `r2_hidden` is, per neuron, the R^2 of the own-trace feature on the hidden frames (NaN when
     no frame is hidden or the hidden frames are constant). With `calibrate`, an
     interpolation-residual model's fill and correction are calibrated by `NeurtModel.calibrate`
-    (fitted on this recording, the hidden frames never scored); `calibration_cubic` and
-    `calibration_correction` hold the shares used (0 and 1, the model as trained, where nothing
-    was fitted).
+    (fitted on this recording, the hidden frames never scored); `calibration_cubic`,
+    `calibration_kriging` and `calibration_correction` hold the shares used (0, 0 and 1, the
+    model as trained, where nothing was fitted).
     """
     tokens = model.tokens_for(recording, delta)
     hide = span_mask(
@@ -93,6 +93,7 @@ def reconstruct_recording(
         "n_far": tokens.n_far,
         "delta_px": np.float64(tokens.delta_px),
         "calibration_cubic": np.float64(calibration.cubic),
+        "calibration_kriging": np.float64(calibration.kriging),
         "calibration_correction": np.float64(calibration.correction),
     }
 

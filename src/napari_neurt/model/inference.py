@@ -34,6 +34,7 @@ from ..device import resolve_device
 from ..progress import Progress, Steps, StopFlag, run_steps
 from ..recording import Recording
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, save_checkpoint
+from .fills import kriging_fill, pchip_fill
 from .neurt import Neurt, NeurtConfig, interpolate_hidden
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
 from .tokens import NeighborhoodTokens, head_statistics, neighborhood_tokens, token_settings
@@ -98,47 +99,81 @@ class ClassificationResult:
 class Calibration:
     """How an interpolation-residual model's reconstruction is put together on one recording.
 
-    A hidden entry becomes ``(1 - cubic) * linear + cubic * pchip + correction * c``: `linear`
-    is the model's own fill (straight lines across each gap), `pchip` SciPy's shape-preserving
-    cubic through the same visible steps (`pchip_fill`), `c` the model's learned correction to
-    its fill. ``Calibration()`` (cubic 0, correction 1) is the model as trained;
-    `NeurtModel.calibrate` fits both shares on the recording itself.
+    A hidden entry becomes ``linear + cubic * (pchip - linear) + kriging * (kriging fill -
+    linear) + correction * c``: `linear` is the model's own fill (straight lines across each
+    gap), `pchip` SciPy's shape-preserving cubic through the same visible steps (`pchip_fill`),
+    the kriging fill the best linear prediction from the steps around the gap under the row's
+    own autocovariance (`kriging_fill`), and `c` the model's learned correction to its fill. The
+    fill is thus a blend of the three (`cubic` and `kriging` at least 0, together at most 1).
+    ``Calibration()`` (cubic 0, kriging 0, correction 1) is the model as trained;
+    `NeurtModel.calibrate` fits the shares on the recording itself.
     """
 
     cubic: float = 0.0
     correction: float = 1.0
+    kriging: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("cubic", "correction"):
+        for name in ("cubic", "correction", "kriging"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"Calibration.{name} must be a finite number; got {value!r}")
             object.__setattr__(self, name, float(value))  # numpy scalars included (frozen)
-        if not 0.0 <= self.cubic <= 1.0:
-            raise ValueError(f"Calibration.cubic is a share between 0 and 1; got {self.cubic}")
+        for name in ("cubic", "kriging"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"Calibration.{name} is a share between 0 and 1; got {getattr(self, name)}"
+                )
+        if self.cubic + self.kriging > 1.0 + 1e-9:
+            raise ValueError(
+                "Calibration.cubic and Calibration.kriging are shares of one fill and add up to "
+                f"at most 1; got {self.cubic} + {self.kriging}"
+            )
+
+    @property
+    def blends_fills(self) -> bool:
+        """Whether the fill is anything but the model's own straight line."""
+        return bool(self.cubic or self.kriging)
 
     @classmethod
-    def fit(cls, target: np.ndarray, towards_cubic: np.ndarray, correction: np.ndarray):
-        """The shares that fit ``target ~ cubic * towards_cubic + correction * correction`` best.
+    def fit(cls, target: np.ndarray, *, towards_cubic: np.ndarray,
+            towards_kriging: np.ndarray, correction: np.ndarray) -> Calibration:
+        """The shares that fit ``target ~ cubic * towards_cubic + kriging * towards_kriging +
+        correction * correction`` best.
 
         The arrays are the own trace at the fitting steps: the truth less the linear fill, the
-        PCHIP fill less the linear fill, and the model's correction. Least squares with each
-        share bounded to [0, 1], so that it never goes beyond either fill nor amplifies the
-        correction; a share whose column is all zeros cannot matter and stays as trained.
+        PCHIP and the kriging fill less the linear fill, and the model's correction. Least
+        squares with every share in [0, 1] and the two fill shares adding up to at most 1, so
+        that the fill never goes beyond a blend of the three and the correction is never
+        amplified; a share whose column is all zeros cannot matter and stays as trained.
         """
-        from scipy.optimize import lsq_linear
-
-        design = np.stack([towards_cubic, correction], axis=1).astype(np.float64)
-        used = np.abs(design).sum(axis=0) > 0
-        shares = np.array([0.0, 1.0])  # as trained
-        if used.any():
-            shares[used] = lsq_linear(
-                design[:, used], target.astype(np.float64), bounds=(0, 1), method="bvls"
-            ).x
-        return cls(cubic=float(shares[0]), correction=float(shares[1]))
+        columns = np.stack([towards_cubic, towards_kriging, correction], axis=1)
+        shares = _bounded_least_squares(columns, target)
+        if shares[0] + shares[1] > 1.0:
+            # a convex problem's optimum violating a constraint lies on it: kriging = 1 - cubic
+            on_edge = np.stack([towards_cubic - towards_kriging, correction], axis=1)
+            cubic, scale = _bounded_least_squares(on_edge, target - towards_kriging, [0.0, 1.0])
+            shares = np.array([cubic, 1.0 - cubic, scale])
+        return cls(cubic=float(shares[0]), kriging=float(shares[1]), correction=float(shares[2]))
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def _bounded_least_squares(columns: np.ndarray, target: np.ndarray,
+                           untouched: list[float] | None = None) -> np.ndarray:
+    """Coefficients in [0, 1] of `columns` (n, k) that fit `target` best; an all-zero column
+    cannot matter and keeps its `untouched` value (default: the model as trained, 0 0 1)."""
+    from scipy.optimize import lsq_linear
+
+    columns = np.asarray(columns, dtype=np.float64)
+    shares = np.array(untouched if untouched is not None else [0.0, 0.0, 1.0])
+    used = np.abs(columns).sum(axis=0) > 0
+    if used.any():
+        shares[used] = lsq_linear(
+            columns[:, used], np.asarray(target, dtype=np.float64), bounds=(0, 1), method="bvls"
+        ).x
+    return shares
 
 
 def attention_log10_ratio(attention: np.ndarray) -> np.ndarray:
@@ -148,34 +183,6 @@ def attention_log10_ratio(attention: np.ndarray) -> np.ndarray:
     """
     attention = np.asarray(attention, dtype=np.float64)
     return np.log10(np.maximum(attention * attention.size, np.finfo(np.float64).tiny))
-
-
-def pchip_fill(values: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-    """`values` (..., T) with the `hidden` steps of each row filled by PCHIP interpolation.
-
-    SciPy's `PchipInterpolator` (shape-preserving piecewise cubic: no overshoot between visible
-    steps) through each row's visible steps; hidden steps before the first or after the last
-    visible one take its value, and a row with nothing visible is 0, as in the linear fill.
-    """
-    from scipy.interpolate import PchipInterpolator
-
-    if hidden.shape != values.shape:
-        raise ValueError(f"hidden must have the shape of values {values.shape}; got {hidden.shape}")
-    out = np.ascontiguousarray(np.where(hidden, 0, values), dtype=values.dtype)
-    flat, flat_hidden = out.reshape(-1, values.shape[-1]), hidden.reshape(-1, values.shape[-1])
-    t = np.arange(values.shape[-1])
-    for row, where in zip(flat, flat_hidden, strict=True):
-        if not where.any() or where.all():
-            continue
-        seen = t[~where]
-        if len(seen) == 1:
-            row[where] = row[seen[0]]
-            continue
-        inside = where & (t > seen[0]) & (t < seen[-1])
-        row[inside] = PchipInterpolator(seen, row[seen])(t[inside])
-        row[where & (t < seen[0])] = row[seen[0]]
-        row[where & (t > seen[-1])] = row[seen[-1]]
-    return out
 
 
 def window_starts(n_frames: int, length: int, overlap: int) -> np.ndarray:
@@ -387,12 +394,14 @@ class NeurtModel:
 
         An interpolation-residual model reconstructs a hidden step as its linear interpolation
         fill plus a learned correction. On recordings unlike its training data the correction
-        can hurt (on smooth, fast traces it is noise), and on smooth traces a cubic fill beats
-        the straight line. This hides, next to `hide`, the same pattern shifted in time by a
-        random number of frames per neuron (at steps `hide` leaves visible, so the gaps have the
-        same lengths), reconstructs both at once and fits, by least squares on the own trace
-        (feature 0) at the extra steps, both shares within [0, 1]: how far to move from the
-        linear fill towards PCHIP, and how much of the correction to add. Pass it to
+        can hurt (on smooth, fast traces it is noise), on smooth traces a cubic fill beats the
+        straight line, and on noisy ones a kriging fill, which averages the gap's noisy edges,
+        beats both. This hides, next to `hide`, the same pattern shifted in time by a random
+        number of frames per neuron (at steps `hide` leaves visible, so the gaps have the same
+        lengths), reconstructs both at once and fits, by least squares on the own trace
+        (feature 0) at the extra steps, the three shares of `Calibration`: how far to move from
+        the linear fill towards PCHIP and towards the kriging fill, and how much of the
+        correction to add. Pass it to
         ``reconstruct(..., calibration=...)`` with the same `hide` and `channels`. The steps in
         `hide` are never scored, so that it can then be asked for them. `seed` draws the
         shifts; the rest as in `reconstruct`. Costs one reconstruction.
@@ -435,11 +444,16 @@ class NeurtModel:
         fill, correction = yield from self._iter_stitched(
             x, both, channels, overlap, batch_size, None
         )
-        own = x[..., 0].numpy()
-        cubic = pchip_fill(own, both.numpy())
+        own, where = x[..., 0].numpy(), both.numpy()
+        cubic, kriged = pchip_fill(own, where), kriging_fill(own, where)
         at = extra.numpy()
-        fill, correction = fill.numpy()[at].astype(np.float64), correction.numpy()[at]
-        return Calibration.fit(own[at] - fill, cubic[at] - fill, correction)
+        fill = fill.numpy()[at].astype(np.float64)
+        return Calibration.fit(
+            own[at] - fill,
+            towards_cubic=cubic[at] - fill,
+            towards_kriging=kriged[at] - fill,
+            correction=correction.numpy()[at],
+        )
 
     def _iter_stitched(self, x, hidden, channels, overlap, batch_size, calibration):
         """Windowed reconstruction of tokens `x` with `hidden` steps, stitched with the taper.
@@ -458,8 +472,8 @@ class NeurtModel:
         else:
             scale = calibration.correction
             total = torch.zeros((n, n_frames, n_features), dtype=torch.float32)
-            # the cubic share moves from the linear fill the windows used, stitched alike
-            linear = torch.zeros_like(total) if calibration.cubic else None
+            # the fill shares move from the linear fill the windows used, stitched alike
+            linear = torch.zeros_like(total) if calibration.blends_fills else None
 
         def step(first: int, last: int) -> None:
             neurons, frames = plan.indices(first, last)
@@ -491,8 +505,13 @@ class NeurtModel:
             linear /= weight
             entries = hidden_entries(hidden, channels, n_features).numpy()
             values = x.numpy().transpose(0, 2, 1)  # rows of (neuron, feature) over time
-            cubic = pchip_fill(values, entries.transpose(0, 2, 1)).transpose(0, 2, 1)
-            shift = calibration.cubic * (torch.from_numpy(cubic) - linear)
+            rows = entries.transpose(0, 2, 1)
+            shift = torch.zeros_like(total)
+            for share, fill_rows in ((calibration.cubic, pchip_fill),
+                                     (calibration.kriging, kriging_fill)):
+                if share:
+                    fill = torch.from_numpy(fill_rows(values, rows).transpose(0, 2, 1))
+                    shift += share * (fill - linear)
             total += torch.where(torch.from_numpy(entries), shift, 0.0)
         return total
 

@@ -231,9 +231,10 @@ class AnalysisWidget(QWidget):
             "interpolation-residual models (the default weights) fill hidden frames by linear "
             "interpolation plus a learned correction; this fits on the recording itself (the "
             "same hiding shifted in time, the hidden frames never scored) how far to bend the "
-            "straight line towards a shape-preserving cubic (PCHIP) and how much of the "
-            "correction to keep, each in [0, 1]. One extra reconstruction per pass; no effect "
-            "on the published models"
+            "straight line towards a shape-preserving cubic (PCHIP) and towards a kriging fill "
+            "(which averages away the noise at a gap's edges), and how much of the correction "
+            "to keep, each in [0, 1]. One extra reconstruction per pass; no effect on the "
+            "published models"
         )
         form.addRow("", self.calibrate_box)
         self.progress_bar = ProgressBar()
@@ -716,10 +717,13 @@ class AnalysisWidget(QWidget):
                 else f"imputed {int(result.hidden.sum())} bad frames"
             )
             if calibrations := result.parameters["calibrations"]:
-                cubic, correction = (
-                    np.mean([c[share] for c in calibrations]) for share in ("cubic", "correction")
+                shares = {
+                    share: np.mean([c[share] for c in calibrations])
+                    for share in ("cubic", "kriging", "correction")
+                }
+                summary += "; calibrated: " + ", ".join(
+                    f"{share} {value:.2f}" for share, value in shares.items()
                 )
-                summary += f"; calibrated: cubic {cubic:.2f}, correction {correction:.2f}"
             return JobResult(roi_name, analysis, data, message=f"reconstructed: {summary}",
                              device=str(model_.device))
 
