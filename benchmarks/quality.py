@@ -294,7 +294,7 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
                    full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
                    recording_pooling="evidence", demo=True, statistics_spread=True,
-                   whole_recording_fit=True):
+                   whole_recording_fit=None):
     test = simulate.cohort(test_per_group, seed=TEST_COHORT_SEED, n_neurons=n_neurons,
                            n_frames=n_frames)
     y_test = np.array([a.group == "AD-like" for a in test], dtype=float)
@@ -350,7 +350,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
                                               else "")
         if config.head_reads_spread:
             head += " and their spread"
-        if config.fits_whole_recordings:
+        if config.fits_whole_recordings(n):
             head += ", fitted to whole recordings"
         label = f"fine-tuned from default (encoder frozen, {head})"
         # every setting that changes the model is in the name, the base weights by a digest of
@@ -358,7 +358,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
                 + ("-spread" if config.head_reads_spread else "")
-                + ("-fit" if config.fits_whole_recordings else ""))
+                + ("-fit" if config.fits_whole_recordings(n) else ""))
         evaluate(label, trained(name, train, config), n)
         if full_lr:
             config = replace(config, lr=full_lr)  # the same recipe, the encoder learning too
@@ -419,8 +419,9 @@ def main(argv=None) -> None:
                         default=True, help="the evidence head also reads the statistics' spread "
                         "over neurons (FinetuneConfig.statistics_spread)")
     parser.add_argument("--whole-recording-fit", action=argparse.BooleanOptionalAction,
-                        default=True, help="the evidence head's recording term is then fitted "
-                        "to whole training recordings (FinetuneConfig.whole_recording_fit)")
+                        default=None, help="the evidence head's recording term is then fitted "
+                        "to whole training recordings (FinetuneConfig.whole_recording_fit; "
+                        "default: only with enough animals per class)")
     parser.add_argument("--recording-pooling", choices=("evidence", "gated"), default="evidence",
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,

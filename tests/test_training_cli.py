@@ -74,7 +74,20 @@ def test_finetune_command_defaults_are_finetune_configs():
     assert (args.recording_pooling, args.activity_statistics, args.statistics_spread) == (
         config.recording_pooling, config.activity_statistics, config.statistics_spread
     )
-    assert args.whole_recording_fit == config.whole_recording_fit
+    assert args.whole_recording_fit is config.whole_recording_fit is None  # auto
+    for flag, forced in (("--whole-recording-fit", True), ("--no-whole-recording-fit", False)):
+        assert build_parser().parse_args(["finetune", "m.csv", "--out", "o", flag]) \
+            .whole_recording_fit is forced
+
+
+def test_finetune_help_states_the_fits_threshold(capsys):
+    from napari_neurt.cli import build_parser
+    from napari_neurt.training.finetune import WHOLE_RECORDING_MIN_ANIMALS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"at least {WHOLE_RECORDING_MIN_ANIMALS} animals of each class" in help_text
 
 
 def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, capsys):
@@ -110,11 +123,12 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main([*arguments, *columns, "--no-statistics-spread"]) == 0
     no_spread = load_model(tmp_path / "no-spread", device="cpu").config
     assert no_spread.neuron_stats == 5 and not no_spread.stats_spread
-    assert load_model(out, device="cpu").module.recording_head.evidence_scale.item() != 1.0
-    arguments[arguments.index(str(tmp_path / "no-spread"))] = str(tmp_path / "bags-only")
-    assert main([*arguments, *columns, "--no-whole-recording-fit"]) == 0
-    bags_only = load_model(tmp_path / "bags-only", device="cpu").module.recording_head
-    assert bags_only.evidence_scale.item() == 1.0  # as the head learnt it
+    # too few animals for the whole-recording fit by default: the head as it learnt
+    assert load_model(out, device="cpu").module.recording_head.evidence_scale.item() == 1.0
+    arguments[arguments.index(str(tmp_path / "no-spread"))] = str(tmp_path / "whole")
+    assert main([*arguments, *columns, "--whole-recording-fit"]) == 0  # forced
+    whole = load_model(tmp_path / "whole", device="cpu").module.recording_head
+    assert whole.evidence_scale.item() != 1.0
 
 
 def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint):

@@ -24,6 +24,7 @@ from napari_neurt.training import (
 )
 from napari_neurt.training.data import source_neighbourhood
 from napari_neurt.training.finetune import (
+    WHOLE_RECORDING_MIN_ANIMALS,
     auc,
     balanced_weights,
     check_cohort,
@@ -162,7 +163,15 @@ def test_default_recipe_is_the_measured_one():
     assert (config.lr, config.head_lr, config.steps, config.bags_per_step, config.bag_size) == (
         0.0, 3e-3, 1200, 4, 32
     )
-    assert config.whole_recording_fit  # chosen on tuning cohorts (docs/quality.md)
+    # the whole-recording fit, by default only where tuning cohorts showed it helps
+    assert config.whole_recording_fit is None
+    assert [config.fits_whole_recordings(n) for n in (1, 4, WHOLE_RECORDING_MIN_ANIMALS - 1)] \
+        == [False] * 3
+    assert config.fits_whole_recordings(WHOLE_RECORDING_MIN_ANIMALS)
+    assert FinetuneConfig(whole_recording_fit=True).fits_whole_recordings(1)
+    assert not FinetuneConfig(whole_recording_fit=False).fits_whole_recordings(100)
+    assert not FinetuneConfig(whole_recording_fit=True,
+                              recording_pooling="gated").fits_whole_recordings(100)
     for name, value in (("lr", -1e-4), ("head_lr", float("nan")), ("lr", float("inf"))):
         with pytest.raises(ValueError, match=f"FinetuneConfig.{name} must be a finite"):
             FinetuneConfig(**{name: value})
@@ -296,11 +305,20 @@ def test_fit_recording_term_is_the_penalised_logistic_regression_folded_into_the
 
 def test_whole_recording_fit_changes_only_the_recording_term(tmp_path):
     items = toy_cohort(per_class=3)
-    config = fast(steps=20, test_per_class=0, validation_per_class=0, lr=0.0)
-    fitted = finetune(items, tmp_path / "fitted", config, base=TINY).model
+    config = fast(steps=20, test_per_class=0, validation_per_class=0, lr=0.0,
+                  whole_recording_fit=True)
+    result = finetune(items, tmp_path / "fitted", config, base=TINY)
+    fitted = result.model
     bags = finetune(
         items, tmp_path / "bags", replace(config, whole_recording_fit=False), base=TINY
     ).model
+    # left to choose (the default), 3 animals per class are too few to fit on
+    auto = finetune(items, tmp_path / "auto", replace(config, whole_recording_fit=None),
+                    base=TINY)
+    assert [fold["whole_recording_fit"] for fold in result.report.folds] == [True]
+    assert [fold["whole_recording_fit"] for fold in auto.report.folds] == [False]
+    for name, value in auto.model.module.state_dict().items():
+        assert torch.equal(value, bags.module.state_dict()[name]), name
     refitted = {"evidence_scale", "head.weight", "head.bias"}
     before, after = bags.module.state_dict(), fitted.module.state_dict()
     for name, value in before.items():
@@ -353,8 +371,8 @@ def test_auc():
 def test_finetuning_separates_a_toy_cohort(tmp_path):
     seen = []
     result = finetune(
-        toy_cohort(per_class=3), tmp_path, fast(), base=TINY, class_names=("calm", "bursty"),
-        progress=seen.append,
+        toy_cohort(per_class=3), tmp_path, fast(whole_recording_fit=True), base=TINY,
+        class_names=("calm", "bursty"), progress=seen.append,
     )
     report = result.report
     # the validation loss comes with the progress of the steps that computed it, and the
@@ -567,7 +585,7 @@ def test_ddp_finetuning_with_two_processes_keeps_replicas_identical(tmp_path, to
     # the encoder learns too (lr > 0), so that every block's gradients are averaged
     config = {"steps": 6, "bags_per_step": 2, "bag_size": 4, "lr": 3e-3, "head_lr": 1e-2,
               "mil_hidden": 8, "eval_every": 3, "patience": 5, "validation_bags": 2,
-              "device": "cpu"}
+              "whole_recording_fit": True, "device": "cpu"}
     script = tmp_path / "finetune.py"
     script.write_text(DDP_FINETUNE.format(config=repr(config), network=repr(TINY.to_dict())))
     out = tmp_path / "run"

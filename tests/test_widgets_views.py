@@ -19,6 +19,7 @@ from napari_neurt.plugin.widgets import (  # noqa: E402
     FineTuneWidget,
     TracePlotWidget,
 )
+from napari_neurt.training.finetune import WHOLE_RECORDING_MIN_ANIMALS  # noqa: E402
 
 TINY = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, n_classes=2, mil_hidden=8)
 
@@ -241,9 +242,11 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
                                    patience=2, validation_bags=2, lr=3e-3, head_lr=1e-2)
     assert widget.statistics_box.isChecked()  # on by default
     assert widget.pooling_box.currentData() == "evidence"
-    assert widget.whole_fit_box.isChecked() and widget._config().whole_recording_fit
-    widget.whole_fit_box.setChecked(False)  # advised for 4 or fewer animals per class
-    assert not widget._config().whole_recording_fit
+    # the whole-recording fit: by default only with enough animals, as FinetuneConfig
+    assert widget._config().whole_recording_fit is None
+    assert str(WHOLE_RECORDING_MIN_ANIMALS) in widget.whole_fit_box.currentText()
+    widget.whole_fit_box.setCurrentIndex(widget.whole_fit_box.findData(False))
+    assert widget._config().whole_recording_fit is False
     widget.pooling_box.setCurrentIndex(widget.pooling_box.findData("gated"))
     assert not widget.whole_fit_box.isEnabled()  # a gated head has no such term
     job = widget.start()

@@ -453,9 +453,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--whole-recording-fit",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="whether an evidence head's recording term is then fitted to the whole training "
-        "recordings (the head learns on bags of neurons); default yes",
+        "recordings (the head learns on bags of neurons); default: only with at least 8 "
+        "animals of each class to fit on (training.finetune.WHOLE_RECORDING_MIN_ANIMALS)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, heads and sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

@@ -111,8 +111,9 @@ def kriging_fill(values: np.ndarray, hidden: np.ndarray,
     around = np.r_[np.arange(-context, 0), np.arange(context)]  # before the start, from the stop
     for length in np.unique(stops - starts):
         same = np.flatnonzero(stops - starts == length)
-        # chunks keep the (gaps, length, 2 context) cross-covariances near 4 M numbers
-        for chunk in np.array_split(same, -(-len(same) * length * 2 * context // 4_000_000)):
+        # chunks keep the (gaps, length + 2 context, 2 context) covariances near 4 M numbers
+        per_gap = (length + 2 * context) * 2 * context
+        for chunk in np.array_split(same, -(-len(same) * per_gap // 4_000_000)):
             r, start = row_of[chunk], starts[chunk]
             near = start[:, None] + np.where(around < 0, around, around + length)
             seen = (near >= 0) & (near < n_frames)

@@ -29,7 +29,8 @@ bag's pooled embeddings go through the recording head (cross-entropy again). Rec
 so that every class, and every animal within a class, is seen equally often. Then
 (`whole_recording_fit`) an evidence head's recording term is fitted to the whole training and
 validation recordings (`fit_recording_term`), as the head sees recordings in use: every neuron,
-each through all its windows.
+each through all its windows; by default only with at least `WHOLE_RECORDING_MIN_ANIMALS`
+animals of each class to fit on.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ EVALUATIONS = ("split", "leave-one-animal-out")
 MANIFEST_COLUMNS = ("path", "animal", "label")
 # L2 penalty of the whole-recording fit, on standardised inputs (chosen on tuning cohorts)
 WHOLE_RECORDING_L2 = 0.1
+# animals of each class the whole-recording fit needs by default: on tuning cohorts it helped
+# with 8 per class and cost with 4 (docs/quality.md); in between is untested
+WHOLE_RECORDING_MIN_ANIMALS = 8
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,9 @@ class FinetuneConfig:
     # neurons in its recording term (NeurtConfig.stats_spread); ignored by other heads
     statistics_spread: bool = True
     # after training on bags, fit an evidence head's recording term to whole training recordings
-    # (`fit_recording_term`); ignored by gated heads
-    whole_recording_fit: bool = True
+    # (`fit_recording_term`): None (auto) when every class has WHOLE_RECORDING_MIN_ANIMALS
+    # animals to fit on, True always, False never; ignored by gated heads
+    whole_recording_fit: bool | None = None
     evaluation: str = "split"  # or "leave-one-animal-out"
     test_per_class: int = 1  # animals per class held out for the report ("split")
     validation_per_class: int = 1  # animals per class kept aside for early stopping
@@ -155,11 +160,15 @@ class FinetuneConfig:
             and self.recording_pooling == "evidence"
         )
 
-    @property
-    def fits_whole_recordings(self) -> bool:
-        """Whether the trained head's recording term is then fitted to whole recordings
-        (`whole_recording_fit` applies to an evidence head, and to no other)."""
-        return self.whole_recording_fit and self.recording_pooling == "evidence"
+    def fits_whole_recordings(self, fewest_animals: int) -> bool:
+        """Whether the trained head's recording term is then fitted to whole recordings, when
+        the smallest class has `fewest_animals` animals to fit on (`whole_recording_fit`
+        applies to an evidence head, and to no other)."""
+        if self.recording_pooling != "evidence":
+            return False
+        if self.whole_recording_fit is None:
+            return fewest_animals >= WHOLE_RECORDING_MIN_ANIMALS
+        return self.whole_recording_fit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1035,8 +1044,12 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             device=device,
         )
         # a stopped run saves the model as it was trained
-        if config.fits_whole_recordings and not fit.stopped:
-            fitted = [i for i in items if i.animal in split.train + split.validation]
+        fitting = split.train + split.validation
+        fewest = min(len({i.animal for i in items if i.animal in fitting and i.label == name})
+                     for name in class_names)
+        whole_fit = config.fits_whole_recordings(fewest) and not fit.stopped
+        if whole_fit:
+            fitted = [i for i in items if i.animal in fitting]
             yield TrainingProgress(
                 number * config.steps + fit.steps,
                 total,
@@ -1058,6 +1071,7 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
                 "steps": fit.steps,
                 "best_step": fit.best_step,
                 "validation_loss": fit.validation_loss,
+                "whole_recording_fit": whole_fit,
                 "saved": number == len(splits) - 1,
             }
         )

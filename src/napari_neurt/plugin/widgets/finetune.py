@@ -199,15 +199,18 @@ class FineTuneWidget(QWidget):
         )
         self.statistics_box.setChecked(True)
         form.addRow("", self.statistics_box)
-        self.whole_fit_box = QCheckBox("then fit its recording term to whole recordings")
+        self.whole_fit_box = QComboBox()
+        self.whole_fit_box.addItem("with 8 or more animals per class", None)
+        self.whole_fit_box.addItem("always", True)
+        self.whole_fit_box.addItem("never", False)
         self.whole_fit_box.setToolTip(
-            "after training on bags of neurons, the evidence head's weighing of the pooled "
-            "evidence and of the mean neuron is fitted to the whole training recordings (the "
-            "neuron attention stays as trained). On simulated cohorts it helped with 8 or more "
-            "animals per class and cost with 4: untick it for 4 or fewer (docs: Fine-tuning)"
+            "after training on bags of neurons, fit the evidence head's weighing of the pooled "
+            "evidence and of the mean neuron to the whole training recordings (the neuron "
+            "attention stays as trained). On simulated cohorts it helped with 8 animals per "
+            "class and cost with 4, so by default it is made only with 8 or more "
+            "(docs: Fine-tuning)"
         )
-        self.whole_fit_box.setChecked(True)
-        form.addRow("", self.whole_fit_box)
+        form.addRow("Whole-recording fit", self.whole_fit_box)
         self.pooling_box.currentIndexChanged.connect(
             lambda _: self.whole_fit_box.setEnabled(self.pooling_box.currentData() == "evidence")
         )
@@ -315,7 +318,7 @@ class FineTuneWidget(QWidget):
             "lr": self.lr_spin.value(),
             "evaluation": self.evaluation_box.currentData(),
             "activity_statistics": self.statistics_box.isChecked(),
-            "whole_recording_fit": self.whole_fit_box.isChecked(),
+            "whole_recording_fit": self.whole_fit_box.currentData(),
             "recording_pooling": self.pooling_box.currentData(),
             "device": self.device_box.currentText(),
             **self.config_overrides,
