@@ -66,10 +66,13 @@ def autocovariance(rows: np.ndarray, visible: np.ndarray,
     takes the far lags, the least certain, smoothly to 0, and the spectrum is clipped at 0, so
     that the result is positive semi-definite (a covariance some stationary process has).
     """
+    from scipy.fft import next_fast_len
+
     visible = visible.astype(np.float64)
     means = (rows * visible).sum(axis=-1) / np.maximum(visible.sum(axis=-1), 1)
     centred = (rows - means[..., None]) * visible
-    size = 1 << int(np.ceil(np.log2(2 * rows.shape[-1])))  # zero-padded: no circular wrap-around
+    # zero-padded by more than `lags`: the lags read have no circular wrap-around
+    size = next_fast_len(rows.shape[-1] + lags + 1, real=True)
     spectra = np.fft.rfft(np.stack([centred, visible]), size)
     power = spectra.real**2 + spectra.imag**2  # |F|^2: the transform of the autocorrelation
     products, pairs = np.fft.irfft(power, size)[..., : lags + 1]
