@@ -19,7 +19,7 @@ from napari_neurt.plugin.widgets import (  # noqa: E402
     FineTuneWidget,
     TracePlotWidget,
 )
-from napari_neurt.training.finetune import WHOLE_RECORDING_MIN_ANIMALS  # noqa: E402
+from napari_neurt.training.finetune import WHOLE_RECORDING_MIN_ANIMALS
 
 TINY = NeurtConfig(seq_len=64, n_embd=16, n_head=2, n_layer=1, n_ff=32, n_classes=2, mil_hidden=8)
 
