@@ -72,7 +72,7 @@ def test_reconstruct_writes_results_next_to_each_recording(tmp_path, checkpoint,
     assert "median R^2" in capsys.readouterr().out
 
 
-def test_reconstruct_calibrates_residual_models(tmp_path):
+def test_reconstruct_calibrates_residual_models(tmp_path, capsys):
     torch.manual_seed(0)
     network = Neurt(NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=1, n_ff=32,
                                 interpolate=True))
@@ -90,6 +90,8 @@ def test_reconstruct_calibrates_residual_models(tmp_path):
                 for share in ("cubic", "kriging", "correction")
             )
         assert parameters["calibrate"] is not bool(flags)
+        # the shares are on the summary line, as in the panel's status
+        assert ("calibrated: cubic" in capsys.readouterr().out) is not bool(flags)
     cubic, kriging, correction = shares[()]
     assert 0.0 <= cubic + kriging <= 1.0 and 0.0 <= correction < 1.0
     assert shares[("--no-calibrate",)] == (0.0, 0.0, 1.0)  # as trained

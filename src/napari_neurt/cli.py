@@ -180,6 +180,11 @@ def _run_model_task(args: argparse.Namespace) -> int:
                 arrays = batch.reconstruct_recording(task_model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")
                 summary = f"median R^2 on hidden frames {np.nanmedian(arrays['r2_hidden']):.3f}"
+                if args.calibrate and task_model.config.interpolate:
+                    summary += "; calibrated: " + ", ".join(
+                        f"{share} {float(arrays[f'calibration_{share}']):.2f}"
+                        for share in ("cubic", "kriging", "correction")
+                    )
             else:
                 arrays = batch.classify_recording(task_model, recording, **options)
                 columns = (
