@@ -17,11 +17,13 @@ Prints three tables (markdown):
      neighbourhood features stay visible.
    Rows: the default weights; the default weights after `NeurtModel.adapt` on that recording
    (the hidden steps kept out of the adaptation); each of those calibrated by
-   `NeurtModel.calibrate` (its linear fill moved towards PCHIP and its correction scaled, both
-   shares fitted on the same recording at the hidden pattern shifted in time, the evaluated
-   steps hidden and never scored); the published MICrONS
+   `NeurtModel.calibrate` (its linear fill moved towards PCHIP and towards the kriging fill and
+   its correction scaled, the shares fitted on the same recording at the hidden pattern shifted
+   in time, the evaluated steps hidden and never scored); the published MICrONS
    weights (when NEURT_WEIGHTS_DIR is set); linear and PCHIP interpolation of the own trace
-   across the hidden steps; ridge regression from the visible neighbourhood features plus both
+   across the hidden steps; the kriging fill alone (`napari_neurt.model.kriging_fill`: each
+   gap's best linear prediction from the 8 visible frames on each side under the trace's own
+   autocovariance); ridge regression from the visible neighbourhood features plus both
    interpolations, fitted on the same recording at OTHER hidden steps (drawn with another seed,
    their targets visible, the evaluated steps hidden from the features too).
    Data: the real recordings of NEURT_TEST_DATA (suite2p FISSA example; CaImAn demoMovie and
@@ -38,8 +40,9 @@ Prints three tables (markdown):
    n_frames=--frames)`: 100 neurons x 1000 frames (33 s at 30 Hz) unless told, to keep the run
    short; the simulator's own default is 300 x 3000. The recording head is `FinetuneConfig`'s
    default (evidence pooling, reading each neuron's activity statistics and their spread over
-   neurons, its recording term then fitted to the whole training recordings);
-   `--no-whole-recording-fit`, `--no-statistics-spread`, `--recording-pooling gated` and
+   neurons, its recording term then fitted to the whole training recordings where there are 8
+   or more animals per class);
+   `--[no-]whole-recording-fit` (force the fit either way), `--no-statistics-spread`, `--recording-pooling gated` and
    `--no-activity-statistics` give the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals); the same for
