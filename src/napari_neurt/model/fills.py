@@ -112,30 +112,30 @@ def kriging_fill(values: np.ndarray, hidden: np.ndarray,
     row_of, starts = np.nonzero(edges == 1)  # row-major: each row's k-th start, k-th stop
     stops = np.nonzero(edges == -1)[1]
     around = np.r_[np.arange(-context, 0), np.arange(context)]  # before the start, from the stop
+    beyond = np.concatenate([cov, np.zeros((len(cov), 1))], axis=1)  # lag lags + 1: covariance 0
     for length in np.unique(stops - starts):
         same = np.flatnonzero(stops - starts == length)
+        # every gap of this length has the same layout: the same lags between its steps
+        offsets = np.where(around < 0, around, around + length)
+        lag_among = np.minimum(np.abs(offsets[:, None] - offsets[None, :]), lags + 1)
+        lag_cross = np.minimum(np.abs(np.arange(length)[:, None] - offsets[None, :]), lags + 1)
         # chunks keep the (gaps, length + 2 context, 2 context) covariances near 4 M numbers
         per_gap = (length + 2 * context) * 2 * context
         for chunk in np.array_split(same, -(-len(same) * per_gap // 4_000_000)):
             r, start = row_of[chunk], starts[chunk]
-            near = start[:, None] + np.where(around < 0, around, around + length)
+            near = start[:, None] + offsets
             seen = (near >= 0) & (near < n_frames)
             near = np.clip(near, 0, n_frames - 1)
             seen &= visible[r[:, None], near]
             gap = start[:, None] + np.arange(length)
-
-            def covariance(distance, r=r):
-                distance = np.abs(distance)
-                lag = np.minimum(distance, lags)
-                return np.where(distance <= lags, cov[r.reshape(-1, 1, 1), lag], 0.0)
-
+            row_cov = beyond[r]
             # unseen context steps become independent unit variables with no say in the gap
-            among = covariance(near[:, :, None] - near[:, None, :])
+            among = np.take(row_cov, lag_among, axis=1)
             among *= seen[:, :, None] & seen[:, None, :]
             among[:, np.arange(2 * context), np.arange(2 * context)] += np.where(
                 seen, _JITTER * cov[r, :1], 1.0
             )
-            cross = covariance(gap[:, :, None] - near[:, None, :]) * seen[:, None, :]
+            cross = np.take(row_cov, lag_cross, axis=1) * seen[:, None, :]
             centred = np.where(seen, y[r[:, None], near] - means[r, None], 0.0)
             weights = np.linalg.solve(among, centred[..., None])[..., 0]
             flat_rows[r[:, None], gap] = means[r, None] + np.einsum("ngk,nk->ng", cross, weights)
