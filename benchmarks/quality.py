@@ -41,9 +41,9 @@ Prints three tables (markdown):
    short; the simulator's own default is 300 x 3000. The recording head is `FinetuneConfig`'s
    default (evidence pooling, reading each neuron's activity statistics and their spread over
    neurons, its recording term then fitted to the whole training recordings where there are 8
-   or more animals per class);
-   `--[no-]whole-recording-fit` (force the fit either way), `--no-statistics-spread`, `--recording-pooling gated` and
-   `--no-activity-statistics` give the earlier ones.
+   or more animals per class); `--[no-]whole-recording-fit` (force the fit either way),
+   `--no-statistics-spread`, `--recording-pooling gated` and `--no-activity-statistics` give
+   the earlier ones.
 3. Attention faithfulness: AUROC of the recording head's `neuron_attention` for the ground-truth
    affected neurons of each held-out AD-like animal (mean and range over animals); the same for
    the window classifier's per-neuron class probability (`neuron_probability`), for comparison.
@@ -235,9 +235,8 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
                                                 calibration=calibration)[..., 0]
                     rows.setdefault(f"{base_label}, calibrated", {})[key] = r2(
                         truth, out[hidden])
-                    print(f"  {name} {regime} {base_label}: cubic {calibration.cubic:.2f}, "
-                          f"kriging {calibration.kriging:.2f}, "
-                          f"correction {calibration.correction:.2f}", file=sys.stderr, flush=True)
+                    print(f"  {name} {regime} {base_label}: {calibration.describe()}",
+                          file=sys.stderr, flush=True)
             for kind in ("linear", "pchip"):
                 est = interpolate(tokens[..., 0], hidden, kind)
                 rows.setdefault(f"{kind} interpolation", {})[key] = r2(truth, est[hidden])

@@ -382,6 +382,7 @@ def test_calibration_takes_numpy_numbers_and_stores_floats():
     assert calibration == Calibration(0.25, 1.0)
     assert type(calibration.cubic) is float and type(calibration.correction) is float
     assert calibration.to_dict() == {"cubic": 0.25, "correction": 1.0, "kriging": 0.0}
+    assert calibration.describe() == "cubic 0.25, correction 1.00, kriging 0.00"
 
 
 def test_calibration_fit_is_least_squares_within_bounds():

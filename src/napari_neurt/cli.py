@@ -140,7 +140,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__, io
-    from .model import batch, load_model
+    from .model import Calibration, batch, load_model
 
     device = args.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -181,10 +181,9 @@ def _run_model_task(args: argparse.Namespace) -> int:
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")
                 summary = f"median R^2 on hidden frames {np.nanmedian(arrays['r2_hidden']):.3f}"
                 if args.calibrate and task_model.config.interpolate:
-                    summary += "; calibrated: " + ", ".join(
-                        f"{share} {float(arrays[f'calibration_{share}']):.2f}"
-                        for share in ("cubic", "kriging", "correction")
-                    )
+                    shares = {name: float(arrays[f"calibration_{name}"])
+                              for name in Calibration().to_dict()}
+                    summary += f"; calibrated: {Calibration(**shares).describe()}"
             else:
                 arrays = batch.classify_recording(task_model, recording, **options)
                 columns = (

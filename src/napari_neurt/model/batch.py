@@ -92,9 +92,8 @@ def reconstruct_recording(
         "n_near": tokens.n_near,
         "n_far": tokens.n_far,
         "delta_px": np.float64(tokens.delta_px),
-        "calibration_cubic": np.float64(calibration.cubic),
-        "calibration_kriging": np.float64(calibration.kriging),
-        "calibration_correction": np.float64(calibration.correction),
+        **{f"calibration_{name}": np.float64(share)
+           for name, share in calibration.to_dict().items()},
     }
 
 

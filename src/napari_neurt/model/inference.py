@@ -159,6 +159,10 @@ class Calibration:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The shares as text, as the panel's status and `neurt reconstruct` show them."""
+        return ", ".join(f"{name} {value:.2f}" for name, value in self.to_dict().items())
+
 
 def _bounded_least_squares(columns: np.ndarray, target: np.ndarray,
                            untouched: list[float] | None = None) -> np.ndarray:

@@ -1043,10 +1043,10 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             frame_rate_hz=frame_rate,
             device=device,
         )
-        # a stopped run saves the model as it was trained
         fitting = split.train + split.validation
         fewest = min(len({i.animal for i in items if i.animal in fitting and i.label == name})
                      for name in class_names)
+        # a stopped run saves the model as it was trained
         whole_fit = config.fits_whole_recordings(fewest) and not fit.stopped
         if whole_fit:
             fitted = [i for i in items if i.animal in fitting]

@@ -717,13 +717,10 @@ class AnalysisWidget(QWidget):
                 else f"imputed {int(result.hidden.sum())} bad frames"
             )
             if calibrations := result.parameters["calibrations"]:
-                shares = {
-                    share: np.mean([c[share] for c in calibrations])
-                    for share in ("cubic", "kriging", "correction")
-                }
-                summary += "; calibrated: " + ", ".join(
-                    f"{share} {value:.2f}" for share, value in shares.items()
-                )
+                from ...model import Calibration  # loaded with the model by now
+
+                mean = {name: np.mean([c[name] for c in calibrations]) for name in calibrations[0]}
+                summary += f"; calibrated: {Calibration(**mean).describe()}"
             return JobResult(roi_name, analysis, data, message=f"reconstructed: {summary}",
                              device=str(model_.device))
 
