@@ -23,6 +23,7 @@ Candidates are anything `load_model` takes; train one with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("candidates", nargs="+", help="weights: 'default', a folder, ...")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="also write every R^2, unrounded, as JSON")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,8 +123,12 @@ def main(argv=None) -> None:
     for key in keys:
         print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{s[key]:.3f}" for s in scores.values())
               + " |")
+    if args.save:
+        rows = [{"method": method, "recording": key[0], "regime": key[1], "r2": value}
+                for method, cells in scores.items() for key, value in cells.items()]
+        args.save.write_text(json.dumps(rows, indent=1))
     print("\nMean margin over the better of linear and PCHIP interpolation:")
-    for label in models:
+    for label in scores:
         margin = np.mean([scores[label][k] - best[k] for k in keys])
         wins = sum(scores[label][k] > best[k] for k in keys)
         print(f"- {label}: {margin:+.4f} (above interpolation in {wins} of {len(keys)} cells)")
