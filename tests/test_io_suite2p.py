@@ -73,6 +73,39 @@ def test_malicious_stat_npy_in_a_suite2p_folder(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "module, name, attribute, value",
+    [
+        ("pathlib", "PurePath", "suffix", ".tif"),  # every path would report this suffix
+        ("numpy._core.numeric", "_frombuffer", "__defaults__", ("F",)),
+        ("_codecs", "encode", "__defaults__", ("utf-16",)),
+        ("numpy", "ndarray", "shape", (1,)),  # a C type: refuses attributes itself
+    ],
+)
+def test_a_pickle_cannot_change_the_globals_it_may_use(tmp_path, module, name, attribute, value):
+    """BUILD sets attributes on whatever it is applied to, a looked-up global included."""
+    from napari_neurt.io._safe_pickle import _ALLOWED
+
+    shared = _ALLOWED[(module, name)]
+    before = getattr(shared, attribute, None)
+    state = pickle.dumps((None, {attribute: value}), protocol=2)[2:-1]  # without PROTO, STOP
+    with open(tmp_path / "stat.npy", "wb") as file:
+        npy_format.write_array_header_1_0(
+            file, {"descr": "|O", "fortran_order": False, "shape": (0,)}
+        )
+        file.write(b"\x80\x02" + f"c{module}\n{name}\n".encode() + state + b"b0")
+        file.write(pickle.dumps(np.empty(0, dtype=object), protocol=2)[2:])
+    try:
+        load_pickled_npy(tmp_path / "stat.npy")
+    except ValueError:  # refused as damaged: as good
+        pass
+    try:
+        assert getattr(shared, attribute, None) == before
+    finally:  # never leave a poisoned global to the tests that follow
+        if getattr(shared, attribute, None) != before:
+            setattr(shared, attribute, before) if before is not None else delattr(shared, attribute)
+
+
 def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
     ops = {
         "fs": 30.0,

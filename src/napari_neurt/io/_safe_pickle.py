@@ -97,6 +97,25 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 _ALLOWED = _allowed_globals()
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: a type whose attributes cannot be set
+
+
+def _fresh(target: Any) -> Any:
+    """`target`, or a new callable that calls it where it is a Python function or class.
+
+    A pickle's BUILD opcode sets attributes on whatever it is applied to, the globals it looked
+    up included: on a shared class (``pathlib.PurePath``) or function (numpy's ``_frombuffer``)
+    it would change them for the whole session. A throwaway callable per lookup keeps that
+    inside the load. Builtins, numpy's C functions and C types refuse attributes already."""
+    if isinstance(target, type) and target.__flags__ & _IMMUTABLE_TYPE:
+        return target
+    if not isinstance(target, type) and not hasattr(target, "__dict__"):
+        return target
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return target(*args, **kwargs)
+
+    return call
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -108,7 +127,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return _fresh(_ALLOWED[(module, name)])
         except KeyError:
             raise UnsafePickleError(
                 f"{self._source} tries to load '{module}.{name}'; only numpy arrays and plain "
