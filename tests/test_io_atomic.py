@@ -34,3 +34,22 @@ def test_new_file_gets_plain_permissions_and_a_replaced_one_keeps_its_own(tmp_pa
         assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(previous)
+
+
+def test_files_written_together_get_plain_permissions_and_all_or_none_land(tmp_path):
+    from napari_neurt.io.atomic import atomic_files
+
+    previous = os.umask(0o022)
+    try:
+        paths = [tmp_path / "results.csv", tmp_path / "results.traces.csv"]
+        with atomic_files(paths) as temps:
+            for temp in temps:
+                temp.write_text("x")
+        assert [p.stat().st_mode & 0o777 for p in paths] == [0o644, 0o644]
+        with pytest.raises(RuntimeError), atomic_files(paths) as temps:
+            temps[0].write_text("new")
+            raise RuntimeError("the second file failed")
+        assert [p.read_text() for p in paths] == ["x", "x"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    finally:
+        os.umask(previous)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,18 +20,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     >>> with atomic_path("out.npz") as tmp:          # doctest: +SKIP
     ...     np.savez(tmp, traces=traces)
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_files([Path(path)]) as (tmp,):
         yield tmp
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+@contextmanager
+def atomic_files(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """`atomic_path` for several files that belong together: temporary siblings of `paths`,
+    renamed onto them one after the other only once the body has written them all."""
+    paths, temps = [Path(path) for path in paths], []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+            )
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for temp, path in zip(temps, paths, strict=True):
+            os.chmod(temp, _mode_for(path))
+            os.replace(temp, path)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
 
 
 def _mode_for(path: Path) -> int:

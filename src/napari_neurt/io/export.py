@@ -30,16 +30,15 @@ exports as they were.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..analysis import Analysis
+from .atomic import atomic_files
 
 CSV_PARTS = ("traces", "reconstruction", "imputed", "attention")
 
@@ -53,28 +52,6 @@ def export_analysis(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
     if suffix == ".nwb":
         return [write_nwb(path, analysis)]
     raise ValueError(f"export to .csv or .nwb; got {path.name!r}")
-
-
-@contextlib.contextmanager
-def atomic_files(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary siblings of `paths`; renamed onto them together once the body succeeds."""
-    import tempfile
-
-    temps = []
-    try:
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
-            )
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-        for temp, path in zip(temps, paths, strict=True):
-            os.replace(temp, path)
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
 
 
 def csv_paths(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
