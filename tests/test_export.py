@@ -119,3 +119,13 @@ def test_npe2_writers_take_layer_attributes(tmp_path, result):
     assert len(written) == 3  # scores, traces, provenance
     with pytest.raises(ValueError, match="carries no NEuRT recording"):
         writers.write_csv(str(tmp_path / "x.csv"), result.recording.labels, {"metadata": {}})
+
+
+@pytest.mark.parametrize(
+    "trace_kind, is_dff",
+    [("dF/F", True), ("DfOverF", True), ("F_dff", True), ("dff", True), ("F", False),
+     ("C", False), ("Fluorescence", False), ("fluorescence", False), ("", False)],
+)
+def test_dff_traces_are_told_apart_by_their_kind(trace_kind, is_dff):
+    # CaImAn's detrended dF/F ("F_dff") must land in NWB's DfOverF, not in Fluorescence
+    assert export._is_dff(trace_kind) is is_dff

@@ -54,6 +54,13 @@ def export_analysis(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
     raise ValueError(f"export to .csv or .nwb; got {path.name!r}")
 
 
+def _is_dff(trace_kind: object) -> bool:
+    """Whether a recording's ``trace_kind`` names dF/F traces: "dff", "dF/F", NWB's "DfOverF",
+    CaImAn's "F_dff"."""
+    name = "".join(c for c in str(trace_kind).lower() if c.isalnum())
+    return name in ("dff", "dfoverf", "fdff")
+
+
 def csv_paths(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
     """The files `write_csv` writes for `analysis` at `path`, in order."""
     path = Path(path)
@@ -195,9 +202,7 @@ def write_nwb(path: str | os.PathLike, analysis: Analysis) -> Path:
     region = rois.create_roi_table_region(
         region=list(range(recording.n_neurons)), description="every ROI, in neuron_id order"
     )
-    is_dff = str(recording.metadata.get("trace_kind", "")).lower().replace("/", "") in (
-        "dff", "dfoverf"
-    )
+    is_dff = _is_dff(recording.metadata.get("trace_kind", ""))
     container_type = DfOverF if is_dff else Fluorescence
     unit = "dF/F" if is_dff else "a.u."
     traces = container_type(name="DfOverF" if is_dff else "Fluorescence")
