@@ -91,6 +91,33 @@ def test_tiff_frame_rate_from_imagej_metadata(tmp_path, movie):
     assert recording.metadata["frame_rate_from"] == "tiff metadata"
 
 
+@pytest.mark.parametrize(
+    "metadata, rate",
+    [
+        ({"finterval": 33.3, "tunit": "ms"}, 1000 / 33.3),  # ImageJ names a unit unless "sec"
+        ({"finterval": 0.5, "tunit": "min"}, 1 / 30),
+        ({"finterval": 0.1, "tunit": "sec"}, 10.0),
+        ({"finterval": 0.1, "fps": 7.0}, 10.0),  # the acquisition, not the playback rate
+        ({"fps": 7.0}, 7.0),
+        ({"finterval": 2.0, "tunit": "frames"}, None),  # a unit that is not time: unknown
+    ],
+)
+def test_tiff_frame_rate_in_imagej_time_units(tmp_path, movie, metadata, rate):
+    tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata=metadata)
+    found = tiff_frame_rate(tmp_path / "movie.tif")
+    assert found == (None if rate is None else pytest.approx(rate))
+
+
+def test_a_folder_of_trials_takes_its_frame_rate_from_their_metadata(tmp_path, movie):
+    (tmp_path / "trials").mkdir()
+    for trial in ("trial1.tif", "trial2.tif"):
+        tifffile.imwrite(tmp_path / "trials" / trial, movie, imagej=True,
+                         metadata={"finterval": 0.1})
+    recording = read_recording(tmp_path / "trials", labels=LABELS)
+    assert recording.frame_rate == pytest.approx(10.0)
+    assert recording.n_frames == 2 * len(movie)
+
+
 def test_tiff_without_frame_rate_or_labels(tmp_path, movie):
     tifffile.imwrite(tmp_path / "movie.tif", movie)
     with pytest.raises(ValueError, match="does not record its frame rate; pass frame_rate="):

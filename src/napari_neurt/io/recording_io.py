@@ -16,7 +16,7 @@ from .caiman import read_caiman
 from .labels import as_label_image, read_labels
 from .nwb import read_nwb
 from .suite2p import is_suite2p_folder, read_suite2p
-from .tiff import TIFF_SUFFIXES, read_movie
+from .tiff import TIFF_SUFFIXES, _tiffs_in, read_movie
 
 __all__ = ["SUPPORTED_INPUTS", "read_recording", "read_recording_npz", "tiff_frame_rate"]
 
@@ -118,10 +118,11 @@ def tiff_frame_rate(path: PathLike) -> float | None:
             if rate:
                 return float(rate)
             imagej = tif.imagej_metadata or {}
-            if imagej.get("fps"):
+            if imagej.get("finterval"):  # the acquisition's frame interval, in `tunit`
+                seconds = _SECONDS_PER.get(str(imagej.get("tunit", "sec")).strip().lower())
+                return 1.0 / (float(imagej["finterval"]) * seconds) if seconds else None
+            if imagej.get("fps"):  # ImageJ's playback rate, often set to the acquisition's
                 return float(imagej["fps"])
-            if imagej.get("finterval"):
-                return 1.0 / float(imagej["finterval"])
             if tif.is_ome:
                 return _ome_frame_rate(tif.ome_metadata)
     except (tifffile.TiffFileError, OSError, ValueError, TypeError, ZeroDivisionError):
@@ -129,16 +130,23 @@ def tiff_frame_rate(path: PathLike) -> float | None:
     return None
 
 
+# seconds per time unit, as OME and ImageJ (whose default is "sec") spell them
+_SECONDS_PER = {
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "ms": 1e-3, "msec": 1e-3, "µs": 1e-6, "us": 1e-6, "usec": 1e-6,
+    "min": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+}  # fmt: skip
+
+
 def _ome_frame_rate(xml: str) -> float | None:
     from xml.etree import ElementTree
 
-    to_seconds = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "min": 60.0, "h": 3600.0}
     for element in ElementTree.fromstring(xml).iter():
         if element.tag.endswith("}Pixels") or element.tag == "Pixels":
             increment = element.get("TimeIncrement")
             unit = element.get("TimeIncrementUnit", "s")
-            if increment and float(increment) > 0 and unit in to_seconds:
-                return 1.0 / (float(increment) * to_seconds[unit])
+            if increment and float(increment) > 0 and unit in _SECONDS_PER:
+                return 1.0 / (float(increment) * _SECONDS_PER[unit])
     return None
 
 
@@ -159,6 +167,8 @@ def _recording_from_movie(
         label_image = as_label_image(labels, frame_shape)
         labels_from = "array"
     first_file = Path(movie_path if isinstance(movie_path, (str, os.PathLike)) else movie_path[0])
+    if first_file.expanduser().is_dir():  # a folder of trials: their first file's metadata
+        first_file = _tiffs_in(first_file.expanduser())[0]
     frame_rate_from = "argument"
     if frame_rate is None:
         frame_rate = tiff_frame_rate(first_file) if first_file.is_file() else None
