@@ -125,19 +125,62 @@ def test_a_bad_recording_does_not_stop_the_others(tmp_path, checkpoint, capsys):
     assert "broken.npz: error:" in capsys.readouterr().err
 
 
+def test_an_unexpected_error_in_one_recording_does_not_stop_the_others(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    from napari_neurt import io
+
+    good, odd = write_recordings(tmp_path, 2)
+    read = io.read_recording
+
+    def read_or_fail(source, **options):
+        if Path(source) == odd:
+            raise TypeError("an odd frame_rate array")
+        return read(source, **options)
+
+    monkeypatch.setattr(io, "read_recording", read_or_fail)
+    assert main(["classify", str(odd), str(good), "--model", str(checkpoint)]) == 1
+    assert (tmp_path / "mouse0.neurt-classify.npz").exists()
+    assert "mouse1.npz: error: TypeError: an odd frame_rate array" in capsys.readouterr().err
+
+
+def test_recordings_that_would_share_a_results_file_are_refused_first(
+    tmp_path, checkpoint, capsys
+):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, second = write_recordings(tmp_path / "a", 1)[0], write_recordings(tmp_path / "b", 1)[0]
+    out = tmp_path / "out"
+    assert main(["classify", str(first), str(second), "--model", str(checkpoint),
+                 "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "would all write" in error and "leave out --out" in error
+    assert not out.exists()  # refused before any work
+    assert main(["classify", str(first), str(first), "--model", str(checkpoint)]) == 2
+    assert "list each recording once" in capsys.readouterr().err
+    assert main(["classify", str(first), str(second), "--model", str(checkpoint)]) == 0
+    assert (tmp_path / "a" / "mouse0.neurt-classify.npz").exists()
+    assert (tmp_path / "b" / "mouse0.neurt-classify.npz").exists()
+    (tmp_path / "taken").write_text("a file")
+    assert main(["classify", str(first), "--model", str(checkpoint),
+                 "--out", str(tmp_path / "taken")]) == 2
+    assert "is a file; name a folder" in capsys.readouterr().err
+
+
 def test_unknown_model_is_one_clear_line(tmp_path, capsys):
     paths = write_recordings(tmp_path, 1)
     assert main(["classify", str(paths[0]), "--model", "neurt-5xfda"]) == 2
     assert "neurt-5xfad" in capsys.readouterr().err
 
 
-def test_shard_and_results_path(tmp_path):
+def test_shard_and_results_path(tmp_path, monkeypatch):
     files = [f"f{i}" for i in range(5)]
     assert shard(files, 0, 2) == ["f0", "f2", "f4"] and shard(files, 1, 2) == ["f1", "f3"]
     with pytest.raises(ValueError, match="RANK"):
         shard(files, 2, 2)
     (tmp_path / "plane0").mkdir()
     assert results_path(tmp_path / "plane0", "classify") == tmp_path / "plane0.neurt-classify.npz"
+    monkeypatch.chdir(tmp_path / "plane0")  # "." is the folder, named as it is
+    assert results_path(".", "classify") == tmp_path / "plane0.neurt-classify.npz"
     assert (
         results_path(tmp_path / "a.nwb", "reconstruct", tmp_path / "o")
         == tmp_path / "o" / "a.neurt-reconstruct.npz"

@@ -145,6 +145,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    batch.check_results_paths(args.recordings, args.task, args.out)  # all ranks' files
     mine = batch.shard(args.recordings)
     rank = os.environ.get("RANK", "0")
     prefix = f"[rank {rank}] " if "WORLD_SIZE" in os.environ else ""
@@ -219,6 +220,9 @@ def _run_model_task(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as error:
             failed += 1
             print(f"{label}: error: {error}", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - one odd file must not end the batch
+            failed += 1
+            print(f"{label}: error: {type(error).__name__}: {error}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -41,10 +41,35 @@ def shard(
 def results_path(
     source: str | os.PathLike, task: str, out_dir: str | os.PathLike | None = None
 ) -> Path:
-    """Where the results of `task` on the recording at `source` go."""
-    source = Path(source)
+    """Where the results of `task` on the recording at `source` go: next to it, or in
+    `out_dir`, named after it (a folder such as ``.`` by its real name)."""
+    source = Path(source).expanduser().resolve()
     name = source.name if source.is_dir() else source.stem
     return Path(out_dir or source.parent) / f"{name}.neurt-{task}.npz"
+
+
+def check_results_paths(
+    sources: Sequence[str | os.PathLike], task: str, out_dir: str | os.PathLike | None = None
+) -> None:
+    """Refuse, before any work, a batch in which two recordings would write the same results
+    file (the second would silently replace the first), or an `out_dir` that is a file."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file; name a folder for the results")
+    by_target: dict[Path, list[str]] = {}
+    for source in sources:
+        by_target.setdefault(results_path(source, task, out_dir), []).append(os.fspath(source))
+    clashes = {target: names for target, names in by_target.items() if len(names) > 1}
+    if clashes:
+        target, names = next(iter(clashes.items()))
+        advice = (
+            "leave out --out to write each next to its recording"
+            if out_dir is not None and len({Path(n).resolve() for n in names}) == len(names)
+            else "list each recording once"
+        )
+        raise ValueError(
+            f"{' and '.join(names)} would all write {target} ({len(clashes)} such clash(es)); "
+            f"{advice}"
+        )
 
 
 def reconstruct_recording(
