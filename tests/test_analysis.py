@@ -30,6 +30,10 @@ def test_kfold_deals_every_frame_to_exactly_one_fold():
     assert (folds[:5] == 0).all() and (folds[5:10] == 1).all() and (folds[20:25] == 0).all()
     with pytest.raises(ValueError, match="at least 2 folds"):
         analysis.kfold_folds(10, n_folds=1)
+    # every fold must hide some frames and none all of them
+    assert set(analysis.kfold_folds(16, n_folds=4, span=5)) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="needs more than 15 frames; the recording has 15"):
+        analysis.kfold_folds(15, n_folds=4, span=5)
 
 
 def test_parse_and_format_frames_round_trip():

@@ -488,6 +488,21 @@ def test_calibrate_bends_towards_the_cubic_on_smooth_traces():
     assert (on_ramps.cubic, on_ramps.kriging) == pytest.approx((0.0, 0.0), abs=1e-9)
 
 
+def test_calibrate_finds_steps_to_fit_on_beside_a_periodic_pattern():
+    """k-fold spans repeat: a shift by a multiple of their period lands on them, and is
+    drawn again rather than leaving a neuron nothing to fit on."""
+    model = small_model(interpolate=True, local_kernel=3)
+    tokens = smooth_tokens(1, 6 * L)
+    hide = np.zeros((1, 6 * L), dtype=bool)
+    hide[0, ::4] = True  # period 4: the first draw of every seed below is a multiple of it
+    period_seeds = [s for s in range(200)
+                    if np.random.default_rng(s).integers(1, 6 * L, size=1)[0] % 4 == 0]
+    assert period_seeds
+    for seed in period_seeds[:3]:
+        calibration = model.calibrate(tokens, hide, channels="own", seed=seed)
+        assert 0.0 <= calibration.correction <= 1.0
+
+
 def test_calibrate_keeps_hidden_steps_unscored_and_checks_its_input():
     model = small_model(interpolate=True, local_kernel=3)
     tokens, hide = smooth_tokens(4, 3 * L), gap_mask(4, 3 * L)

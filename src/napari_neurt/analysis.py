@@ -59,6 +59,12 @@ def kfold_folds(
         raise ValueError(f"k-fold hiding needs at least 2 folds; got {n_folds}")
     if span < 1:
         raise ValueError(f"span must be at least 1 frame; got {span}")
+    if n_frames <= (n_folds - 1) * span:  # a fold would hide nothing, or one would hide all
+        raise ValueError(
+            f"k-fold hiding in {n_folds} folds of {span}-frame spans needs more than "
+            f"{(n_folds - 1) * span} frames; the recording has {n_frames}: use fewer folds or "
+            "shorter spans"
+        )
     return (np.arange(n_frames, dtype=np.int64) // int(span)) % int(n_folds)
 
 

@@ -51,6 +51,7 @@ CHANNELS = ("all", "own")
 # (measured: 8 windows ~60/s, 64 windows ~50/s on 2 cores); GPUs want large ones.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 256, "mps": 64}
 TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge of a window
+CALIBRATION_REDRAWS = 32  # shifts tried for a row whose first one finds no step to hide
 
 
 @dataclass
@@ -436,9 +437,17 @@ class NeurtModel:
                 "calibrate needs hidden steps (hide) to copy: it fits on the same pattern "
                 "shifted in time"
             )
-        shifts = np.random.default_rng(seed).integers(1, n_frames, size=x.shape[0])
+        rng = np.random.default_rng(seed)
+        shifts = rng.integers(1, n_frames, size=x.shape[0])
         shifted = torch.stack([row.roll(int(s)) for row, s in zip(hidden, shifts, strict=True)])
         extra = shifted & ~hidden
+        # a periodic pattern (k-fold spans) shifted by a multiple of its period lands on
+        # itself: draw such a row's shift again
+        for row in torch.nonzero(hidden.any(1) & ~hidden.all(1) & ~extra.any(1)).flatten():
+            for shift in rng.integers(1, n_frames, size=CALIBRATION_REDRAWS):
+                extra[row] = hidden[row].roll(int(shift)) & ~hidden[row]
+                if extra[row].any():
+                    break
         if not extra.any():
             raise ValueError(
                 "calibrate found no visible step to hide: `hide` covers every frame its shifted "
