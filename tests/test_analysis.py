@@ -211,6 +211,13 @@ def test_classification_and_the_neuron_table(tiny_model, recording):
     provenance = result.provenance()
     assert provenance["classification"]["model"]["config"]["n_classes"] == 2
     assert provenance["reconstruction"]["parameters"]["n_folds"] == 2
+    # the classification sees the neighbourhood (and the batches) the reconstruction did
+    narrow = analysis.analyse(recording, tiny_model, hide="kfold", n_folds=2, span=8,
+                              delta=7.0, batch_size=3)
+    seen = [(part.parameters["delta_px"], part.parameters["batch_size"])
+            for part in (narrow.reconstruction, narrow.classification)]
+    assert seen[0] == seen[1] and seen[0][1] == 3
+    assert seen[0][0] != result.classification.parameters["delta_px"]
 
 
 def test_event_rate_counts_transients_per_minute():

@@ -714,7 +714,8 @@ def analyse(
     **reconstruct_options,
 ) -> Analysis:
     """Reconstruct with `model` (if given) and classify with `classifier` (default: `model`
-    when it has a classifier); returns the `Analysis`. See `reconstruct` for the options."""
+    when it has a classifier); returns the `Analysis`. See `reconstruct` for the options; the
+    classification shares its neighbourhood (`delta`), `overlap` and `batch_size`."""
     analysis = Analysis(recording)
     if model is not None:
         analysis.reconstruction = reconstruct(
@@ -723,7 +724,11 @@ def analyse(
     if classifier is None and model is not None and model.config.n_classes >= 2:
         classifier = model
     if classifier is not None:
-        analysis.classification = classify(classifier, recording, progress=progress, stop=stop)
+        shared = {key: reconstruct_options[key] for key in ("delta", "overlap", "batch_size")
+                  if reconstruct_options.get(key) is not None}
+        analysis.classification = classify(
+            classifier, recording, progress=progress, stop=stop, **shared
+        )
     return analysis
 
 
