@@ -159,6 +159,8 @@ def test_bad_input_is_refused():
         neighborhood_tokens(np.zeros(10), np.zeros((1, 2)), 5.0)
     with pytest.raises(ValueError, match="delta"):
         neighborhood_tokens(np.zeros((3, 10)), np.zeros((3, 2)), -1.0)
+    with pytest.raises(ValueError, match="the recording has no neurons"):
+        neighborhood_tokens(np.zeros((0, 10)), np.zeros((0, 2)), None)
 
 
 def test_lazy_export():

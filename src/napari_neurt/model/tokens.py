@@ -149,6 +149,8 @@ def iter_neighborhood_tokens(
     traces = np.asarray(traces)
     if traces.ndim != 2:
         raise ValueError(f"traces must be (neurons, frames); got shape {traces.shape}")
+    if traces.shape[0] == 0:
+        raise ValueError("the recording has no neurons: its tokens need at least one trace")
     n, n_frames = traces.shape
     centroids = np.asarray(centroids, dtype=np.float64)
     if centroids.shape != (n, 2):
