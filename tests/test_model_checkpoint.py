@@ -72,6 +72,26 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
     assert "missing tensors: blocks.2." in message
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d.pop("model"), 'no "model" section'),
+        (lambda d: d.update(model=None), 'no "model" section'),
+        (lambda d: d.update(format_version="1"), "format_version must be a whole number"),
+        (lambda d: d["model"].update(n_embd="eight"), "not a valid config|n_embd"),
+        (lambda d: d.update(class_names=["only one"]), "names 1 classes"),
+        (lambda d: d.update(class_names="wild type, AD"), "class_names must be a list"),
+    ],
+)
+def test_a_damaged_config_is_one_clear_value_error(tmp_path, damage, message):
+    folder = small_model(n_classes=2, mil_hidden=4).save(tmp_path / "ckpt")
+    document = json.loads((folder / CONFIG_NAME).read_text())
+    damage(document)
+    (folder / CONFIG_NAME).write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=message):
+        read_checkpoint(folder)
+
+
 def test_checkpoint_with_extra_or_missing_tensors(tmp_path):
     folder = small_model().save(tmp_path / "ckpt")
     tensors = load_file(str(folder / WEIGHTS_NAME))

@@ -111,12 +111,29 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {error}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG_NAME} is not a napari-neurt checkpoint config")
-    if document.get("format_version", 0) > FORMAT_VERSION:
+    where = folder / CONFIG_NAME
+    version = document.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"{where}: format_version must be a whole number; got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{folder} was written by a newer napari-neurt (format {document['format_version']}); "
+            f"{folder} was written by a newer napari-neurt (format {version}); "
             "update napari-neurt to read it"
         )
-    config = NeurtConfig.from_dict(document["model"])
+    if not isinstance(document.get("model"), dict):
+        raise ValueError(f"{where} has no \"model\" section (the network's shape)")
+    try:
+        config = NeurtConfig.from_dict(document["model"])
+    except (TypeError, ValueError) as error:  # a field of the wrong type or value
+        raise ValueError(f"{where}: its \"model\" section is not a valid config: {error}") from None
+    class_names = document.get("class_names") or []
+    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+        raise ValueError(f"{where}: class_names must be a list of names; got {class_names!r}")
+    if class_names and len(class_names) != config.n_classes:
+        raise ValueError(
+            f"{where} names {len(class_names)} classes ({', '.join(class_names)}) for a network "
+            f"of {config.n_classes}"
+        )
     weights = folder / WEIGHTS_NAME
     try:
         state_dict = load_file(str(weights))
@@ -131,7 +148,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(
         config=config,
         state_dict=state_dict,
-        class_names=tuple(document.get("class_names") or ()),
+        class_names=tuple(class_names),
         tokens=dict(document.get("tokens") or {}),
         frame_rate_hz=document.get("frame_rate_hz"),
         provenance=provenance,
