@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,13 @@ def test_reconstruct_calibrates_residual_models(tmp_path, capsys):
     cubic, kriging, correction = shares[()]
     assert 0.0 <= cubic + kriging <= 1.0 and 0.0 <= correction < 1.0
     assert shares[("--no-calibrate",)] == (0.0, 0.0, 1.0)  # as trained
+    # nothing hidden: nothing to score or calibrate, and the line says so without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["reconstruct", str(path), "--model", str(residual),
+                     "--hide-ratio", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "no hidden frame to score" in out and "calibrated" not in out
 
 
 def test_classify_to_an_output_folder(tmp_path, checkpoint):

@@ -180,8 +180,12 @@ def _run_model_task(args: argparse.Namespace) -> int:
                 )
                 arrays = batch.reconstruct_recording(task_model, recording, **options)
                 columns = ("neuron_ids", "r2_hidden", "fallback", "n_near", "n_far")
-                summary = f"median R^2 on hidden frames {np.nanmedian(arrays['r2_hidden']):.3f}"
-                if args.calibrate and task_model.config.interpolate:
+                r2 = arrays["r2_hidden"]
+                summary = (
+                    f"median R^2 on hidden frames {np.nanmedian(r2):.3f}" if np.isfinite(r2).any()
+                    else "no hidden frame to score"
+                )
+                if args.calibrate and task_model.config.interpolate and arrays["hide"].any():
                     shares = {name: float(arrays[f"calibration_{name}"])
                               for name in Calibration().to_dict()}
                     summary += f"; calibrated: {Calibration(**shares).describe()}"
