@@ -151,6 +151,15 @@ def test_marked_frames_are_hidden_imputed_and_scored(tiny_model, recording):
     assert result.parameters["hidden_frames"] == "100-119, 200"
 
 
+def test_a_neuron_without_a_finite_value_is_imputed_as_unknown(tiny_model, recording):
+    blank = recording.traces.copy()
+    blank[0] = np.nan  # e.g. an ROI outside the field of view in this session
+    given = Recording(**{**recording.__dict__, "traces": blank})
+    result = analysis.reconstruct(tiny_model, given, hide="marked", frames="100-119")
+    assert np.isnan(result.imputed[0, 100:120]).all()  # not a made-up 0
+    assert np.isfinite(result.imputed[1:, 100:120]).all()
+
+
 def test_bad_frames_do_not_leak_into_the_tokens(tiny_model, recording):
     """A wild value in a bad frame must not change the imputation: it is blanked first."""
     bad = np.zeros(recording.n_frames, bool)

@@ -616,6 +616,8 @@ def iter_reconstruct(
         else:
             out[:] = own
     reconstruction = (out * scale[:, None] + low[:, None]).astype(np.float32)
+    # a neuron the model was shown no finite value of has no units to predict in
+    reconstruction[~np.isfinite(given.traces).any(axis=1)] = np.nan
     if hide == "bad":
         predictability = np.full(n, np.nan)
     else:
