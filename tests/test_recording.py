@@ -28,6 +28,25 @@ def test_select_keeps_labels_consistent():
     assert rec.n_neurons == 2, "select must not change the original"
 
 
+def test_select_picks_the_per_neuron_metadata_with_the_neurons():
+    from scipy import sparse
+
+    rec = Recording.from_labels(np.arange(10).reshape(2, 5), make_labels(), frame_rate=10)
+    rec.metadata.update(
+        iscell=np.array([0.9, 0.1]),
+        neuropil=np.array([[1.0] * 5, [2.0] * 5]),
+        footprints=sparse.csc_matrix(np.array([[1.0, 0.0], [0.0, 3.0], [0.0, 4.0]])),
+        drift=np.zeros(5),  # per frame: left alone
+        trace_kind="F",
+    )
+    swapped = rec.select([1, 0])
+    np.testing.assert_array_equal(swapped.metadata["iscell"], [0.1, 0.9])
+    np.testing.assert_array_equal(swapped.metadata["neuropil"][:, 0], [2.0, 1.0])
+    np.testing.assert_array_equal(swapped.metadata["footprints"].toarray()[:, 0], [0, 3, 4])
+    assert swapped.metadata["drift"].shape == (5,) and swapped.metadata["trace_kind"] == "F"
+    np.testing.assert_array_equal(rec.metadata["iscell"], [0.9, 0.1])  # the original as it was
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -32,7 +32,9 @@ class Recording:
     source
         Where the data came from (a path, or a description).
     metadata
-        Plain extra information (trace kind, reader options, iscell probabilities, ...).
+        Plain extra information (trace kind, reader options, iscell probabilities, ...). The
+        entries named in `PER_NEURON_METADATA` hold one row per neuron (CaImAn's
+        ``footprints`` one column), and `select` picks them along with the neurons.
     """
 
     traces: np.ndarray
@@ -131,14 +133,31 @@ class Recording:
         if labels is not None:
             keep = np.isin(labels, self.neuron_ids[index])
             labels = np.where(keep, labels, 0).astype(labels.dtype)
+        metadata = dict(self.metadata)
+        for key in PER_NEURON_METADATA:
+            shape = np.shape(metadata.get(key)) if key != "footprints" else ()
+            if key == "footprints":  # a sparse matrix: np.shape does not know it
+                shape = getattr(metadata.get(key), "shape", ())[::-1]
+            if shape and shape[0] == self.n_neurons:
+                value = metadata[key]
+                metadata[key] = value[:, index] if key == "footprints" else np.asarray(value)[index]
         return replace(
             self,
             traces=self.traces[index],
             neuron_ids=self.neuron_ids[index],
             centroids=self.centroids[index],
             labels=labels,
-            metadata=dict(self.metadata),
+            metadata=metadata,
         )
+
+
+PER_NEURON_METADATA = (
+    "iscell", "is_cell", "suite2p_index", "neuropil", "spikes",  # suite2p
+    "component_index", "footprints",  # CaImAn (footprints: pixels x neurons)
+    "nwb_roi_id",  # NWB
+    "dff", "ensembles", "snr", "affected",  # simulated
+)  # fmt: skip
+"""The `Recording.metadata` entries that follow the neurons (`Recording.select` picks them)."""
 
 
 def label_ids(labels: np.ndarray) -> np.ndarray:
