@@ -85,6 +85,15 @@ def test_neuropil_annulus_avoids_every_roi_and_has_enough_pixels():
         assert np.hypot(yy - cy, xx - cx).max() < 16, "annulus is not around its own ROI"
 
 
+def test_neuropil_annuli_do_not_depend_on_the_label_values():
+    """Large or sparse ids (int64 labels from another tool) give the same annuli, quickly."""
+    labels = grid_labels((64, 64), size=6, spacing=16)
+    relabelled = np.where(labels > 0, labels.astype(np.int64) * 2**31 + 5, 0)
+    for ours, theirs in zip(neuropil_masks(labels, min_pixels=60),
+                            neuropil_masks(relabelled, min_pixels=60), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_neuropil_subtraction_removes_a_shared_background():
     labels = grid_labels()
     rng = np.random.default_rng(1)

@@ -114,11 +114,13 @@ def neuropil_masks(
     height, width = labels.shape
     near_any_roi = ndimage.distance_transform_edt(labels == 0) <= inner_radius
     ids = label_ids(labels)
-    boxes = ndimage.find_objects(labels)
+    # find_objects keeps a slot for every id up to the largest: number the ROIs 1..N first
+    dense = np.where(labels != 0, np.searchsorted(ids, labels) + 1, 0)
+    boxes = ndimage.find_objects(dense)
     reach = int(np.ceil(max_radius))
     masks = []
-    for roi_id in ids:  # once per ROI at set-up, never per frame
-        rows, cols = boxes[roi_id - 1]
+    for position, roi_id in enumerate(ids):  # once per ROI at set-up, never per frame
+        rows, cols = boxes[position]
         y0, y1 = max(rows.start - reach, 0), min(rows.stop + reach, height)
         x0, x1 = max(cols.start - reach, 0), min(cols.stop + reach, width)
         local = labels[y0:y1, x0:x1] == roi_id
