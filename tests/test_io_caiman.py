@@ -156,6 +156,9 @@ def test_missing_parts_are_named(tmp_path):
     with pytest.raises(ReaderError, match="no frame rate"):
         read_caiman(tmp_path / "cnm.hdf5")
     assert read_caiman(tmp_path / "cnm.hdf5", frame_rate=7.5).frame_rate == 7.5
+    with h5py.File(tmp_path / "cnm.hdf5", "a") as file:
+        file["params/data/fr"] = np.array([15.0])  # one value in an array is read
+    assert read_caiman(tmp_path / "cnm.hdf5").frame_rate == 15.0
 
     (tmp_path / "text.hdf5").write_text("not hdf5")
     with pytest.raises(ReaderError, match="not a readable HDF5"):

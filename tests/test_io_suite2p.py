@@ -227,6 +227,15 @@ def test_frame_rate_missing_from_ops_or_given(tmp_path):
         read_suite2p(tmp_path)
     recording = read_suite2p(tmp_path, frame_rate=7.5)
     assert recording.frame_rate == 7.5 and recording.metadata["frame_rate_from"] == "argument"
+    for fs, expected in ((np.array([15.0]), 15.0), (np.float32(12.5), 12.5), ("fast", None),
+                         (np.array([15.0, 30.0]), None), (float("nan"), None)):
+        ops["fs"] = fs  # one value in an array, as MATLAB-minded tools save it, is read
+        np.save(tmp_path / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+        if expected is None:
+            with pytest.raises(ValueError, match="no valid frame rate"):
+                read_suite2p(tmp_path)
+        else:
+            assert read_suite2p(tmp_path).frame_rate == expected
 
 
 def test_folder_without_f_npy_says_what_a_plane_folder_holds(tmp_path):

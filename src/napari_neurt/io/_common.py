@@ -25,3 +25,15 @@ def existing_path(path: PathLike, what: str = "file") -> Path:
 def smallest_label_dtype(max_label: int) -> np.dtype:
     """int32 when the ids fit (napari and most tools expect it), else int64."""
     return np.dtype(np.int32) if max_label <= np.iinfo(np.int32).max else np.dtype(np.int64)
+
+
+def positive_number(value: object) -> float | None:
+    """A stored rate or size as a float when it is one positive finite number (a Python or
+    numpy scalar, or an array of one element, as MATLAB-minded tools save them), else None."""
+    try:
+        values = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return None
+    if values.size != 1 or not np.isfinite(values[0]) or values[0] <= 0:
+        return None
+    return float(values[0])

@@ -27,7 +27,13 @@ import numpy as np
 from scipy import sparse
 
 from ..recording import Recording
-from ._common import PathLike, ReaderError, existing_path, smallest_label_dtype
+from ._common import (
+    PathLike,
+    ReaderError,
+    existing_path,
+    positive_number,
+    smallest_label_dtype,
+)
 
 __all__ = ["footprint_labels", "is_caiman_file", "read_caiman"]
 
@@ -215,8 +221,8 @@ def read_caiman(
 
     if frame_rate is not None:
         frame_rate_from = "argument"
-    elif fr is not None and np.size(fr) == 1 and float(fr) > 0:
-        frame_rate, frame_rate_from = float(fr), "params.data.fr"
+    elif positive_number(fr) is not None:
+        frame_rate, frame_rate_from = positive_number(fr), "params.data.fr"
     else:
         raise ReaderError(f"{path} has no frame rate (params/data/fr); pass frame_rate=...")
 

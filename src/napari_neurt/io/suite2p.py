@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..recording import Recording
-from ._common import PathLike, ReaderError, existing_path, smallest_label_dtype
+from ._common import (
+    PathLike,
+    ReaderError,
+    existing_path,
+    positive_number,
+    smallest_label_dtype,
+)
 from ._safe_pickle import load_pickled_npy
 
 __all__ = ["is_suite2p_folder", "read_suite2p", "suite2p_labels"]
@@ -174,8 +180,8 @@ def read_suite2p(
     labels = suite2p_labels(stat, shape, keep)
     frame_rate_from = "argument"
     if frame_rate is None:
-        frame_rate, frame_rate_from = float(ops.get("fs", 0) or 0), "ops.fs"
-        if not frame_rate > 0:
+        frame_rate, frame_rate_from = positive_number(ops.get("fs")), "ops.fs"
+        if frame_rate is None:
             raise ReaderError(
                 f"{ops_file} has no valid frame rate 'fs' ({ops.get('fs')!r}); pass frame_rate=..."
             )
