@@ -219,7 +219,10 @@ def _plane_shape(ops: dict, stat: np.ndarray) -> tuple[int, int]:
     if "Ly" in ops and "Lx" in ops:
         return int(ops["Ly"]), int(ops["Lx"])
     # Old or hand-made folders: the smallest frame that holds every ROI pixel.
-    return (
-        int(max(np.max(s["ypix"]) for s in stat)) + 1,
-        int(max(np.max(s["xpix"]) for s in stat)) + 1,
-    )
+    rows = [np.max(s["ypix"]) for s in stat if np.size(s["ypix"])]
+    cols = [np.max(s["xpix"]) for s in stat if np.size(s["xpix"])]
+    if not rows or not cols:
+        raise ReaderError(
+            "ops.npy has no frame size (Ly, Lx) and no ROI in stat.npy has pixels to infer it from"
+        )
+    return int(max(rows)) + 1, int(max(cols)) + 1
