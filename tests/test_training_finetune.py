@@ -118,12 +118,36 @@ def test_manifest_and_class_folders(tmp_path):
     save_npz(root / "wt" / "mouse1" / "day1.npz", toy_recording("calm", 1))
     save_npz(root / "wt" / "mouse1" / "day2.npz", toy_recording("calm", 2))
     save_npz(root / "ad" / "mouse2.npz", toy_recording("bursty", 3))
+    save_npz(root / "ad" / "mouse1.npz", toy_recording("bursty", 4))  # another animal
+    (root / ".ipynb_checkpoints").mkdir()  # hidden folders are no class
+    save_npz(root / ".ipynb_checkpoints" / "x.npz", toy_recording("calm", 5))
     items = labelled_recordings(root)
     assert sorted((i.animal, i.label, i.source.name) for i in items) == [
-        ("mouse1", "wt", "day1.npz"),
-        ("mouse1", "wt", "day2.npz"),
-        ("mouse2", "ad", "mouse2.npz"),
+        ("ad/mouse1", "ad", "mouse1.npz"),
+        ("ad/mouse2", "ad", "mouse2.npz"),
+        ("wt/mouse1", "wt", "day1.npz"),
+        ("wt/mouse1", "wt", "day2.npz"),
     ]
+
+
+def test_a_manifest_saved_by_a_spreadsheet_reads(tmp_path):
+    save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
+    text = "path, animal ,label\r\na.npz,m1,calm\r\n"  # a byte-order mark, padded names
+    (tmp_path / "manifest.csv").write_text(text, encoding="utf-8-sig")
+    [item] = labelled_recordings(tmp_path / "manifest.csv")
+    assert (item.animal, item.label) == ("m1", "calm")
+
+
+def test_one_recording_under_two_animals_is_refused(tmp_path):
+    save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
+    items = [
+        LabelledRecording(tmp_path / "a.npz", "m1", "calm"),
+        LabelledRecording("b.npz", "m2", "calm"),
+        LabelledRecording("c.npz", "m3", "bursty"),
+        LabelledRecording(tmp_path / "." / "a.npz", "m4", "bursty"),  # the same file
+    ]
+    with pytest.raises(ValueError, match="belong to one animal.*listed under several"):
+        check_cohort(items)
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):

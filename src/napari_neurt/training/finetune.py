@@ -241,9 +241,10 @@ def read_manifest(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    with open(path, newline="") as file:
+    # utf-8-sig: spreadsheet programs start a "CSV UTF-8" file with a byte-order mark
+    with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
-        columns = reader.fieldnames or []
+        reader.fieldnames = columns = [name.strip() for name in reader.fieldnames or []]
         missing = [c for c in (path_column, animal_column, label_column) if c not in columns]
         if missing:
             raise ValueError(
@@ -270,24 +271,36 @@ def read_class_folders(root: str | os.PathLike) -> list[LabelledRecording]:
     """Labelled recordings from ``root/<class>/<animal>/<recordings>``.
 
     An entry of a class folder that is itself a recording (a file, or a suite2p folder) is an
-    animal with that one recording, named after it.
+    animal with that one recording, named after it. An animal is named ``<class>/<name>``:
+    folders of two classes are two animals, whatever they are called. Hidden entries (``.``)
+    are skipped at every level.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     items = []
-    for class_folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for entry in sorted(class_folder.iterdir()):
-            if entry.name.startswith("."):
-                continue
+    for class_folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
+        label = class_folder.name
+        for entry in sorted(p for p in class_folder.iterdir() if not _hidden(p)):
             if entry.is_dir() and not is_suite2p_folder(entry):
-                recordings = sorted(p for p in entry.iterdir() if not p.name.startswith("."))
-                items += [LabelledRecording(p, entry.name, class_folder.name) for p in recordings]
+                recordings = sorted(p for p in entry.iterdir() if not _hidden(p))
+                items += [LabelledRecording(p, f"{label}/{entry.name}", label) for p in recordings]
             else:
-                items.append(LabelledRecording(entry, entry.stem, class_folder.name))
+                items.append(LabelledRecording(entry, f"{label}/{entry.stem}", label))
     if not items:
         raise ValueError(f"{root} has no class folders with recordings in them")
     return items
+
+
+def _source_key(source: RecordingSource) -> Any:
+    """What tells two recordings apart: a file's real path, an in-memory recording's identity."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).expanduser().resolve()
+    return id(source)
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".")
 
 
 def labelled_recordings(data: str | os.PathLike | Iterable[Any]) -> list[LabelledRecording]:
@@ -337,6 +350,19 @@ def check_cohort(
     mixed = {a: sorted(ls) for a, ls in animal_labels.items() if len(ls) > 1}
     if mixed:
         raise ValueError(f"an animal must have one label; these have several: {mixed}")
+    owners: dict[Any, set[str]] = {}  # one recording under two animals would leak across splits
+    for item in items:
+        owners.setdefault(_source_key(item.source), set()).add(item.animal)
+    shared = {
+        describe_source(item.source): sorted(owners[_source_key(item.source)])
+        for item in items
+        if len(owners[_source_key(item.source)]) > 1
+    }
+    if shared:
+        raise ValueError(
+            "a recording must belong to one animal (else it would be trained on and tested on); "
+            f"these are listed under several: {shared}"
+        )
     for name in class_names:
         animals = sorted(a for a, ls in animal_labels.items() if name in ls)
         if len(animals) < 2:
