@@ -58,8 +58,21 @@ def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
     assert "step 3/3" in captured.err and "done at step 3/3" in captured.out
     assert main(["pretrain", *paths, "--steps", "5", *common]) == 0  # resumes, longer
     assert load_model(out, device="cpu").provenance["step"] == 5
+    # resuming needs no --shape: the run's own is used
+    shapeless = [arg for arg in common if arg not in ("--shape", json.dumps(SHAPE))]
+    assert main(["pretrain", *paths, "--steps", "6", *shapeless]) == 0
+    assert load_model(out, device="cpu").config == NeurtConfig(**SHAPE)
     assert main(["pretrain", "--out", str(out)]) == 2
     assert "no recordings" in capsys.readouterr().err
+
+
+def test_pretrain_list_paths_are_relative_to_the_list(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    write_recording(tmp_path / "data" / "r0.npz", seed=0)
+    (tmp_path / "data" / "recordings.txt").write_text("r0.npz\n")
+    monkeypatch.chdir(tmp_path)  # not the list's folder
+    assert main(["pretrain", "--list", "data/recordings.txt", "--out", "run", "--shape",
+                 json.dumps(SHAPE), "--batch-size", "4", "--steps", "1", "--device", "cpu"]) == 0
 
 
 def test_finetune_command_defaults_are_finetune_configs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,45 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         pretrain([sine_recording(0)], tmp_path, config(steps=4, lr=1e-2), model=TINY)
     with pytest.raises(ValueError, match="network shape"):
         pretrain([sine_recording(0)], tmp_path, config(steps=4), model=NeurtConfig(seq_len=32))
+
+
+def test_a_save_cut_short_is_found_on_resume_not_mixed(tmp_path, monkeypatch):
+    """Weights, config and optimiser state are three files: a crash between them must not
+    resume newer weights with an older optimiser (or the other way round)."""
+    from napari_neurt.model import checkpoint
+    from napari_neurt.training import engine
+
+    pretrain([sine_recording(0)], tmp_path, config(steps=2, save_every=2), model=TINY)
+    write_config = checkpoint.atomic_path
+
+    def fail_on_config(path):  # the next save dies after writing the new weights
+        if Path(path).name == checkpoint.CONFIG_NAME:
+            raise OSError("disk full")
+        return write_config(path)
+
+    monkeypatch.setattr(checkpoint, "atomic_path", fail_on_config)
+    with pytest.raises(OSError, match="disk full"):
+        pretrain([sine_recording(0)], tmp_path, config(steps=4, save_every=2), model=TINY)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="interrupted while saving"):
+        pretrain([sine_recording(0)], tmp_path, config(steps=6, save_every=2), model=TINY)
+
+    (tmp_path / "b").mkdir()  # the same for the optimiser state, written before its record
+    pretrain([sine_recording(0)], tmp_path / "b", config(steps=2), model=TINY)
+    tensors = tmp_path / "b" / engine.STATE_TENSORS
+    tensors.write_bytes(tensors.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="optimiser state .* interrupted while saving"):
+        pretrain([sine_recording(0)], tmp_path / "b", config(steps=4), model=TINY)
+
+
+def test_a_run_from_weights_records_them_as_its_start(tmp_path):
+    pretrain([sine_recording(0)], tmp_path / "a", config(steps=2), model=TINY)
+    pretrain([sine_recording(0)], tmp_path / "b", config(steps=2), model=str(tmp_path / "a"))
+    origin = load_model(tmp_path / "b", device="cpu").provenance["started_from"]
+    assert origin["source"] == "napari-neurt pretrain" and origin["step"] == 2  # a, not a's start
+    assert origin["started_from"]["initial"].startswith("random")
+    pretrain([sine_recording(0)], tmp_path / "b", config(steps=4), model=str(tmp_path / "a"))
+    assert load_model(tmp_path / "b", device="cpu").provenance["started_from"] == origin
 
 
 DDP_SCRIPT = textwrap.dedent(

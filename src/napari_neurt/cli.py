@@ -311,7 +311,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         metavar="RECORDING",
         help="recordings in any format napari_neurt.io.read_recording reads",
     )
-    p.add_argument("--list", metavar="TXT", help="a text file naming one recording per line")
+    p.add_argument("--list", metavar="TXT", help="a text file naming one recording per line (relative to its folder)")
     p.add_argument(
         "--out", required=True, metavar="DIR", help="checkpoint folder (resumed if it holds a run)"
     )
@@ -351,14 +351,16 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from .training import PretrainConfig, pretrain
 
     sources = list(args.recordings)
-    if args.list:
+    if args.list:  # relative paths are relative to the list's folder, as in a manifest
         lines = Path(args.list).read_text().splitlines()
-        sources += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        sources += [str(Path(args.list).parent / name) for name in names]
     if not sources:
         raise ValueError("no recordings given (name them, or list them in a file with --list)")
     if args.model and args.shape:
         raise ValueError("give either --model (weights to start from) or --shape, not both")
-    model = args.model or NeurtConfig(**json.loads(args.shape or "{}"))
+    # neither: the published shape for a new run, the saved one when resuming
+    model = args.model or (NeurtConfig(**json.loads(args.shape)) if args.shape else None)
     config = PretrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

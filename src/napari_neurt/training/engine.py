@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..device import resolve_device
 from ..io.atomic import atomic_path
+from ..model.checkpoint import sha256_of
 from ..model.inference import NeurtModel, load_model
 from ..model.neurt import Neurt, NeurtConfig
 from ..model.tokens import token_settings
@@ -224,7 +225,11 @@ def save_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scalars: dict[str, Any],
 ) -> None:
-    """Write the optimiser, the schedule and `scalars` (JSON-able) into `folder`, atomically."""
+    """Write the optimiser, the schedule and `scalars` (JSON-able) into `folder`, atomically.
+
+    The JSON file is written last and holds the sha256 of the optimiser's tensors (and, in
+    `scalars`, the caller may put that of its weights): it is the commit record, so a save cut
+    short between files is found on resume instead of mixing two steps."""
     folder = Path(folder)
     state = optimizer.state_dict()
     tensors, values = {}, {}
@@ -246,6 +251,7 @@ def save_training_state(
     }
     with atomic_path(folder / STATE_TENSORS) as tmp:
         save_file(tensors, str(tmp))
+    document["tensors_sha256"] = sha256_of(folder / STATE_TENSORS)
     with atomic_path(folder / STATE_JSON) as tmp:
         tmp.write_text(json.dumps(document, indent=1) + "\n")
 
@@ -273,7 +279,14 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore the optimiser and the schedule from `folder`; return the JSON document."""
     document = read_training_state(folder)
-    tensors = load_file(str(Path(folder) / STATE_TENSORS))
+    path = Path(folder) / STATE_TENSORS
+    if document.get("tensors_sha256", sha256_of(path)) != sha256_of(path):
+        raise ValueError(
+            f"{folder}: the optimiser state ({STATE_TENSORS}) is not the one its {STATE_JSON} "
+            "was saved with; the run was interrupted while saving. Train into a new folder, or "
+            "pass resume=False (--no-resume) to start this one over"
+        )
+    tensors = load_file(str(path))
     slots: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *document["optimizer"]["values"].items()]:
         index, name = key.split(".", 1)

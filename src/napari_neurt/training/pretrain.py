@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.checkpoint import WEIGHTS_NAME, read_checkpoint, save_checkpoint, sha256_of
 from ..model.neurt import Neurt, NeurtConfig
 from ..progress import Steps, run_steps
 from .data import RecordingSource, WindowStream
@@ -152,12 +152,13 @@ class ReconstructionTrainer:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
-    def save_state(self, folder: Path) -> None:
+    def save_state(self, folder: Path, weights_sha256: str | None = None) -> None:
         save_training_state(
             folder,
             self.optimizer,
             self.scheduler,
-            {"step": self.step, "config": self.config.to_dict(), "history": self.history},
+            {"step": self.step, "config": self.config.to_dict(), "history": self.history,
+             "weights_sha256": weights_sha256},
         )
 
     def load_state(self, folder: Path) -> None:
@@ -308,14 +309,17 @@ def _resumed(folder: Path, config: PretrainConfig, model: ModelSpec) -> Starting
             f"{folder} holds a run of another network shape ({checkpoint.config}); resume it "
             "without a model, or train into a new folder"
         )
-    if checkpoint.provenance.get("step") != state["step"]:
+    saved_weights = state.get("weights_sha256") or checkpoint.provenance["weights_sha256"]
+    if (checkpoint.provenance.get("step") != state["step"]
+            or saved_weights != checkpoint.provenance["weights_sha256"]):
         raise ValueError(
-            f"{folder}: the weights (step {checkpoint.provenance.get('step')}) and the training "
-            f"state (step {state['step']}) differ; the run was interrupted while saving"
+            f"{folder}: the weights (step {checkpoint.provenance.get('step')}) are not those "
+            f"the training state (step {state['step']}) was saved with; the run was interrupted "
+            "while saving. Train into a new folder, or pass resume=False (--no-resume) to start "
+            "this one over"
         )
-    return StartingPoint(
-        checkpoint.build(), checkpoint.tokens, checkpoint.frame_rate_hz, checkpoint.provenance
-    )
+    origin = checkpoint.provenance.get("started_from") or {}
+    return StartingPoint(checkpoint.build(), checkpoint.tokens, checkpoint.frame_rate_hz, origin)
 
 
 def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate, origin) -> None:
@@ -329,7 +333,7 @@ def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate
             "source": "napari-neurt pretrain",
             "step": trainer.step,
             "steps": trainer.config.steps,
-            "started_from": origin.get("started_from", origin),
+            "started_from": origin,
         },
     )
-    trainer.save_state(folder)
+    trainer.save_state(folder, sha256_of(folder / WEIGHTS_NAME))
