@@ -178,6 +178,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         check_cohort([LabelledRecording("x", "m1", "a"), LabelledRecording("y", "m2", "a")])
     with pytest.raises(ValueError, match="evaluation"):
         FinetuneConfig(evaluation="k-fold")
+    with pytest.raises(ValueError, match="fewer than the 40 bags_per_step"):  # it never ended
+        FinetuneConfig(bags_per_step=40, recordings_per_round=4, bags_per_recording=8)
 
 
 def test_default_recipe_is_the_measured_one():

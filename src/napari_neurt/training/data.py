@@ -281,6 +281,12 @@ class BagStream(IterableDataset):
             raise ValueError("need one label and one weight for each of at least one recording")
         if statistics is not None and len(statistics) != len(sources):
             raise ValueError("need one array of statistics per recording")
+        if bags_per_step > recordings_per_round * bags_per_recording:
+            raise ValueError(
+                f"a round cuts recordings_per_round x bags_per_recording = {recordings_per_round}"
+                f" x {bags_per_recording} bags, fewer than the {bags_per_step} of one step; "
+                "raise one of them or lower bags_per_step"
+            )
         self.statistics = statistics
         self.sources, self.labels = list(sources), np.asarray(labels, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)

@@ -139,9 +139,16 @@ class FinetuneConfig:
                 f"got {self.evaluation!r}"
             )
         check_recording_pooling(self.recording_pooling)
-        for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience"):
+        for name in ("steps", "bags_per_step", "bag_size", "eval_every", "patience",
+                     "recordings_per_round", "bags_per_recording"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be at least 1")
+        if self.bags_per_step > self.recordings_per_round * self.bags_per_recording:
+            raise ValueError(
+                f"FinetuneConfig: a round cuts recordings_per_round x bags_per_recording = "
+                f"{self.recordings_per_round} x {self.bags_per_recording} bags, fewer than the "
+                f"{self.bags_per_step} bags_per_step of one step; raise one or lower the other"
+            )
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
