@@ -113,15 +113,17 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ValueError(f"{folder / CONFIG_NAME} is not a napari-neurt checkpoint config")
     where = folder / CONFIG_NAME
     version = document.get("format_version", 0)
-    if not isinstance(version, int):  # noqa: TRY004 - a damaged file, not a caller's bug
-        raise ValueError(f"{where}: format_version must be a whole number; got {version!r}")
+    if not isinstance(version, int):  # a damaged file, not a caller's bug: a ValueError
+        raise ValueError(  # noqa: TRY004
+            f"{where}: format_version must be a whole number; got {version!r}"
+        )
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{folder} was written by a newer napari-neurt (format {version}); "
             "update napari-neurt to read it"
         )
-    if not isinstance(document.get("model"), dict):  # noqa: TRY004 - likewise
-        raise ValueError(f"{where} has no \"model\" section (the network's shape)")
+    if not isinstance(document.get("model"), dict):
+        raise ValueError(f"{where} has no \"model\" section (the network's shape)")  # noqa: TRY004
     try:
         config = NeurtConfig.from_dict(document["model"])
     except (TypeError, ValueError) as error:  # a field of the wrong type or value
