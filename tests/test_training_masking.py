@@ -78,6 +78,26 @@ def test_regimes_are_mixed_within_a_batch():
     assert not (batch.own & batch.random).any()
 
 
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_small_batches_get_the_own_regime_at_its_share_on_average(batch):
+    """Rounding per batch gave batches of one window never the own regime (adapt's default
+    on small recordings), and batches of 3 two thirds."""
+    rng = np.random.default_rng(0)
+    windows = torch.rand(batch, 64, 5)
+    shares = [mask_windows(windows, MaskingConfig(own_fraction=0.5), rng).own.float().mean()
+              for _ in range(400)]
+    assert float(np.mean(shares)) == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_whole_share_draws_nothing_more():
+    """Batches whose own share is whole keep the masks (and weights) trained before."""
+    from napari_neurt.training.masking import own_count
+
+    rng = np.random.default_rng(7)
+    state = rng.bit_generator.state
+    assert own_count(32, 0.5, rng) == 16 and rng.bit_generator.state == state
+
+
 def test_masking_is_a_function_of_the_seed():
     _, a = masked(n_windows=16, seed=3)
     _, b = masked(n_windows=16, seed=3)

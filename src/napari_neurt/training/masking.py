@@ -23,6 +23,7 @@ is not reproduced here.)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,17 @@ def hidden_count(n_steps: int, ratio: float) -> int:
     return max(1, round(n_steps * ratio))
 
 
+def own_count(batch: int, fraction: float, rng: np.random.Generator) -> int:
+    """Windows of a batch in the "own" regime: `fraction` of them on average, whatever the batch
+    size (rounding alone gave none at batch size 1). The whole part is exact; the rest is drawn,
+    and only then, so batches where the share is whole use `rng` as before."""
+    share = fraction * batch
+    if abs(share - round(share)) < 1e-9:  # whole, up to floating point (0.3 * 10)
+        return round(share)
+    whole = math.floor(share)
+    return whole + int(rng.random() < share - whole)
+
+
 def mask_windows(
     windows: torch.Tensor, config: MaskingConfig, rng: np.random.Generator
 ) -> MaskedBatch:
@@ -141,7 +153,7 @@ def mask_windows(
     windows = windows.float()
     batch, n_steps, n_features = windows.shape
     own = np.zeros(batch, dtype=bool)
-    own[rng.permutation(batch)[: round(config.own_fraction * batch)]] = True
+    own[rng.permutation(batch)[: own_count(batch, config.own_fraction, rng)]] = True
     random = ~own & (rng.random(batch) >= config.zero_prob)
 
     all_lengths = geometric_lengths(config.max_span, config.span_p)
