@@ -369,3 +369,10 @@ def test_a_simple_baseline_is_better_than_chance_but_not_perfect():
     print(f"baseline accuracy: {default:.2f} at effect 1, {weak:.2f} at effect 0.25")
     assert default >= 0.7
     assert weak < 0.8 and weak < default
+
+
+@pytest.mark.parametrize("n_neurons", [1, 2])
+def test_a_cohort_of_tiny_animals_has_room_beside_its_plaques(n_neurons):
+    for seed in range(8):  # seeds 4 (one neuron) and 1 (two) once had no room left
+        animals = simulate.cohort(1, seed=seed, n_neurons=n_neurons, n_frames=10)
+        assert all(a.recording.n_neurons >= 1 for a in animals)

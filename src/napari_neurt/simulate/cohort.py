@@ -43,6 +43,7 @@ _EVENT_RATE_SPREAD = 0.3  # log s.d. of the ensemble event rate
 _COUPLING_RANGE = (0.6, 1.0)  # times the condition's coupling, uniform
 _PHOTON_SPREAD = 0.4  # log s.d. of the photon budget (SNR changes with its square root)
 _EXPRESSION_SPREAD = 0.2  # log s.d. of the single-spike ΔF/F (indicator expression)
+_FEWEST_NEURONS_FIELD = 4  # the field of view holds at least this many neurons' share of space
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,8 @@ def _animal(
         coupling=float(coupling * max(1.0 - effect * phenotype.coupling_loss, 0.0)),
     )
 
-    field_um = _field_um(None, n_neurons, imaging.cells_per_mm2)
+    # a field sized for one or two somata can have no room left beside a plaque's core
+    field_um = _field_um(None, max(n_neurons, _FEWEST_NEURONS_FIELD), imaging.cells_per_mm2)
     area_mm2 = field_um[0] * field_um[1] * 1e-6
     n_plaques = max(1, rng.poisson(phenotype.plaques_per_mm2 * area_mm2)) if plaques else 0
     plaques_um = rng.uniform((0.0, 0.0), field_um, size=(n_plaques, 2))
