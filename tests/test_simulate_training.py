@@ -376,3 +376,14 @@ def test_a_cohort_of_tiny_animals_has_room_beside_its_plaques(n_neurons):
     for seed in range(8):  # seeds 4 (one neuron) and 1 (two) once had no room left
         animals = simulate.cohort(1, seed=seed, n_neurons=n_neurons, n_frames=10)
         assert all(a.recording.n_neurons >= 1 for a in animals)
+
+
+@pytest.mark.parametrize("timescale_s", [0.005, 0.01, 1.0])
+def test_drift_keeps_its_amplitude_at_any_time_scale(timescale_s):
+    from napari_neurt.simulate.imaging import drift_trace
+
+    drift = drift_trace(200_000, 30.0, rng=np.random.default_rng(0), amplitude=0.02,
+                        timescale_s=timescale_s)
+    assert drift.std() == pytest.approx(0.02, rel=0.05)  # below a frame it fell to 0.0015
+    with pytest.raises(ValueError, match="time scale must be positive"):
+        drift_trace(10, 30.0, rng=np.random.default_rng(0), timescale_s=0.0)

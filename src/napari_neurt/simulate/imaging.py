@@ -268,15 +268,22 @@ def drift_trace(
     (white noise smoothed by a Gaussian of sigma `timescale_s`): a recording shorter than the
     time scale sees only part of a swing.
     """
+    if not timescale_s > 0:
+        raise ValueError(f"the drift's time scale must be positive seconds; got {timescale_s}")
     time = np.arange(n_frames) / frame_rate
     bleaching = np.exp(-time / bleach_time_s)
     sigma = max(timescale_s * frame_rate, 1e-3)
     pad = int(np.ceil(4 * sigma))
     white = rng.standard_normal(n_frames + 2 * pad)  # padded: no edge effects
     wander = ndimage.gaussian_filter1d(white, sigma)[pad : pad + n_frames]
-    # Smoothing unit white noise with a Gaussian of sigma s leaves a standard deviation of
-    # (4 pi s^2) ** -0.25.
-    wander *= amplitude * (4 * np.pi * sigma**2) ** 0.25
+    if sigma >= 1:
+        # Smoothing unit white noise with a Gaussian of sigma s leaves a standard deviation of
+        # (4 pi s^2) ** -0.25.
+        wander *= amplitude * (4 * np.pi * sigma**2) ** 0.25
+    else:  # below a frame the sampled kernel is no Gaussian: measure what it leaves
+        impulse = np.zeros(2 * pad + 1)
+        impulse[pad] = 1.0
+        wander *= amplitude / np.sqrt(np.sum(ndimage.gaussian_filter1d(impulse, sigma) ** 2))
     return bleaching * (1 + wander)
 
 

@@ -393,6 +393,10 @@ def _drift(
     The drift changes over tens of seconds; smoothing white noise at the full frame rate would
     cost more than the rest of `population`.
     """
+    if not imaging.drift_timescale_s > 0:
+        raise ValueError(
+            f"drift_timescale_s must be positive seconds; got {imaging.drift_timescale_s}"
+        )
     rate = min(frame_rate, _DRIFT_SAMPLES_PER_TIMESCALE / imaging.drift_timescale_s)
     n_samples = int(np.ceil((n_frames - 1) * rate / frame_rate)) + 2
     drift = drift_trace(
