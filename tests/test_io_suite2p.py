@@ -326,3 +326,16 @@ def test_real_folder_copy_without_iscell(suite2p_folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="no iscell.npy.*cells_only=False"):
         read_suite2p(tmp_path)
     assert read_suite2p(tmp_path, cells_only=False).n_neurons == 23
+
+
+def test_read_recording_takes_suite2p_s_own_folder_of_one_plane(tmp_path):
+    from napari_neurt.io import read_recording
+
+    for plane in ("plane0", "plane1"):
+        (tmp_path / "suite2p" / plane).mkdir(parents=True)
+    _write_suite2p_folder(tmp_path / "suite2p" / "plane0", *_synthetic_rois())
+    recording = read_recording(tmp_path / "suite2p")
+    assert recording.n_neurons == read_suite2p(tmp_path / "suite2p" / "plane0").n_neurons
+    _write_suite2p_folder(tmp_path / "suite2p" / "plane1", *_synthetic_rois())
+    with pytest.raises(ValueError, match="holds 2 suite2p planes .*pass its folder"):
+        read_recording(tmp_path / "suite2p")

@@ -252,6 +252,15 @@ def read_recording(
             )
         recording = _recording_from_movie(path, labels, frame_rate, options)
     elif path.is_dir():
+        planes = sorted(p for p in path.glob("plane*") if is_suite2p_folder(p))
+        if not is_suite2p_folder(path) and len(planes) == 1:  # suite2p's own folder, one plane
+            path = planes[0]
+        elif not is_suite2p_folder(path) and planes:
+            raise ValueError(
+                f"{path} holds {len(planes)} suite2p planes ({', '.join(p.name for p in planes)}); "
+                "a recording is one plane: pass its folder, e.g. "
+                f"{planes[0]}"
+            )
         if not is_suite2p_folder(path):
             raise _unsupported(f"the folder {path} (no F.npy and stat.npy)")
         recording = read_suite2p(path, frame_rate=frame_rate, **options)

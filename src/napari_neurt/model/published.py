@@ -72,7 +72,8 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_DIR_ENV])
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("napari-neurt"))
+    # appauthor=False: on Windows %LOCALAPPDATA%\napari-neurt\Cache, not napari-neurt twice
+    return Path(platformdirs.user_cache_dir("napari-neurt", appauthor=False))
 
 
 def fetch_published(name: str) -> Path:
