@@ -92,7 +92,11 @@ def test_label_image_reader(tmp_path):
     np.save(tmp_path / "F.npy", np.random.default_rng(0).random((3, 50)))  # traces, not labels
     np.save(tmp_path / "stat.npy", np.array([{}], dtype=object), allow_pickle=True)
     Image.fromarray(np.full((10, 12, 3), 200, np.uint8)).save(tmp_path / "photo.png")
-    for name in ("F.npy", "stat.npy", "photo.png"):
+    # integer arrays that are pictures, or hold no ROI, are not claimed either
+    np.save(tmp_path / "camera.npy", np.random.default_rng(0).integers(1, 4096, (10, 12)))
+    np.save(tmp_path / "empty.npy", np.zeros((10, 12), np.int32))
+    np.save(tmp_path / "signed.npy", -LABELS.astype(np.int32))
+    for name in ("F.npy", "stat.npy", "photo.png", "camera.npy", "empty.npy", "signed.npy"):
         assert get_labels_reader(str(tmp_path / name)) is None, name
 
 
@@ -132,7 +136,9 @@ def _check_recording_layers(layers, n_neurons, with_image=True):
     labels, kwargs, _ = layers[-1]
     recording = kwargs["metadata"]["neurt_recording"]
     assert isinstance(recording, Recording) and recording.n_neurons == n_neurons
-    assert labels is recording.labels and 0 in labels
+    # equal, but a copy: painting the layer must not change the Recording
+    np.testing.assert_array_equal(labels, recording.labels)
+    assert labels is not recording.labels and 0 in labels
     features = kwargs["features"]
     assert all(len(column) == n_neurons + 1 for column in features.values())
     assert features["index"][0] == 0  # background row first

@@ -478,3 +478,91 @@ def test_imagej_rois_outside_the_movie_frame_are_refused_clearly(make_napari_vie
     assert "outside the movie's 32 × 28 frame" in message
     assert layer_state(viewer) == before
     assert RECORDING_KEY not in viewer.layers["RoiSet"].metadata
+
+
+# -- what a lab user does meanwhile: type values, rename layers, select, paint -----------------------
+def test_a_typed_frame_rate_survives_the_layers_an_extract_adds(panel, qtbot):
+    viewer, widget = panel
+    widget.frame_rate.setValue(15.0)  # the metadata said otherwise
+    widget.pixel_size.setValue(1.1)
+    widget.extract()
+    wait_idle(qtbot, widget)
+    assert (widget.frame_rate.value(), widget.pixel_size.value()) == (15.0, 1.1)
+    widget.set_hide("kfold")
+    widget.folds.setValue(2)
+    widget.reconstruct()
+    wait_idle(qtbot, widget)
+    recording = viewer.layers["two-photon ROIs (simulated)"].metadata[RECORDING_KEY]
+    assert (recording.frame_rate, recording.pixel_size_um) == (15.0, 1.1)
+
+
+def test_values_the_boxes_round_do_not_count_as_changes(make_napari_viewer, sample, qtbot):
+    from dataclasses import replace
+
+    from napari_neurt import analysis
+    from napari_neurt.plugin.viewer import add_recording
+
+    viewer = make_napari_viewer()
+    recording = replace(sample.recording(), frame_rate=29.7597, pixel_size_um=0.78125)
+    prior = analysis.Analysis(recording)
+    add_recording(viewer, analysis=prior, name="rounded")
+    widget = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, AnalysisWidget))
+    roi, kept = widget._recording()
+    assert kept is recording  # earlier results still apply
+
+
+def test_the_scores_layer_follows_its_rois_through_a_rename(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    viewer.layers["two-photon ROIs (simulated)"].name = "cells"
+    qtbot.wait(50)
+    assert widget.scores_layer() is not None
+    widget.set_hide("kfold")
+    widget.folds.setValue(2)
+    job = widget.reconstruct()
+    viewer.layers["cells"].name = "my cells"  # renamed again while the job runs
+    wait_idle(qtbot, widget)
+    assert job.error is None and "reconstructed" in widget.status.text()
+    scores = [layer for layer in viewer.layers if layer.metadata.get(SCORES_KEY, {}).get("roi_key")]
+    assert len(scores) == 1 and ANALYSIS_KEY in scores[0].metadata
+    assert scores[0].metadata[ANALYSIS_KEY].reconstruction is not None
+
+
+def test_show_selected_label_outlasts_a_recolouring(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    scores = widget.scores_layer()
+    scores.show_selected_label = True
+    scores.selected_label = int(scores.metadata[RECORDING_KEY].neuron_ids[2])
+    before = scores.colormap
+    widget.colour_by(widget.colour_box.currentData(), "magma")  # a new colormap
+    assert scores.colormap is not before
+    assert scores.colormap.use_selection and scores.colormap.selection == scores.selected_label
+
+
+def test_painting_a_layer_leaves_the_recording_as_it_was(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    scores = widget.scores_layer()
+    recording = scores.metadata[RECORDING_KEY]
+    before = recording.labels.copy()
+    scores.data[:] = 0  # a user's bucket fill, say
+    np.testing.assert_array_equal(recording.labels, before)
+
+
+def test_the_scores_layer_starts_on_a_neuron(make_napari_viewer, checkpoint, qtbot):
+    sample = simulate.two_photon(shape=(64, 64), n_cells=6, n_frames=120, seed=1)
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in layer_data(sample, "shifted"):
+        if kind == "labels":
+            data = np.where(data > 0, data + 14, 0)  # ids 15, 16, ...: no label 1
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = AnalysisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NEuRT analysis")
+    widget.extract()
+    wait_idle(qtbot, widget)
+    scores = widget.scores_layer()
+    assert scores.selected_label in scores.metadata[RECORDING_KEY].neuron_ids

@@ -201,6 +201,31 @@ def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot)
     qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
 
 
+def test_attention_map_clears_when_the_selection_leaves_during_a_job(
+    make_napari_viewer, result, qtbot
+):
+    sim, out = result
+    viewer = make_napari_viewer()
+    add_recording(viewer, movie=sim.movie, analysis=out, name="cells", show_panel=False)
+    widget = AttentionMapWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NEuRT attention map")
+    scores = viewer.layers["cells scores"]
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+    widget._tokens.clear()  # the next map takes a moment
+    scores.selected_label = 3
+    widget.timer.stop()
+    widget.update_maps()
+    assert widget.job is not None
+    scores.selected_label = 0  # the background: no neuron while the map is computed
+    widget.timer.stop()
+    widget.update_maps()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+    qtbot.wait(400)  # the queued update, if any
+    widget.timer.stop()
+    assert widget.window is None and not widget.image.get_visible()
+    assert "not a neuron" in widget.axes.get_title()
+
+
 def toy_recording(kind, seed, n_neurons=10, n_frames=96):
     rng = np.random.default_rng(seed)
     frames = np.arange(n_frames)

@@ -152,7 +152,12 @@ def get_labels_reader(path: str | Sequence[str]) -> ReaderFunction | None:
             shape = shape[1:]
         if dtype.hasobject or not np.issubdtype(dtype, np.integer) or len(shape) != 2:
             return None
-        return _read_label_image
+        try:  # an integer picture is no label image: look at the values, as for PNG
+            looks = _looks_like_labels(np.load(single, mmap_mode="r", allow_pickle=False)
+                                       .reshape(shape))
+        except (OSError, ValueError):
+            return None
+        return _read_label_image if looks else None
     try:
         from PIL import Image
 
@@ -239,7 +244,7 @@ def recording_layers(recording, name: str) -> list[LayerData]:
         features["iscell"] = np.concatenate([[np.nan], np.asarray(iscell, dtype=np.float64)])
     layers.append(
         _labels_layer(
-            recording.labels,
+            recording.labels.copy(),  # painting the layer must not change the Recording
             f"{name} ROIs",
             {"neurt_recording": recording, "source": recording.source},
             features=features,

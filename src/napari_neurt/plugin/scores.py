@@ -26,6 +26,7 @@ from ..recording import Recording
 RECORDING_KEY = "neurt_recording"
 ANALYSIS_KEY = "neurt_analysis"
 SCORES_KEY = "neurt_scores"
+ROI_KEY = "neurt_roi_key"  # a ROI layer's own key: its scores layer follows it through renames
 MISSING_COLOUR = np.array([0.55, 0.55, 0.55, 1.0])
 TRANSPARENT = np.zeros(4)
 COLORMAPS = ("viridis", "magma", "plasma", "inferno", "cividis", "turbo", "coolwarm")
@@ -237,7 +238,7 @@ def scores_layer_data(
     colours = colouring(features, column, cmap, label=column_label(column, features, analysis))
     return ScoresLayerData(
         name=f"{roi_layer_name} scores",
-        labels=recording.labels,
+        labels=recording.labels.copy(),  # painting the layer must not change the Recording
         features=features,
         colouring=colours,
         analysis=analysis,
@@ -247,32 +248,62 @@ def scores_layer_data(
     )
 
 
+def _following_selection(colormap, layer):
+    """`colormap` showing only `layer`'s selected label when the layer is set to: napari copies
+    that onto a colormap only when it makes one, not onto one it is given."""
+    colormap.use_selection = bool(layer.show_selected_label)
+    colormap.selection = int(layer.selected_label)
+    return colormap
+
+
 def _direct_colormap(color_dict: dict):
     from napari.utils import DirectLabelColormap
 
     return DirectLabelColormap(color_dict=color_dict)
 
 
-def scores_layer_of(viewer, roi_layer_name: str):
-    """The scores layer made for the ROI layer called `roi_layer_name`, if any."""
+def roi_key(layer) -> str:
+    """The ROI layer's own key (made on first use): what links its scores layer and markers to
+    it, whatever either is renamed to."""
+    key = layer.metadata.get(ROI_KEY)
+    if not key:
+        import uuid
+
+        key = uuid.uuid4().hex
+        layer.metadata = {**layer.metadata, ROI_KEY: key}
+    return key
+
+
+def scores_layer_of(viewer, roi_layer):
+    """The scores layer made for `roi_layer` (a Labels layer), if any."""
+    key = roi_layer.metadata.get(ROI_KEY)
     for layer in viewer.layers:
         info = layer.metadata.get(SCORES_KEY) if hasattr(layer, "metadata") else None
-        if info and info.get("roi_layer") == roi_layer_name and hasattr(layer, "selected_label"):
+        if info and hasattr(layer, "selected_label") and key and info.get("roi_key") == key:
             return layer
     return None
 
 
-def apply_scores(viewer, data: ScoresLayerData):
-    """Add the scores layer (and its markers) or update the existing one; returns the layer."""
+def _markers_of(viewer, key: str):
+    for layer in viewer.layers:
+        if (getattr(layer, "metadata", {}).get(SCORES_KEY) or {}).get("markers_of_roi") == key:
+            return layer
+    return None
+
+
+def apply_scores(viewer, data: ScoresLayerData, roi_layer):
+    """Add the scores layer of `roi_layer` (and its markers) or update the existing one;
+    returns the scores layer."""
+    key = roi_key(roi_layer)
     colormap = _direct_colormap(data.colouring.color_dict)
-    metadata_info = {"roi_layer": data.roi_layer_name, **data.colouring.legend()}
-    layer = scores_layer_of(viewer, data.roi_layer_name)
+    metadata_info = {"roi_layer": roi_layer.name, "roi_key": key, **data.colouring.legend()}
+    layer = scores_layer_of(viewer, roi_layer)
     metadata = {
         RECORDING_KEY: data.analysis.recording,
         ANALYSIS_KEY: data.analysis,
         SCORES_KEY: metadata_info,
     }
-    markers = viewer.layers[data.markers_name] if data.markers_name in viewer.layers else None
+    markers = _markers_of(viewer, key)
     kwargs = data.layer_kwargs
     if layer is None:
         layer = viewer.add_labels(
@@ -284,12 +315,18 @@ def apply_scores(viewer, data: ScoresLayerData):
             opacity=0.75,
             **kwargs,
         )
+        ids = data.analysis.recording.neuron_ids
+        with layer.events.selected_label.blocker():  # napari's default 1 may be no neuron
+            layer.selected_label = (
+                roi_layer.selected_label if roi_layer.selected_label in ids
+                else int(ids[0]) if len(ids) else 1
+            )
     else:
         with layer.events.selected_label.blocker():
-            if layer.data is not data.labels:
+            if layer.data is not data.labels and not np.array_equal(layer.data, data.labels):
                 layer.data = data.labels
             layer.metadata = {**layer.metadata, **metadata}
-            layer.colormap = colormap
+            layer.colormap = _following_selection(colormap, layer)
             layer.features = data.features
     scale = kwargs.get("scale")
     translate = kwargs.get("translate")
@@ -304,7 +341,7 @@ def apply_scores(viewer, data: ScoresLayerData):
             border_width=0.15,
             scale=scale,
             translate=translate,
-            metadata={SCORES_KEY: {"markers_of": data.name}},
+            metadata={SCORES_KEY: {"markers_of": data.name, "markers_of_roi": key}},
         )
     elif markers is not None:
         markers.data = data.markers
@@ -319,7 +356,7 @@ def recolour(layer, column: str, cmap: str | None = None) -> Colouring:
     colours = colouring(
         layer.features, column, cmap, label=column_label(column, layer.features, analysis)
     )
-    colormap = _direct_colormap(colours.color_dict)
+    colormap = _following_selection(_direct_colormap(colours.color_dict), layer)
     with layer.events.selected_label.blocker():
         layer.colormap = colormap
     info.update(colours.legend())

@@ -109,7 +109,7 @@ def add_recording(
     if analysis is not None:
         metadata[ANALYSIS_KEY] = analysis
     labels_layer = viewer.add_labels(
-        recording.labels,
+        recording.labels.copy(),  # painting the layer must not change the Recording
         name=name,
         scale=scale,
         opacity=0.5,
@@ -118,7 +118,7 @@ def add_recording(
     )
     labels_layer.selected_label = int(recording.neuron_ids[0]) if recording.n_neurons else 1
     if scores is not None:
-        scores_layer = apply_scores(viewer, scores)
+        scores_layer = apply_scores(viewer, scores, labels_layer)
         scores_layer.selected_label = labels_layer.selected_label
         viewer.layers.selection.active = scores_layer
     if show_traces:

@@ -89,12 +89,17 @@ class ModelLoaded(Progress):
 class JobResult:
     """What a job hands to the main thread: everything to apply, built beforehand."""
 
-    roi_layer: str
+    roi_layer: Any  # the napari Labels layer the job ran on (followed through renames)
     analysis: core.Analysis
     scores: Any  # ScoresLayerData
     message: str = ""
     roi_features: Any = None
     device: str | None = None
+
+
+def _shown_as(box, value: float) -> bool:
+    """Whether the spin box `box` shows `value`, to its decimals."""
+    return abs(box.value() - value) <= 0.5 * 10.0 ** -box.decimals() + 1e-12
 
 
 def _is_scores_layer(layer) -> bool:
@@ -112,6 +117,7 @@ class AnalysisWidget(QWidget):
         self.batch_size: int | None = None  # windows per batch (None: the device's default)
         self._pipeline: list[tuple[str, dict]] = []
         self._updating = False
+        self._prefilled_for: tuple | None = None  # the inputs the boxes were last filled for
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -361,12 +367,18 @@ class AnalysisWidget(QWidget):
 
     def scores_layer(self):
         roi = self.roi_layer()
-        return scores_layer_of(self.viewer, roi.name) if roi is not None else None
+        return scores_layer_of(self.viewer, roi) if roi is not None else None
 
     def _inputs_changed(self, event=None) -> None:
         if self._updating:
             return
-        self._prefill()
+        # prefill only for other inputs: a layer added, renamed or moved (the scores layer an
+        # Extract adds) must not undo the frame rate or pixel size typed in meanwhile
+        roi, movie = self.roi_layer(), self.movie_layer()
+        inputs = (id(roi), id(movie), id(recording_of(roi)) if roi is not None else None)
+        if inputs != self._prefilled_for:
+            self._prefilled_for = inputs
+            self._prefill()
         self._refresh_scores_ui()
 
     def _prefill(self) -> None:
@@ -472,9 +484,15 @@ class AnalysisWidget(QWidget):
                 f"{roi.name!r} has no traces yet: choose its movie and click Extract traces, or "
                 "open a suite2p, CaImAn or NWB recording"
             )
-        frame_rate = self.frame_rate.value()
-        pixel = self.pixel_size.value() or None
-        if abs(frame_rate - recording.frame_rate) > 1e-9 or pixel != recording.pixel_size_um:
+        frame_rate, pixel = self.frame_rate.value(), self.pixel_size.value() or None
+        # the boxes round (29.7597 Hz shows as 29.760): a value they show as it is, is unchanged
+        if _shown_as(self.frame_rate, recording.frame_rate):
+            frame_rate = recording.frame_rate
+        if pixel is not None and recording.pixel_size_um is not None and _shown_as(
+            self.pixel_size, recording.pixel_size_um
+        ):
+            pixel = recording.pixel_size_um
+        if frame_rate != recording.frame_rate or pixel != recording.pixel_size_um:
             recording = replace(
                 recording, frame_rate=frame_rate, pixel_size_um=pixel,
                 metadata=dict(recording.metadata),
@@ -583,10 +601,10 @@ class AnalysisWidget(QWidget):
         """Put a job's results into the viewer (main thread, after the job ran to the end)."""
         from ..viewer import ensure_trace_dock, refresh_plots
 
-        if result.roi_layer not in self.viewer.layers:
-            raise ValueError(f"the ROI layer {result.roi_layer!r} was removed while NEuRT ran")
-        roi = self.viewer.layers[result.roi_layer]
-        apply_scores(self.viewer, result.scores)
+        roi = result.roi_layer
+        if roi not in self.viewer.layers:
+            raise ValueError(f"the ROI layer {roi.name!r} was removed while NEuRT ran")
+        apply_scores(self.viewer, result.scores, roi)
         metadata = {**roi.metadata, RECORDING_KEY: result.analysis.recording,
                     ANALYSIS_KEY: result.analysis}
         if result.roi_features is not None:
@@ -651,7 +669,7 @@ class AnalysisWidget(QWidget):
             )
             yield Progress(1, 1, "dF/F")
             return JobResult(
-                roi_name, analysis, data,
+                roi, analysis, data,
                 message=f"extracted {recording.n_neurons} neurons × {recording.n_frames} frames"
                 + placed,
                 roi_features=_roi_features(recording, extra),
@@ -721,7 +739,7 @@ class AnalysisWidget(QWidget):
 
                 mean = {name: np.mean([c[name] for c in calibrations]) for name in calibrations[0]}
                 summary += f"; calibrated: {Calibration(**mean).describe()}"
-            return JobResult(roi_name, analysis, data, message=f"reconstructed: {summary}",
+            return JobResult(roi, analysis, data, message=f"reconstructed: {summary}",
                              device=str(model_.device))
 
         return self._start("reconstruct", steps, self._apply)
@@ -754,7 +772,7 @@ class AnalysisWidget(QWidget):
             names = result.result.class_names
             name = names[1] if len(names) > 1 else "class 1"
             message = f"classified: P({name}) = {result.result.recording_probability:.3f}"
-            return JobResult(roi_name, analysis, data, message=message, device=str(model_.device))
+            return JobResult(roi, analysis, data, message=message, device=str(model_.device))
 
         return self._start("classify", steps, self._apply)
 

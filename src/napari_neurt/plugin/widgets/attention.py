@@ -119,6 +119,8 @@ class AttentionMapWidget(PlotWidget):
     def update_maps(self) -> None:
         request = self.request()
         if isinstance(request, str):
+            if self.job is not None:  # what the running job brings is no longer wanted
+                self._pending = True
             self.maps, self.window = None, None
             self.status.setText("")
             self.axes.set_title(request, fontsize=8)
@@ -157,6 +159,9 @@ class AttentionMapWidget(PlotWidget):
     def _show(self, result) -> None:
         if result is None:
             return
+        request = self.request()
+        if isinstance(request, str) or result[1][0] != request[2]:
+            return  # the selection moved on while it was computed
         self.maps, self.window = result
         n_layer, n_head = self.maps.shape[:2]
         self.layer_spin.setRange(1, n_layer)
