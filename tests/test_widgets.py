@@ -507,7 +507,7 @@ def test_values_the_boxes_round_do_not_count_as_changes(make_napari_viewer, samp
     prior = analysis.Analysis(recording)
     add_recording(viewer, analysis=prior, name="rounded")
     widget = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, AnalysisWidget))
-    roi, kept = widget._recording()
+    _, kept = widget._recording()
     assert kept is recording  # earlier results still apply
 
 
@@ -530,7 +530,7 @@ def test_the_scores_layer_follows_its_rois_through_a_rename(panel, qtbot):
 
 
 def test_show_selected_label_outlasts_a_recolouring(panel, qtbot):
-    viewer, widget = panel
+    _, widget = panel
     widget.extract()
     wait_idle(qtbot, widget)
     scores = widget.scores_layer()
@@ -543,7 +543,7 @@ def test_show_selected_label_outlasts_a_recolouring(panel, qtbot):
 
 
 def test_painting_a_layer_leaves_the_recording_as_it_was(panel, qtbot):
-    viewer, widget = panel
+    _, widget = panel
     widget.extract()
     wait_idle(qtbot, widget)
     scores = widget.scores_layer()
