@@ -45,6 +45,7 @@ def test_parse_and_format_frames_round_trip():
         analysis.parse_frames("18-25", 20)
     with pytest.raises(ValueError, match="cannot read 'x'"):
         analysis.parse_frames("1, x", 20)
+    assert analysis.format_frames(analysis.parse_frames("3 - 5, 12 :13", 20)) == "3-5, 12-13"
 
 
 def test_r_squared_is_one_for_a_perfect_prediction_and_nan_when_undefined():
@@ -239,6 +240,19 @@ def test_event_rate_counts_transients_per_minute():
     rate = analysis.event_rate(trace, frame_rate)
     assert rate[0] == pytest.approx(3.0)
     assert rate[1] <= 1.0
+    quiet = rng.normal(0, 0.1, size=(1, 600))
+    quiet[0, [100, 300, 500]] = np.inf  # non-finite samples are below threshold, +inf too
+    assert analysis.event_rate(quiet, frame_rate)[0] == 0.0
+
+
+@pytest.mark.parametrize("frame_rate, spacing", [(5.0, 2), (9.0, 4), (29.0, 14), (30.9, 15)])
+def test_crossings_closer_than_half_a_second_merge_at_any_frame_rate(frame_rate, spacing):
+    """At these rates the spacing is under 0.5 s, which rounding the gap had counted as two."""
+    trace = np.zeros((1, 600))
+    trace[0, [100, 100 + spacing]] = 1.0
+    trace += np.random.default_rng(0).normal(0, 1e-3, trace.shape)
+    minutes = 600 / frame_rate / 60
+    assert analysis.event_rate(trace, frame_rate)[0] * minutes == pytest.approx(1.0)
 
 
 def test_frame_quality_finds_shifted_blank_dark_and_bright_frames():
@@ -252,6 +266,15 @@ def test_frame_quality_finds_shifted_blank_dark_and_bright_frames():
     quality = analysis.frame_quality(movie, chunk_size=16)  # chunks: neighbours across them
     assert np.flatnonzero(quality.bad).tolist() == [30, 60, 90, 120]
     assert quality.correlation.shape == (240,)
+
+
+def test_a_nan_pixel_does_not_blind_frame_quality_to_dark_and_bright_frames():
+    rng = np.random.default_rng(0)
+    movie = rng.normal(100, 5, (40, 12, 14))
+    movie[12] *= 0.3  # dark
+    movie[20] *= 3.0  # bright
+    movie[30, 0, 0] = np.nan  # one damaged pixel elsewhere
+    assert {12, 20} <= set(np.flatnonzero(analysis.frame_quality(movie).bad).tolist())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

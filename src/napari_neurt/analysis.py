@@ -32,6 +32,7 @@ between batches and returns its result; the plain functions drive it with `run_s
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -74,6 +75,7 @@ def parse_frames(text: str, n_frames: int) -> np.ndarray:
     Raises a ValueError naming the part it cannot read or the frame out of range.
     """
     hidden = np.zeros(n_frames, dtype=bool)
+    text = re.sub(r"\s*([-:])\s*", r"\1", text)  # "10 - 20" is a range too
     for part in re.split(r"[,;\s]+", text.strip()):
         if not part:
             continue
@@ -181,12 +183,13 @@ def iter_frame_quality(
     before = np.r_[np.nan, neighbour[1:]]  # with the previous frame
     after = np.r_[neighbour[1:], np.nan]  # with the next frame
     correlation = np.fmax(before, after)
+    seen = brightness[np.isfinite(brightness)]  # a frame with a NaN pixel has no brightness
     with np.errstate(invalid="ignore", divide="ignore"):
         decorrelation = np.log(np.clip(1.0 - correlation, 1e-12, None))
         level = np.log(
             np.clip(brightness, 1e-12, None)
-            if (brightness > 0).all()
-            else brightness - brightness.min() + 1.0
+            if (seen > 0).all()
+            else brightness - (seen.min() if seen.size else 0.0) + 1.0
         )
     ratio_before = np.full(n_frames, np.nan)
     ratio_after = np.full(n_frames, np.nan)
@@ -273,8 +276,10 @@ def event_rate(
             / np.sqrt(2)
         )
         above = traces > median + threshold * np.where(sigma > 0, sigma, np.inf)
+    above &= np.isfinite(traces)  # +inf too counts as below
     crossing = above[:, 1:] & ~above[:, :-1]
-    gap = max(1, int(round(min_interval_s * frame_rate)))
+    # kept: at least min_interval_s after the previous crossing (rounded up: closer ones merge)
+    gap = max(1, math.ceil(min_interval_s * frame_rate - 1e-9))
     counts = np.zeros(n, dtype=np.int64)
     for i, row in enumerate(crossing):  # crossings are few: a Python loop over them is cheap
         frames = np.flatnonzero(row)

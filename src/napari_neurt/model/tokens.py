@@ -380,8 +380,8 @@ def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
 
     What a recording head needs next to a neuron's embedding, which describes a window of its
     trace but not how often it fires or how it goes with the rest of the population
-    (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 MAD of
-    its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
+    (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 robust
+    s.d., 3 x 1.4826 MAD, of its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
     neuron, its correlation with the mean trace of its near neighbourhood (feature 1), the log
     event rate of that mean trace (high where the neighbours fire often together), and the mean
     log event rate of its `NEAREST_NEURONS` nearest neurons (high in a cluster of active
@@ -425,7 +425,8 @@ def head_statistics(tokens: NeighborhoodTokens | np.ndarray, count: int) -> np.n
 
 
 def _log_event_rate(x: np.ndarray) -> np.ndarray:
-    """log(1 + upward crossings of median + 3 MAD per 1000 frames) of each row of x (N, T)."""
+    """log(1 + upward crossings of median + 3 x 1.4826 MAD per 1000 frames) of each row of x
+    (N, T)."""
     median = np.median(x, axis=1, keepdims=True)
     mad = np.median(np.abs(x - median), axis=1, keepdims=True) * 1.4826
     above = x > median + 3 * np.maximum(mad, 1e-12)
