@@ -105,6 +105,17 @@ def test_reconstruct_calibrates_residual_models(tmp_path, capsys):
     assert "no hidden frame to score" in out and "calibrated" not in out
 
 
+def test_a_neuron_without_a_finite_value_is_reconstructed_as_unknown(tmp_path, checkpoint):
+    [path] = write_recordings(tmp_path, 1)
+    arrays = dict(np.load(path))
+    arrays["traces"][2] = np.nan  # an ROI outside the field of view in this session, say
+    np.savez(path, **arrays)
+    assert main(["reconstruct", str(path), "--model", str(checkpoint)]) == 0
+    with np.load(results_path(path, "reconstruct"), allow_pickle=False) as results:
+        assert np.isnan(results["reconstruction"][2]).all()
+        assert np.isfinite(np.delete(results["reconstruction"], 2, axis=0)).all()
+
+
 def test_classify_to_an_output_folder(tmp_path, checkpoint):
     paths = write_recordings(tmp_path, 1)
     assert (
@@ -165,6 +176,11 @@ def test_recordings_that_would_share_a_results_file_are_refused_first(
     assert not out.exists()  # refused before any work
     assert main(["classify", str(first), str(first), "--model", str(checkpoint)]) == 2
     assert "list each recording once" in capsys.readouterr().err
+    twin = first.with_suffix(".nwb")  # another file of the same name: its own recording
+    twin.write_bytes(b"")
+    assert main(["classify", str(first), str(twin), "--model", str(checkpoint)]) == 2
+    assert "they share a name" in capsys.readouterr().err
+    twin.unlink()
     assert main(["classify", str(first), str(second), "--model", str(checkpoint)]) == 0
     assert (tmp_path / "a" / "mouse0.neurt-classify.npz").exists()
     assert (tmp_path / "b" / "mouse0.neurt-classify.npz").exists()
@@ -189,6 +205,12 @@ def test_shard_and_results_path(tmp_path, monkeypatch):
     assert results_path(tmp_path / "plane0", "classify") == tmp_path / "plane0.neurt-classify.npz"
     monkeypatch.chdir(tmp_path / "plane0")  # "." is the folder, named as it is
     assert results_path(".", "classify") == tmp_path / "plane0.neurt-classify.npz"
+    (tmp_path / "store").mkdir()  # a linked recording keeps its own name and place
+    (tmp_path / "store" / "SHA256E-s10--abc.npz").write_bytes(b"")
+    (tmp_path / "mouse1.npz").symlink_to(tmp_path / "store" / "SHA256E-s10--abc.npz")
+    assert results_path(tmp_path / "mouse1.npz", "classify") == (
+        tmp_path / "mouse1.neurt-classify.npz"
+    )
     assert (
         results_path(tmp_path / "a.nwb", "reconstruct", tmp_path / "o")
         == tmp_path / "o" / "a.neurt-reconstruct.npz"

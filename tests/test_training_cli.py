@@ -71,8 +71,12 @@ def test_pretrain_list_paths_are_relative_to_the_list(tmp_path, monkeypatch):
     write_recording(tmp_path / "data" / "r0.npz", seed=0)
     (tmp_path / "data" / "recordings.txt").write_text("r0.npz\n")
     monkeypatch.chdir(tmp_path)  # not the list's folder
-    assert main(["pretrain", "--list", "data/recordings.txt", "--out", "run", "--shape",
-                 json.dumps(SHAPE), "--batch-size", "4", "--steps", "1", "--device", "cpu"]) == 0
+    common = ["--shape", json.dumps(SHAPE), "--batch-size", "4", "--steps", "1", "--device", "cpu"]
+    assert main(["pretrain", "--list", "data/recordings.txt", "--out", "run", *common]) == 0
+    # a list written from the current folder (ls data/*.npz > lists/all.txt) still reads
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "all.txt").write_text("data/r0.npz\n")
+    assert main(["pretrain", "--list", "lists/all.txt", "--out", "run2", *common]) == 0
 
 
 def test_finetune_command_defaults_are_finetune_configs():

@@ -60,11 +60,10 @@ def kfold_folds(
         raise ValueError(f"k-fold hiding needs at least 2 folds; got {n_folds}")
     if span < 1:
         raise ValueError(f"span must be at least 1 frame; got {span}")
-    if n_frames <= (n_folds - 1) * span:  # a fold would hide nothing, or one would hide all
+    if n_frames <= span:  # one fold would hide every frame: nothing left to go on
         raise ValueError(
-            f"k-fold hiding in {n_folds} folds of {span}-frame spans needs more than "
-            f"{(n_folds - 1) * span} frames; the recording has {n_frames}: use fewer folds or "
-            "shorter spans"
+            f"k-fold hiding in spans of {span} frames needs more than {span} frames; the "
+            f"recording has {n_frames}: use shorter spans"
         )
     return (np.arange(n_frames, dtype=np.int64) // int(span)) % int(n_folds)
 
@@ -577,7 +576,9 @@ def iter_reconstruct(
     tokens = model.tokens_for(given, delta)
     low, scale = trace_scale(given.traces)
     yield Progress(0, 1, "tokens")
-    passes = [(folds == f) for f in range(n_folds)] if folds is not None else [hidden]
+    # folds a short recording leaves empty hide nothing: no pass for them
+    passes = ([folds == f for f in range(n_folds) if (folds == f).any()]
+              if folds is not None else [hidden])
     out = np.empty((n, n_frames), dtype=np.float32)
     calibrations = []  # fitted on each pass
     for number, frames_hidden in enumerate(passes):

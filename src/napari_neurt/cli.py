@@ -311,7 +311,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         metavar="RECORDING",
         help="recordings in any format napari_neurt.io.read_recording reads",
     )
-    p.add_argument("--list", metavar="TXT", help="a text file naming one recording per line (relative to its folder)")
+    p.add_argument(
+        "--list", metavar="TXT",
+        help="a text file naming one recording per line (relative paths: from its folder, "
+        "else the current one)",
+    )
     p.add_argument(
         "--out", required=True, metavar="DIR", help="checkpoint folder (resumed if it holds a run)"
     )
@@ -342,6 +346,17 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_pretrain)
 
 
+def _listed(name: str, folder) -> str:
+    """A path from a list file: relative to the list's folder, as in a manifest; where nothing
+    is there, relative to the current folder (lists written by ``ls data/* > list.txt``)."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    if path.is_absolute() or not (folder / path).exists():
+        return str(path)
+    return str(folder / path)
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
     import json
     import os
@@ -351,10 +366,10 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from .training import PretrainConfig, pretrain
 
     sources = list(args.recordings)
-    if args.list:  # relative paths are relative to the list's folder, as in a manifest
+    if args.list:
         lines = Path(args.list).read_text().splitlines()
         names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        sources += [str(Path(args.list).parent / name) for name in names]
+        sources += [_listed(name, Path(args.list).parent) for name in names]
     if not sources:
         raise ValueError("no recordings given (name them, or list them in a file with --list)")
     if args.model and args.shape:

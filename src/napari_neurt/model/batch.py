@@ -43,7 +43,8 @@ def results_path(
 ) -> Path:
     """Where the results of `task` on the recording at `source` go: next to it, or in
     `out_dir`, named after it (a folder such as ``.`` by its real name)."""
-    source = Path(source).expanduser().resolve()
+    # absolute, not resolved: a linked recording (git-annex, DataLad) keeps its own name and place
+    source = Path(os.path.abspath(Path(source).expanduser()))
     name = source.name if source.is_dir() else source.stem
     return Path(out_dir or source.parent) / f"{name}.neurt-{task}.npz"
 
@@ -61,11 +62,14 @@ def check_results_paths(
     clashes = {target: names for target, names in by_target.items() if len(names) > 1}
     if clashes:
         target, names = next(iter(clashes.items()))
-        advice = (
-            "leave out --out to write each next to its recording"
-            if out_dir is not None and len({Path(n).resolve() for n in names}) == len(names)
-            else "list each recording once"
-        )
+        places = {os.path.abspath(Path(name).expanduser()) for name in names}
+        folders = {os.path.dirname(place) for place in places}
+        if len(places) < len(names):
+            advice = "list each recording once"
+        elif out_dir is not None and len(folders) == len(places):
+            advice = "leave out --out to write each next to its recording"
+        else:
+            advice = "they share a name: rename one, or run them separately"
         raise ValueError(
             f"{' and '.join(names)} would all write {target} ({len(clashes)} such clash(es)); "
             f"{advice}"
@@ -107,6 +111,8 @@ def reconstruct_recording(
     if calibrate and model.config.interpolate and hide.any():
         calibration = model.calibrate(tokens, hide, seed=seed, **options)
     reconstruction = model.reconstruct(tokens, hide, calibration=calibration, **options)
+    # a neuron with no finite value has tokens of 0: nothing was seen to reconstruct
+    reconstruction[~np.isfinite(recording.traces).any(axis=1)] = np.nan
     return {
         "neuron_ids": recording.neuron_ids,
         "reconstruction": reconstruction,
