@@ -66,6 +66,18 @@ def test_npz_errors(tmp_path):
         read_recording(tmp_path / "junk.npz")
 
 
+def test_npz_numbers_saved_in_one_element_arrays(tmp_path):
+    traces = np.zeros((2, 10), np.float32)
+    np.savez(tmp_path / "r.npz", traces=traces, centroids=np.zeros((2, 2)),
+             frame_rate=np.array([30.0]), pixel_size_um=np.array([1.5]))
+    recording = read_recording(tmp_path / "r.npz")
+    assert (recording.frame_rate, recording.pixel_size_um) == (30.0, 1.5)
+    np.savez(tmp_path / "r.npz", traces=traces, centroids=np.zeros((2, 2)),
+             frame_rate=np.array([30.0, 15.0]))
+    with pytest.raises(ValueError, match="'frame_rate' must be one positive number"):
+        read_recording(tmp_path / "r.npz")
+
+
 def test_tiff_movie_with_labels_extracts_mean_traces(tmp_path, movie):
     tifffile.imwrite(tmp_path / "movie.tif", movie)
     recording = read_recording(tmp_path / "movie.tif", labels=LABELS, frame_rate=30.0)

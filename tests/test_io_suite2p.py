@@ -227,6 +227,7 @@ def test_frame_rate_missing_from_ops_or_given(tmp_path):
         read_suite2p(tmp_path)
     recording = read_suite2p(tmp_path, frame_rate=7.5)
     assert recording.frame_rate == 7.5 and recording.metadata["frame_rate_from"] == "argument"
+    ops.update(neucoeff=np.array([0.7]), Ly=np.array([ops["Ly"]]), Lx=np.array([ops["Lx"]]))
     for fs, expected in ((np.array([15.0]), 15.0), (np.float32(12.5), 12.5), ("fast", None),
                          (np.array([15.0, 30.0]), None), (float("nan"), None)):
         ops["fs"] = fs  # one value in an array, as MATLAB-minded tools save it, is read

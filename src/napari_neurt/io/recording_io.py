@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..recording import Recording, label_centroids
-from ._common import PathLike, ReaderError, existing_path
+from ._common import PathLike, ReaderError, existing_path, positive_number
 from .caiman import read_caiman
 from .labels import as_label_image, read_labels
 from .nwb import read_nwb
@@ -86,11 +86,23 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
     if frame_rate is None:
         if "frame_rate" not in arrays:
             raise ValueError(f"{path} has no 'frame_rate'; pass frame_rate=... (frames per second)")
-        frame_rate = float(arrays["frame_rate"])
+        frame_rate = positive_number(arrays["frame_rate"])
+        if frame_rate is None:
+            raise ValueError(
+                f"{path}: 'frame_rate' must be one positive number (frames per second); got "
+                f"{arrays['frame_rate']!r}"
+            )
         frame_rate_from = "npz"
     else:
         frame_rate_from = "argument"
-    pixel_size = float(arrays["pixel_size_um"]) if "pixel_size_um" in arrays else None
+    pixel_size = None
+    if "pixel_size_um" in arrays:
+        pixel_size = positive_number(arrays["pixel_size_um"])
+        if pixel_size is None:
+            raise ValueError(
+                f"{path}: 'pixel_size_um' must be one positive number; got "
+                f"{arrays['pixel_size_um']!r}"
+            )
     return Recording(
         traces=traces,
         neuron_ids=neuron_ids,

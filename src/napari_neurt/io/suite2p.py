@@ -200,7 +200,8 @@ def read_suite2p(
     }
     if "Fneu" in extra:
         metadata["neuropil"] = extra["Fneu"][keep].astype(np.float32, copy=False)
-        metadata["neucoeff"] = float(ops.get("neucoeff", 0.7))
+        coefficient = np.asarray(ops.get("neucoeff", 0.7), dtype=np.float64).ravel()
+        metadata["neucoeff"] = float(coefficient[0]) if coefficient.size == 1 else 0.7
     if "spks" in extra:
         metadata["spikes"] = extra["spks"][keep].astype(np.float32, copy=False)
     return Recording(
@@ -217,7 +218,9 @@ def read_suite2p(
 
 def _plane_shape(ops: dict, stat: np.ndarray) -> tuple[int, int]:
     if "Ly" in ops and "Lx" in ops:
-        return int(ops["Ly"]), int(ops["Lx"])
+        sizes = [np.asarray(ops[key]).ravel() for key in ("Ly", "Lx")]
+        if all(size.size == 1 for size in sizes):  # a number, or one in an array
+            return int(sizes[0][0]), int(sizes[1][0])
     # Old or hand-made folders: the smallest frame that holds every ROI pixel.
     rows = [np.max(s["ypix"]) for s in stat if np.size(s["ypix"])]
     cols = [np.max(s["xpix"]) for s in stat if np.size(s["xpix"])]
