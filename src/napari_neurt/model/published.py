@@ -72,8 +72,7 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_DIR_ENV])
     import platformdirs
 
-    # appauthor=False: on Windows %LOCALAPPDATA%\napari-neurt\Cache, not napari-neurt twice
-    return Path(platformdirs.user_cache_dir("napari-neurt", appauthor=False))
+    return Path(platformdirs.user_cache_dir("napari-neurt"))
 
 
 def fetch_published(name: str) -> Path:
