@@ -524,9 +524,27 @@ def test_the_scores_layer_follows_its_rois_through_a_rename(panel, qtbot):
     viewer.layers["cells"].name = "my cells"  # renamed again while the job runs
     wait_idle(qtbot, widget)
     assert job.error is None and "reconstructed" in widget.status.text()
-    scores = [layer for layer in viewer.layers if layer.metadata.get(SCORES_KEY, {}).get("roi_key")]
+    scores = [layer for layer in viewer.layers
+              if layer.metadata.get(SCORES_KEY) and hasattr(layer, "selected_label")]
     assert len(scores) == 1 and ANALYSIS_KEY in scores[0].metadata
     assert scores[0].metadata[ANALYSIS_KEY].reconstruction is not None
+
+
+def test_a_duplicated_roi_layer_gets_scores_of_its_own(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    original = viewer.layers["two-photon ROIs (simulated)"]
+    first = widget.scores_layer()
+    n_first = first.metadata[RECORDING_KEY].n_neurons
+    copy = viewer.add_labels(np.where(original.data <= 5, original.data, 0),
+                             name="five cells", metadata=dict(original.metadata))
+    widget.rois_box.setCurrentText(copy.name)
+    widget.extract()
+    wait_idle(qtbot, widget)
+    assert widget.scores_layer() is not first
+    assert widget.scores_layer().metadata[RECORDING_KEY].n_neurons == 5
+    assert first.metadata[RECORDING_KEY].n_neurons == n_first  # the original's, untouched
 
 
 def test_show_selected_label_outlasts_a_recolouring(panel, qtbot):

@@ -226,6 +226,37 @@ def test_attention_map_clears_when_the_selection_leaves_during_a_job(
     assert "not a neuron" in widget.axes.get_title()
 
 
+def test_attention_map_of_neuron_3_in_another_layer_is_its_own(
+    make_napari_viewer, result, checkpoint, qtbot
+):
+    sim, out = result
+    other_sim = simulate.two_photon(shape=(64, 64), n_cells=15, n_frames=300, seed=5)
+    other = analysis.analyse(other_sim.recording(), models.get_model(str(checkpoint), "cpu"),
+                             hide="kfold", n_folds=2, span=5)
+    other.classification.parameters["model_source"] = str(checkpoint)
+    viewer = make_napari_viewer()
+    add_recording(viewer, analysis=out, name="a", show_panel=False)
+    add_recording(viewer, analysis=other, name="b", show_panel=False)
+    widget = AttentionMapWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NEuRT attention map")
+    for name in ("a scores", "b scores"):
+        viewer.layers.selection.active = viewer.layers[name]
+        viewer.layers[name].selected_label = 3
+        widget.timer.stop()
+        widget.update_maps()
+        qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+        qtbot.wait(400)  # a queued update, if any
+        qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+    widget.timer.stop()
+    assert widget.labels_layer is viewer.layers["b scores"]
+    expected = models.get_model(str(checkpoint), "cpu")
+    tokens = expected.tokens_for(other.recording).tokens
+    row = int(np.flatnonzero(other.recording.neuron_ids == 3)[0])
+    np.testing.assert_allclose(
+        widget.maps, expected.attention_maps(tokens[row], start=widget.window[1]), rtol=1e-5
+    )
+
+
 def toy_recording(kind, seed, n_neurons=10, n_frames=96):
     rng = np.random.default_rng(seed)
     frames = np.arange(n_frames)

@@ -14,6 +14,7 @@ nearest or farthest neurons) are marked with a cross in a Points layer above the
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,6 @@ from ..recording import Recording
 RECORDING_KEY = "neurt_recording"
 ANALYSIS_KEY = "neurt_analysis"
 SCORES_KEY = "neurt_scores"
-ROI_KEY = "neurt_roi_key"  # a ROI layer's own key: its scores layer follows it through renames
 MISSING_COLOUR = np.array([0.55, 0.55, 0.55, 1.0])
 TRANSPARENT = np.zeros(4)
 COLORMAPS = ("viridis", "magma", "plasma", "inferno", "cividis", "turbo", "coolwarm")
@@ -262,31 +262,28 @@ def _direct_colormap(color_dict: dict):
     return DirectLabelColormap(color_dict=color_dict)
 
 
-def roi_key(layer) -> str:
-    """The ROI layer's own key (made on first use): what links its scores layer and markers to
-    it, whatever either is renamed to."""
-    key = layer.metadata.get(ROI_KEY)
-    if not key:
-        import uuid
-
-        key = uuid.uuid4().hex
-        layer.metadata = {**layer.metadata, ROI_KEY: key}
-    return key
+def _made_for(info: dict | None, roi_layer) -> bool:
+    """Whether a scores layer's (or markers') `info` names `roi_layer`: the layer itself, held
+    weakly, so that the link survives renames and a duplicate of the layer is another layer."""
+    reference = (info or {}).get("roi_ref")
+    return reference is not None and reference() is roi_layer
 
 
 def scores_layer_of(viewer, roi_layer):
     """The scores layer made for `roi_layer` (a Labels layer), if any."""
-    key = roi_layer.metadata.get(ROI_KEY)
     for layer in viewer.layers:
         info = layer.metadata.get(SCORES_KEY) if hasattr(layer, "metadata") else None
-        if info and hasattr(layer, "selected_label") and key and info.get("roi_key") == key:
+        if hasattr(layer, "selected_label") and info and "markers_of" not in info and _made_for(
+            info, roi_layer
+        ):
             return layer
     return None
 
 
-def _markers_of(viewer, key: str):
+def _markers_of(viewer, roi_layer):
     for layer in viewer.layers:
-        if (getattr(layer, "metadata", {}).get(SCORES_KEY) or {}).get("markers_of_roi") == key:
+        info = getattr(layer, "metadata", {}).get(SCORES_KEY)
+        if info and "markers_of" in info and _made_for(info, roi_layer):
             return layer
     return None
 
@@ -294,16 +291,16 @@ def _markers_of(viewer, key: str):
 def apply_scores(viewer, data: ScoresLayerData, roi_layer):
     """Add the scores layer of `roi_layer` (and its markers) or update the existing one;
     returns the scores layer."""
-    key = roi_key(roi_layer)
+    reference = weakref.ref(roi_layer)
     colormap = _direct_colormap(data.colouring.color_dict)
-    metadata_info = {"roi_layer": roi_layer.name, "roi_key": key, **data.colouring.legend()}
+    metadata_info = {"roi_layer": roi_layer.name, "roi_ref": reference, **data.colouring.legend()}
     layer = scores_layer_of(viewer, roi_layer)
     metadata = {
         RECORDING_KEY: data.analysis.recording,
         ANALYSIS_KEY: data.analysis,
         SCORES_KEY: metadata_info,
     }
-    markers = _markers_of(viewer, key)
+    markers = _markers_of(viewer, roi_layer)
     kwargs = data.layer_kwargs
     if layer is None:
         layer = viewer.add_labels(
@@ -341,7 +338,7 @@ def apply_scores(viewer, data: ScoresLayerData, roi_layer):
             border_width=0.15,
             scale=scale,
             translate=translate,
-            metadata={SCORES_KEY: {"markers_of": data.name, "markers_of_roi": key}},
+            metadata={SCORES_KEY: {"markers_of": data.name, "roi_ref": reference}},
         )
     elif markers is not None:
         markers.data = data.markers

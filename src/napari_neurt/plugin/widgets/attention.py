@@ -39,6 +39,7 @@ class AttentionMapWidget(PlotWidget):
         self.job: Job | None = None
         self.maps: np.ndarray | None = None  # (n_layer, n_head, W, W)
         self.window: tuple[int, int, int] | None = None  # (neuron id, start, width)
+        self._shown_for: tuple | None = None  # (recording id, model, neuron) of the maps shown
         self._pending = False
         self._tokens: dict = {}
 
@@ -131,6 +132,7 @@ class AttentionMapWidget(PlotWidget):
             self._pending = True
             return
         recording, row, neuron, source = request
+        for_what = (id(recording), source, neuron)  # another layer may have a neuron 3 too
         frame = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
         tokens_cache = self._tokens
 
@@ -139,7 +141,8 @@ class AttentionMapWidget(PlotWidget):
             model = models.get_model(source, "auto")
             width = min(model.config.seq_len, recording.n_frames)
             start = int(np.clip(frame - width // 2, 0, recording.n_frames - width))
-            if self.window == (neuron, start, width) and self.maps is not None:
+            shown = self.window == (neuron, start, width) and self._shown_for == for_what
+            if shown and self.maps is not None:
                 return None  # already shown
             key = (id(recording), source)
             tokens = tokens_cache.get(key)
@@ -149,7 +152,7 @@ class AttentionMapWidget(PlotWidget):
                 tokens_cache[key] = tokens
             yield Progress(1, 2, "attention: computing")
             maps = model.attention_maps(tokens.tokens[row], start=start)
-            return maps, (neuron, start, width)
+            return maps, (neuron, start, width), for_what
 
         self.status.setText("computing…")
         self.job = Job(steps, description="NEuRT attention map", on_done=self._show,
@@ -160,9 +163,10 @@ class AttentionMapWidget(PlotWidget):
         if result is None:
             return
         request = self.request()
-        if isinstance(request, str) or result[1][0] != request[2]:
+        maps, window, for_what = result
+        if isinstance(request, str) or for_what != (id(request[0]), request[3], request[2]):
             return  # the selection moved on while it was computed
-        self.maps, self.window = result
+        self.maps, self.window, self._shown_for = maps, window, for_what
         n_layer, n_head = self.maps.shape[:2]
         self.layer_spin.setRange(1, n_layer)
         self.head_spin.setRange(1, n_head)
