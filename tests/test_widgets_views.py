@@ -393,3 +393,38 @@ def test_a_canvas_deleted_before_or_during_its_draw_skips_it(qtbot):
     canvas.figure.add_artist(Broken())
     with pytest.raises(RuntimeError, match="broken artist"):
         canvas.draw()
+
+
+def test_a_nan_frame_breaks_the_trace_band_instead_of_bridging_it():
+    from napari_neurt.plugin.widgets.traces import band_polygons, envelope
+
+    times = np.arange(12_000) / 20.0
+    values = np.sin(times / 30)
+    values[6000:6100] = np.nan  # a gap of many columns
+    values[3000] = np.nan  # one bad frame among good ones: its run keeps its finite samples
+    x, low, high = envelope(times, values, 1000)
+    polygons = band_polygons(x, low, high)
+    assert len(polygons) == 2  # split at the gap, not closed across it
+    assert all(np.isfinite(p).all() for p in polygons)
+    assert sum(len(p) for p in polygons) // 2 == np.isfinite(low).sum()
+
+
+def test_a_closed_trace_dock_stops_following_the_viewer(make_napari_viewer, result, qtbot):
+    from napari_neurt.plugin.viewer import TRACE_DOCK_NAME, ensure_trace_dock
+
+    _, out = result
+    viewer = make_napari_viewer()
+    layer = add_recording(viewer, analysis=out, name="cells", show_panel=False)
+    closed = viewer.window.dock_widgets[TRACE_DOCK_NAME]
+    viewer.window.remove_dock_widget(closed)  # the user closes the dock
+    newer = ensure_trace_dock(viewer)  # the next Extract docks a new one
+    assert newer is not closed and not closed.attached and closed.labels_layer is None
+    assert closed._on_mouse_move not in viewer.mouse_move_callbacks
+    drawn = []
+    closed.draw = lambda *args: drawn.append(args)
+    layer.selected_label = 4
+    viewer.dims.set_current_step(0, 20)
+    qtbot.wait(250)  # past the redraw delay
+    assert not drawn
+    viewer.window.add_dock_widget(closed, name="again")  # docked again: it follows again
+    assert closed.attached and closed.labels_layer is not None

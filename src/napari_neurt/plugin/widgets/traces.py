@@ -18,13 +18,14 @@ redrawn on the next idle moment, so a selection costs a few milliseconds of work
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.transforms import offset_copy
 from matplotlib.widgets import SpanSelector
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
@@ -61,10 +62,23 @@ def envelope(times: np.ndarray, values: np.ndarray, columns: int):
     if n <= 2 * columns:
         return None
     starts = np.linspace(0, n, columns + 1).astype(np.int64)[:-1]
-    lowest = np.minimum.reduceat(values, starts)
-    highest = np.maximum.reduceat(values, starts)
+    with warnings.catch_warnings():  # fmin/fmax skip NaN samples; a run of only NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lowest = np.fmin.reduceat(values, starts)
+        highest = np.fmax.reduceat(values, starts)
     ends = np.r_[starts[1:], n] - 1
     return times[(starts + ends) // 2], lowest, highest
+
+
+def band_polygons(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[np.ndarray]:
+    """The band between `low` and `high` over `x` as one polygon per stretch of finite runs: a
+    single polygon with NaN corners would be closed by straight lines across the gaps."""
+    finite = np.isfinite(low) & np.isfinite(high)
+    edges = np.flatnonzero(np.diff(np.r_[0, finite.astype(np.int8), 0]))
+    return [
+        np.column_stack([np.r_[x[a:b], x[a:b][::-1]], np.r_[low[a:b], high[a:b][::-1]]])
+        for a, b in zip(edges[::2], edges[1::2], strict=True)
+    ]
 
 
 def nice_limits(low: float, high: float) -> tuple[float, float]:
@@ -190,20 +204,61 @@ class TracePlotWidget(PlotWidget):
         # layers, and the viewer should repaint between that and this plot's redraw
         self._redraw_timer.setInterval(REDRAW_DELAY_MS)
         self._redraw_timer.timeout.connect(self.draw)
-        viewer.layers.selection.events.active.connect(self._follow_active_layer)
-        viewer.layers.events.inserted.connect(self._follow_active_layer)
-        viewer.layers.events.removed.connect(self._follow_active_layer)
-        viewer.dims.events.current_step.connect(self._move_frame_line)
-        viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self.canvas.mpl_connect("button_press_event", self._on_click)
 
         # marking frames to hide by dragging across the plot, in sync with the panel's text
         self.marks = marked_frames(self.viewer)
-        self.marks.changed.connect(self._on_marks_changed)
         self.marked_spans = None
         self._marks_key = None
         self.span_selector: SpanSelector | None = None  # while "mark frames" is on
+        self.attached = False
+        self.attach()
+
+    # -- following the viewer while docked ---------------------------------------------------------
+    def _viewer_hooks(self) -> list:
+        viewer = self.viewer
+        return [
+            (viewer.layers.selection.events.active, self._follow_active_layer),
+            (viewer.layers.events.inserted, self._follow_active_layer),
+            (viewer.layers.events.removed, self._follow_active_layer),
+            (viewer.dims.events.current_step, self._move_frame_line),
+            (viewer.events.theme, self._apply_theme),
+            (self.marks.changed, self._on_marks_changed),
+        ]
+
+    def attach(self) -> None:
+        """Follow the viewer: its layers, selection, time and theme (done when made)."""
+        if self.attached:
+            return
+        self.attached = True
+        for emitter, callback in self._viewer_hooks()[:-1]:  # napari's connect once at most
+            emitter.connect(callback)
+        self.marks.changed.connect(self._on_marks_changed, unique=True)
+        self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self._follow_active_layer()
+
+    def detach(self) -> None:
+        """Stop following the viewer: its dock was closed (napari keeps the widget, unparented;
+        left attached, it would redraw unseen and answer clicks beside a newer plot)."""
+        if not self.attached:
+            return
+        self.attached = False
+        self._redraw_timer.stop()
+        for emitter, callback in self._viewer_hooks():
+            emitter.disconnect(callback)
+        if self._on_mouse_move in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
+        if self.labels_layer is not None:
+            self._disconnect(self.labels_layer)
+            self.labels_layer = None
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange:  # docked, or its dock closed
+            if self.parent() is None:
+                self.detach()
+            else:
+                self.attach()
+        return super().event(event)
 
     def make_axes(self):
         axes, strip = self.figure.subplots(2, 1, sharex=True, height_ratios=(5, 1))
@@ -557,9 +612,7 @@ class TracePlotWidget(PlotWidget):
             # a run whose extremes are closer than the line is thick still shows as a line
             thickness = line.get_linewidth() * self.figure.dpi / 72 / max(unit_px, 1e-12)
             centre, half = (lowest + highest) / 2, np.maximum((highest - lowest) / 2, thickness / 2)
-            band.set_verts([np.column_stack(
-                [np.r_[x, x[::-1]], np.r_[centre - half, (centre + half)[::-1]]]
-            )])
+            band.set_verts(band_polygons(x, centre - half, centre + half))
             band.set_visible(True)
             line.set_data([], [])
         self._draw_spans(reconstruction, recording)
