@@ -109,9 +109,12 @@ def test_clicks_shift_hover_and_overlay(make_napari_viewer, result):
     assert scores.selected_label == recording.neuron_ids[4]  # hovering does not select
     plot._on_mouse_move(viewer, Event((150, y2, x2), type="mouse_move"))
     assert len(plot.preview_line.get_ydata()) == 0
+    heard = []  # the others listening to the selection hear of it (napari's label box, say)
+    scores.events.selected_label.connect(lambda event: heard.append(scores.selected_label))
     plot.show_neurons(recording.neuron_ids[[1, 2, 3]])
     shown = [line for line in plot.overlay_lines if line.get_visible()]
     assert len(shown) == 2 and scores.selected_label == recording.neuron_ids[3]
+    assert heard == [recording.neuron_ids[3]]
     np.testing.assert_allclose(shown[0].get_ydata(), recording.traces[1])
     plot.clear_overlay()
     assert not any(line.get_visible() for line in plot.overlay_lines)

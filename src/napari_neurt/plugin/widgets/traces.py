@@ -105,6 +105,7 @@ class TracePlotWidget(PlotWidget):
         super().__init__(viewer, parent, figsize=(6, 2.8), min_height=200, margins=MARGINS)
         self.labels_layer = None
         self.pinned: list[int] = []
+        self._showing = False  # show_neurons is selecting the last of its neurons
         self.preview_label: int | None = None
         self._spans_key = None
         self._runs_of = (None, ())  # (reconstruction, its hidden runs)
@@ -297,6 +298,8 @@ class TracePlotWidget(PlotWidget):
             layer.selected_label = int(value)
 
     def _on_selected_label(self, event=None) -> None:
+        if self._showing:
+            return
         if self.overlay_box.isChecked():
             self._pin(self.labels_layer.selected_label)
         self.draw()
@@ -324,8 +327,13 @@ class TracePlotWidget(PlotWidget):
         for label in labels:
             self._pin(int(label))
         if self.pinned and self.labels_layer is not None:
-            with self.labels_layer.events.selected_label.blocker():
+            # the event goes out (napari's label box, the attention map follow); this plot,
+            # which draws once below, lets it pass
+            self._showing = True
+            try:
                 self.labels_layer.selected_label = self.pinned[-1]
+            finally:
+                self._showing = False
         self.draw()
 
     def clear_overlay(self) -> None:
