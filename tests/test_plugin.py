@@ -105,6 +105,22 @@ def test_demo_screenshot_runs_the_whole_pipeline(tmp_path, qapp, tiny_checkpoint
     assert "classified" in log  # extract, reconstruct and classify all ran
 
 
+def test_a_demo_whose_step_fails_exits_with_an_error(tmp_path, qapp, tiny_checkpoint,
+                                                     monkeypatch, capsys):
+    from napari_neurt import analysis
+    from napari_neurt.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("a simulated reconstruction failure")
+        yield  # a step generator
+
+    monkeypatch.setattr(analysis, "iter_reconstruct", broken)
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--screenshot", str(out), "--model", str(tiny_checkpoint)]) == 1
+    assert out.exists()  # the picture is still saved, to see what happened
+    assert "did not complete" in capsys.readouterr().err
+
+
 def test_demo_without_weights_says_so_and_still_shows_scores(tmp_path, qapp, monkeypatch, capsys):
     from napari_neurt.cli import main
 

@@ -118,6 +118,7 @@ def run_demo(screenshot: str | None = None, seed: int = 0, model: str | None = N
 
     from .. import simulate
     from .samples import layer_data
+    from .scores import analysis_of
     from .viewer import ensure_analysis_dock, ensure_trace_dock
 
     choice = demo_models(model)
@@ -149,17 +150,24 @@ def run_demo(screenshot: str | None = None, seed: int = 0, model: str | None = N
     from qtpy.QtWidgets import QApplication
 
     viewer.window.resize(1600, 1000)
-    started = time.perf_counter()
+    started, finished = time.perf_counter(), True
     while panel.job is not None or panel._pipeline:
         QApplication.processEvents()
         time.sleep(0.02)
         if time.perf_counter() - started > DEMO_TIMEOUT_S:
             print("neurt demo: the pipeline did not finish in time; cancelling", file=sys.stderr)
             panel.cancel()
+            finished = False
             break
     if panel.status.text():
         print(f"neurt demo: {panel.status.text()}", file=sys.stderr)
     scores = panel.scores_layer()
+    done = analysis_of(scores) if scores is not None else None
+    # the screenshot is a check for machines without a screen: a step that failed fails it
+    complete = finished and done is not None and (
+        (done.reconstruction is not None or not choice.reconstruct)
+        and (done.classification is not None or not choice.classify)
+    )
     if scores is not None:
         recording = panel._recording()[1]
         busiest = int(recording.neuron_ids[recording.traces.std(axis=1).argmax()])
@@ -176,4 +184,7 @@ def run_demo(screenshot: str | None = None, seed: int = 0, model: str | None = N
     viewer.screenshot(str(path), canvas_only=False)
     viewer.close()
     print(f"saved {path}")
+    if not complete:
+        print("neurt demo: the pipeline did not complete (see above)", file=sys.stderr)
+        return 1
     return 0
