@@ -202,3 +202,34 @@ def test_loading_a_model_imports_no_compiler(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_model_cache_keeps_one_version_of_a_rewritten_checkpoint(tmp_path):
+    import os
+
+    import torch
+
+    from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint
+    from napari_neurt.plugin import models
+
+    models.clear_cache()
+    folder = tmp_path / "neurt-finetuned"
+    config = NeurtConfig(seq_len=16, n_embd=8, n_head=2, n_layer=1, n_ff=16)
+    for version in range(3):  # fine-tuned into the same folder three times
+        torch.manual_seed(version)
+        save_checkpoint(folder, Neurt(config))
+        for file in folder.iterdir():  # a later modification time, whatever the clock's grain
+            os.utime(file, ns=(10**9 * (version + 1),) * 2)
+        models.get_model(str(folder), "cpu")
+    assert len(models._cache) == 1
+    models.clear_cache()
+
+
+def test_two_fine_tuned_folders_of_one_name_are_told_apart():
+    from napari_neurt.plugin.models import ModelRegistry
+
+    registry = ModelRegistry()
+    first = registry.add("/data/wt-vs-ad/neurt-finetuned")
+    second = registry.add("/data/pilot/neurt-finetuned")
+    assert first.label == "Fine-tuned: neurt-finetuned"
+    assert second.label == "Fine-tuned: pilot/neurt-finetuned"

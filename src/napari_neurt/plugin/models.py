@@ -43,7 +43,11 @@ class ModelRegistry:
         for choice in self._extra:
             if choice.source == folder:
                 return choice
-        choice = ModelChoice(label or f"Fine-tuned: {Path(folder).name}", folder)
+        if label is None:  # two runs into folders of one name: say where each is
+            label = f"Fine-tuned: {Path(folder).name}"
+            if any(choice.label == label for choice in self._extra):
+                label = f"Fine-tuned: {Path(folder).parent.name}/{Path(folder).name}"
+        choice = ModelChoice(label, folder)
         self._extra.append(choice)
         self.changed.emit()
         return choice
@@ -86,16 +90,22 @@ def get_model(source: str, device: str = "auto"):
     """
     from ..model import load_model
 
-    key_source = source
+    key_source, where = source, None
     path = Path(source)
     if source not in ("default", "neurt-microns", "neurt-5xfad") and path.exists():
         stamp = max((p.stat().st_mtime_ns for p in [path, *path.glob("*")]), default=0)
-        key_source = f"{path.resolve()}@{stamp}"
+        where = str(path.resolve())
+        key_source = f"{where}@{stamp}"
     key = (key_source, device)
     with _lock:
         model = _cache.get(key)
         if model is None:
             model = load_model(source, device=device)
+            if where is not None:  # the versions this checkpoint replaced are of no more use
+                stale = [k for k in _cache
+                         if k[0] != key_source and k[0].rsplit("@", 1)[0] == where]
+                for old in stale:
+                    del _cache[old]
             _cache[key] = model
     return model
 

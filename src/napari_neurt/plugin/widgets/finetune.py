@@ -19,6 +19,7 @@ replace it.
 
 from __future__ import annotations
 
+import csv
 import threading
 import time
 from dataclasses import fields
@@ -289,7 +290,7 @@ class FineTuneWidget(QWidget):
             return None
         try:
             items = labelled_recordings(text)
-        except (ValueError, FileNotFoundError, TypeError) as error:
+        except (ValueError, OSError, TypeError, csv.Error) as error:
             self.items = None
             self.data_summary.setText(f"cannot use these recordings: {error}")
             return None
@@ -348,7 +349,7 @@ class FineTuneWidget(QWidget):
                 if not base or not Path(base).exists():
                     raise FileNotFoundError(f"the checkpoint to start from {base!r} does not exist")
             config = self._config()
-        except (ValueError, FileNotFoundError, TypeError) as error:
+        except (ValueError, OSError, TypeError, csv.Error) as error:
             self.status.setText(str(error))
             show_error(str(error))
             return None
