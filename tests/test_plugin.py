@@ -231,5 +231,7 @@ def test_two_fine_tuned_folders_of_one_name_are_told_apart():
     registry = ModelRegistry()
     first = registry.add("/data/wt-vs-ad/neurt-finetuned")
     second = registry.add("/data/pilot/neurt-finetuned")
+    third = registry.add("/scratch/pilot/neurt-finetuned")
     assert first.label == "Fine-tuned: neurt-finetuned"
     assert second.label == "Fine-tuned: pilot/neurt-finetuned"
+    assert third.label == "Fine-tuned: scratch/pilot/neurt-finetuned"

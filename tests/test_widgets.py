@@ -488,6 +488,11 @@ def test_a_typed_frame_rate_survives_the_layers_an_extract_adds(panel, qtbot):
     widget.extract()
     wait_idle(qtbot, widget)
     assert (widget.frame_rate.value(), widget.pixel_size.value()) == (15.0, 1.1)
+    widget.frame_rate.setValue(20.0)  # typed after the Extract, then any layer comes and goes
+    viewer.add_points(name="notes")
+    viewer.layers.move(len(viewer.layers) - 1, 0)
+    assert widget.frame_rate.value() == 20.0
+    widget.frame_rate.setValue(15.0)
     widget.set_hide("kfold")
     widget.folds.setValue(2)
     widget.reconstruct()
@@ -580,7 +585,15 @@ def test_the_scores_layer_starts_on_a_neuron(make_napari_viewer, checkpoint, qtb
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = AnalysisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="NEuRT analysis")
+    heard = []  # what listeners to the new layer's selection (napari's label box) hear
+
+    def listen(event):
+        layer = event.value
+        layer.events.selected_label.connect(lambda e: heard.append(layer.selected_label))
+
+    viewer.layers.events.inserted.connect(listen)
     widget.extract()
     wait_idle(qtbot, widget)
     scores = widget.scores_layer()
     assert scores.selected_label in scores.metadata[RECORDING_KEY].neuron_ids
+    assert heard[-1] == scores.selected_label

@@ -429,5 +429,7 @@ def test_a_closed_trace_dock_stops_following_the_viewer(make_napari_viewer, resu
     viewer.dims.set_current_step(0, 20)
     qtbot.wait(250)  # past the redraw delay
     assert not drawn
+    viewer.theme = "light" if viewer.theme == "dark" else "dark"  # changed meanwhile
     viewer.window.add_dock_widget(closed, name="again")  # docked again: it follows again
     assert closed.attached and closed.labels_layer is not None
+    assert closed.figure.get_facecolor() == newer.figure.get_facecolor()  # the new theme

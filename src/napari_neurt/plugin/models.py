@@ -44,9 +44,12 @@ class ModelRegistry:
             if choice.source == folder:
                 return choice
         if label is None:  # two runs into folders of one name: say where each is
-            label = f"Fine-tuned: {Path(folder).name}"
-            if any(choice.label == label for choice in self._extra):
-                label = f"Fine-tuned: {Path(folder).parent.name}/{Path(folder).name}"
+            taken = {choice.label for choice in self._extra}
+            parts = Path(folder).parts
+            for depth in range(1, len(parts) + 1):
+                label = f"Fine-tuned: {'/'.join(parts[-depth:])}"
+                if label not in taken:
+                    break
         choice = ModelChoice(label, folder)
         self._extra.append(choice)
         self.changed.emit()

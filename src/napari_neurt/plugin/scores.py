@@ -312,12 +312,11 @@ def apply_scores(viewer, data: ScoresLayerData, roi_layer):
             opacity=0.75,
             **kwargs,
         )
-        ids = data.analysis.recording.neuron_ids
-        with layer.events.selected_label.blocker():  # napari's default 1 may be no neuron
-            layer.selected_label = (
-                roi_layer.selected_label if roi_layer.selected_label in ids
-                else int(ids[0]) if len(ids) else 1
-            )
+        ids = data.analysis.recording.neuron_ids  # napari's default label 1 may be no neuron
+        layer.selected_label = (
+            roi_layer.selected_label if roi_layer.selected_label in ids
+            else int(ids[0]) if len(ids) else 1
+        )
     else:
         with layer.events.selected_label.blocker():
             if layer.data is not data.labels and not np.array_equal(layer.data, data.labels):

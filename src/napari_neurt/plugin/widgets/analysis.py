@@ -610,6 +610,9 @@ class AnalysisWidget(QWidget):
         if result.roi_features is not None:
             roi.features = result.roi_features
         roi.metadata = metadata
+        if self._prefilled_for is not None and self._prefilled_for[0] == id(roi):
+            # the boxes hold what this recording was made with: no prefill for it
+            self._prefilled_for = (*self._prefilled_for[:2], id(result.analysis.recording))
         if result.device:
             self.device_label.setText(f"running on: {result.device}")
         ensure_trace_dock(self.viewer)

@@ -236,6 +236,7 @@ class TracePlotWidget(PlotWidget):
             emitter.connect(callback)
         self.marks.changed.connect(self._on_marks_changed, unique=True)
         self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        self._apply_theme()  # it may have changed while detached
         self._follow_active_layer()
 
     def detach(self) -> None:
