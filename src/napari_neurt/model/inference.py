@@ -52,6 +52,7 @@ CHANNELS = ("all", "own")
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 256, "mps": 64}
 TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge of a window
 CALIBRATION_REDRAWS = 32  # shifts tried for a row whose first one finds no step to hide
+FILL_BLOCK = 256  # neurons whose PCHIP and kriging fills are made at once
 
 
 @dataclass
@@ -516,16 +517,21 @@ class NeurtModel:
         total /= weight  # in place: the result can be large
         if linear is not None:
             linear /= weight
-            entries = hidden_entries(hidden, channels, n_features).numpy()
-            values = x.numpy().transpose(0, 2, 1)  # rows of (neuron, feature) over time
-            rows = entries.transpose(0, 2, 1)
-            shift = torch.zeros_like(total)
-            for share, fill_rows in ((calibration.cubic, pchip_fill),
-                                     (calibration.kriging, kriging_fill)):
-                if share:
-                    fill = torch.from_numpy(fill_rows(values, rows).transpose(0, 2, 1))
-                    shift += share * (fill - linear)
-            total += torch.where(torch.from_numpy(entries), shift, 0.0)
+            blended, straight, tokens = total.numpy(), linear.numpy(), x.numpy()
+            # the fills work row by row: blocks of neurons keep their temporaries (float64
+            # copies, the kriging systems) to a block's size, with the same values
+            for first in range(0, n, FILL_BLOCK):
+                block = slice(first, first + FILL_BLOCK)
+                entries = hidden_entries(hidden[block], channels, n_features).numpy()
+                values = tokens[block].transpose(0, 2, 1)  # rows of (neuron, feature) over time
+                rows = entries.transpose(0, 2, 1)
+                shift = np.zeros_like(blended[block])
+                for share, fill_rows in ((calibration.cubic, pchip_fill),
+                                         (calibration.kriging, kriging_fill)):
+                    if share:
+                        shift += share * (fill_rows(values, rows).transpose(0, 2, 1)
+                                          - straight[block])
+                blended[block] += np.where(entries, shift, np.float32(0.0))
         return total
 
     # --- adaptation -------------------------------------------------------------------------
