@@ -46,6 +46,7 @@ MIN_GROUP = 2  # the published code skips neurons with fewer neurons than this i
 # product is faster than dense BLAS (measured: ~7x at 1.5 %, break-even near 10 %).
 SPARSE_BELOW = 0.05
 NEAREST_NEURONS = 5  # neighbours whose event rates `activity_statistics` averages
+STATISTICS_BLOCK = 256  # neurons whose activity statistics are computed at once
 
 
 @dataclass
@@ -381,8 +382,8 @@ def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
     What a recording head needs next to a neuron's embedding, which describes a window of its
     trace but not how often it fires or how it goes with the rest of the population
     (`ACTIVITY_STATISTICS`): the log of its event rate (upward crossings of median + 3 robust
-    s.d., 3 x 1.4826 MAD, of its own trace per 1000 frames, plus 1), its mean Pearson correlation with every other
-    neuron, its correlation with the mean trace of its near neighbourhood (feature 1), the log
+    s.d., 3 x 1.4826 MAD, of its own trace per 1000 frames, plus 1), its mean Pearson
+    correlation with every other neuron, its correlation with the mean trace of its near neighbourhood (feature 1), the log
     event rate of that mean trace (high where the neighbours fire often together), and the mean
     log event rate of its `NEAREST_NEURONS` nearest neurons (high in a cluster of active
     neurons). A constant trace has correlation 0. The last needs the neighbours, which
@@ -391,21 +392,31 @@ def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
     """
     nearest = getattr(tokens, "nearest", None)
     tokens = np.asarray(getattr(tokens, "tokens", tokens))
-    own = np.asarray(tokens[..., 0], dtype=np.float64)
-    near = np.asarray(tokens[..., 1], dtype=np.float64)
-    n, n_frames = own.shape
+    n, n_frames = tokens.shape[:2]
 
     def standardised(x):
+        x = np.asarray(x, dtype=np.float64)
         centred = x - x.mean(axis=1, keepdims=True)
         scale = np.sqrt((centred**2).mean(axis=1, keepdims=True))
         return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 1e-12)
 
-    z = standardised(own)
-    total = z.sum(axis=0)  # mean correlation with the others without the N x N matrix
-    mean_correlation = ((z @ total) / n_frames - (z * z).mean(axis=1)) / max(n - 1, 1)
-    near_correlation = (z * standardised(near)).mean(axis=1)
-    log_rate = _log_event_rate(own)
-    columns = [log_rate, mean_correlation, near_correlation, _log_event_rate(near)]
+    # in blocks of neurons: float64 copies of a block, not of the recording
+    blocks = [slice(first, first + STATISTICS_BLOCK) for first in range(0, n, STATISTICS_BLOCK)]
+    total = np.zeros(n_frames)  # the sum of all standardised traces, row after row
+    for block in blocks:
+        for row in standardised(tokens[block, :, 0]):
+            total += row
+    columns = np.empty((5, n))
+    for block in blocks:
+        own, near = tokens[block, :, 0], tokens[block, :, 1]
+        z = standardised(own)
+        # mean correlation with the others, without the N x N matrix
+        columns[1, block] = ((z @ total) / n_frames - (z * z).mean(axis=1)) / max(n - 1, 1)
+        columns[2, block] = (z * standardised(near)).mean(axis=1)
+        columns[0, block] = _log_event_rate(np.asarray(own, dtype=np.float64))
+        columns[3, block] = _log_event_rate(np.asarray(near, dtype=np.float64))
+    log_rate = columns[0]
+    columns = list(columns[:4])
     if nearest is not None:  # a lone neuron is its own neighbourhood
         columns.append(log_rate[nearest].mean(axis=1) if nearest.shape[1] else log_rate)
     return np.stack(columns, axis=1).astype(np.float32)
