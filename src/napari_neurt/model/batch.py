@@ -174,7 +174,9 @@ def write_results(
     document["parameters"] = np.str_(json.dumps(parameters))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as file:  # a file object: np.savez would otherwise append ".npz"
-            np.savez_compressed(file, **document)
+            # uncompressed: float tokens and reconstructions shrink by about 14 % compressed,
+            # for 10 times the writing time (measured on 122 MB of them: 5.2 s against 0.55 s)
+            np.savez(file, **document)
     if csv_columns:
         with atomic_path(path.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as file:
             writer = csv.writer(file)
