@@ -153,6 +153,10 @@ def test_folder_and_list_of_trials_are_joined_along_time(tmp_path, movie):
 
     same = read_movie([folder / "trial1.tif", folder / "trial2.tif", folder / "trial10.tif"])
     np.testing.assert_array_equal(same[:], movie)
+    # a chunk of a memory-mapped trial is a copy: its pages are let go as the movie streams
+    mapped = joined.movies[0]
+    assert isinstance(mapped, np.memmap)
+    assert not np.shares_memory(joined[2:6], mapped)
 
 
 def test_trials_of_different_frame_shapes_are_refused(tmp_path, movie):

@@ -150,7 +150,7 @@ def iter_frame_quality(
       frame, to the value extrapolated from the next two), flagged when both ratios are
       more than `threshold` robust SDs below (dark) or above (flash) the usual.
     """
-    from .extraction import check_movie
+    from .extraction import check_movie, release_pages
 
     n_frames, height, width = check_movie(movie)
     if chunk_size is None:
@@ -161,7 +161,9 @@ def iter_frame_quality(
     previous = None  # (centred frame, norm) of the frame before the chunk
     for start in range(0, n_frames, chunk_size):
         stop = min(start + chunk_size, n_frames)
-        frames = np.asarray(movie[start:stop], dtype=np.float64).reshape(stop - start, -1)
+        block = movie[start:stop]
+        frames = np.asarray(block, dtype=np.float64).reshape(stop - start, -1)
+        release_pages(block)  # a memory-mapped movie streams through without staying resident
         finite[start:stop] = np.isfinite(frames).all(axis=1)
         means = frames.mean(axis=1)
         brightness[start:stop] = means

@@ -218,7 +218,7 @@ def iter_extract(
             parts = np.array_split(np.arange(stop - start), min(workers, stop - start))
             means = pool.map(lambda rows: plan.means(frames[rows[0] : rows[-1] + 1]), parts)
             out[:, start:stop] = np.concatenate(list(means)).T
-            _release_pages(block)
+            release_pages(block)
             yield Progress(stop, n_frames, "extracting traces")
     n = len(ids)
     return Extraction(
@@ -272,7 +272,7 @@ def extract_traces(
     return run_steps(steps, progress, stop).traces
 
 
-def _release_pages(block) -> None:
+def release_pages(block) -> None:
     """Unmap the pages of a chunk read through a read-only or shared numpy memmap.
 
     A mapping keeps every page it touched resident; dropping them after each chunk keeps the file

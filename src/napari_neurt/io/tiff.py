@@ -238,6 +238,8 @@ class ConcatenatedMovie:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
+        from ..extraction import release_pages
+
         key = key if isinstance(key, tuple) else (key,)
         if not key or key[0] is Ellipsis:
             first, rest = slice(None), key  # each file's frames then take the same key
@@ -260,7 +262,11 @@ class ConcatenatedMovie:
                 index = slice(int(local[0]), int(local[-1]) + 1, step)
             else:
                 index = local
-            pieces.append(np.asarray(self.movies[movie][(index, *rest)]))
+            raw = self.movies[movie][(index, *rest)]
+            # a memory-mapped file's frames are copied and its pages let go, as extraction
+            # does for one file: streaming many files must not keep them all resident
+            pieces.append(np.array(raw) if isinstance(raw, np.memmap) else np.asarray(raw))
+            release_pages(raw)
         if not pieces:
             return np.asarray(self.movies[0][(slice(0, 0), *rest)])
         return np.concatenate(pieces, axis=0)
