@@ -46,7 +46,7 @@ MIN_GROUP = 2  # the published code skips neurons with fewer neurons than this i
 # product is faster than dense BLAS (measured: ~7x at 1.5 %, break-even near 10 %).
 SPARSE_BELOW = 0.05
 NEAREST_NEURONS = 5  # neighbours whose event rates `activity_statistics` averages
-STATISTICS_BLOCK = 256  # neurons whose activity statistics are computed at once
+ROW_BLOCK = 256  # neurons at once where float64 temporaries would grow with the recording
 
 
 @dataclass
@@ -348,7 +348,16 @@ def _mean_and_sample_std(sums: np.ndarray, squares: np.ndarray, count: np.ndarra
 
 
 def _interpolate_gaps(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Fill non-finite samples row-wise by linear interpolation between finite neighbours."""
+    """Fill non-finite samples row-wise by linear interpolation between finite neighbours (in
+    blocks of rows: the index and weight arrays are int64 and float64, 20 times the input)."""
+    filled = np.empty(x.shape, dtype=np.float32)
+    for first in range(0, len(x), ROW_BLOCK):
+        block = slice(first, first + ROW_BLOCK)
+        filled[block] = _interpolate_block(x[block], finite[block])
+    return filled
+
+
+def _interpolate_block(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
     n_frames = x.shape[1]
     frames = np.broadcast_to(np.arange(n_frames), x.shape)
     before = np.maximum.accumulate(np.where(finite, frames, -1), axis=1)
@@ -401,7 +410,7 @@ def activity_statistics(tokens: NeighborhoodTokens | np.ndarray) -> np.ndarray:
         return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 1e-12)
 
     # in blocks of neurons: float64 copies of a block, not of the recording
-    blocks = [slice(first, first + STATISTICS_BLOCK) for first in range(0, n, STATISTICS_BLOCK)]
+    blocks = [slice(first, first + ROW_BLOCK) for first in range(0, n, ROW_BLOCK)]
     total = np.zeros(n_frames)  # the sum of all standardised traces, row after row
     for block in blocks:
         for row in standardised(tokens[block, :, 0]):
