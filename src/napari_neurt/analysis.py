@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # torch is heavy: imported by the model, never here at import
 HIDE_MODES = ("kfold", "marked", "bad")
 DEFAULT_FOLDS = 6  # 1/6 of frames hidden per pass: near the 15 % of NEuRT pretraining
 DEFAULT_SPAN = 5  # frames per hidden span: near the mean span of NEuRT pretraining (~4.3)
+ROW_BLOCK = 256  # neurons at once in per-neuron statistics (their float64 copies stay small)
 
 
 # -- frames ----------------------------------------------------------------------------------------
@@ -259,12 +260,19 @@ def event_rate(
     slow transients); crossings closer than `min_interval_s` to the previous event are merged.
     Non-finite samples count as below threshold.
     """
-    traces = np.asarray(traces, dtype=np.float64)
+    traces = np.asarray(traces)
     if traces.ndim != 2:
         raise ValueError(f"traces must be (neurons, frames); got shape {traces.shape}")
     n, n_frames = traces.shape
     if n_frames < 2 or not frame_rate > 0:
         return np.full(n, np.nan)
+    if n > ROW_BLOCK:  # float64 copies of a block of rows at most
+        options = {"threshold": threshold, "min_interval_s": min_interval_s}
+        return np.concatenate([
+            event_rate(traces[first : first + ROW_BLOCK], frame_rate, **options)
+            for first in range(0, n, ROW_BLOCK)
+        ])
+    traces = np.asarray(traces, dtype=np.float64)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN traces: no events
         median = np.nanmedian(traces, axis=1, keepdims=True)
@@ -299,11 +307,18 @@ def r_squared(
     NaN where fewer than 2 frames count or the truth is constant over them; non-finite truth
     samples are left out.
     """
+    truth, prediction = np.asarray(truth), np.asarray(prediction)
+    if mask is not None:
+        mask = np.broadcast_to(mask, truth.shape)
+    if truth.ndim == 2 and len(truth) > ROW_BLOCK:  # float64 copies of a block of rows at most
+        return np.concatenate([
+            r_squared(truth[first : first + ROW_BLOCK], prediction[first : first + ROW_BLOCK],
+                      None if mask is None else mask[first : first + ROW_BLOCK])
+            for first in range(0, len(truth), ROW_BLOCK)
+        ])
     truth = np.asarray(truth, dtype=np.float64)
     prediction = np.asarray(prediction, dtype=np.float64)
-    weight = (
-        np.ones(truth.shape, dtype=bool) if mask is None else np.broadcast_to(mask, truth.shape)
-    )
+    weight = np.ones(truth.shape, dtype=bool) if mask is None else mask
     weight = weight & np.isfinite(truth) & np.isfinite(prediction)
     count = weight.sum(axis=1)
     t = np.where(weight, truth, 0.0)
