@@ -232,7 +232,7 @@ def test_attention_map_clears_when_the_selection_leaves_during_a_job(
 def test_attention_map_of_neuron_3_in_another_layer_is_its_own(
     make_napari_viewer, result, checkpoint, qtbot
 ):
-    sim, out = result
+    _, out = result
     other_sim = simulate.two_photon(shape=(64, 64), n_cells=15, n_frames=300, seed=5)
     other = analysis.analyse(other_sim.recording(), models.get_model(str(checkpoint), "cpu"),
                              hide="kfold", n_folds=2, span=5)
