@@ -184,13 +184,18 @@ def test_selection_redraws_10000_frame_traces_without_a_full_redraw(make_napari_
     np.testing.assert_array_equal(plot.trace_data[1], out.recording.traces[7])
 
 
-def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot):
+def attention_dock(make_napari_viewer, result):
+    """A viewer with the result's recording and movie, and the attention map docked."""
     sim, out = result
     viewer = make_napari_viewer()
     add_recording(viewer, movie=sim.movie, analysis=out, name="cells", show_panel=False)
     widget = AttentionMapWidget(viewer)
     viewer.window.add_dock_widget(widget, name="NEuRT attention map")
-    scores = viewer.layers["cells scores"]
+    return viewer, widget, viewer.layers["cells scores"]
+
+
+def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot):
+    viewer, widget, scores = attention_dock(make_napari_viewer, result)
     viewer.dims.set_current_step(0, 200)
     scores.selected_label = 3
     widget.update_maps()
@@ -207,12 +212,7 @@ def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot)
 def test_attention_map_clears_when_the_selection_leaves_during_a_job(
     make_napari_viewer, result, qtbot
 ):
-    sim, out = result
-    viewer = make_napari_viewer()
-    add_recording(viewer, movie=sim.movie, analysis=out, name="cells", show_panel=False)
-    widget = AttentionMapWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="NEuRT attention map")
-    scores = viewer.layers["cells scores"]
+    viewer, widget, scores = attention_dock(make_napari_viewer, result)
     qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
     widget._tokens.clear()  # the next map takes a moment
     scores.selected_label = 3
