@@ -212,7 +212,7 @@ def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot)
 def test_attention_map_clears_when_the_selection_leaves_during_a_job(
     make_napari_viewer, result, qtbot
 ):
-    viewer, widget, scores = attention_dock(make_napari_viewer, result)
+    _, widget, scores = attention_dock(make_napari_viewer, result)
     qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
     widget._tokens.clear()  # the next map takes a moment
     scores.selected_label = 3
