@@ -408,6 +408,14 @@ def test_frames_marked_by_dragging_in_the_plot_follow_the_text_field(panel, qtbo
                     len(plot.marked_spans.get_paths()) == 3, timeout=5000)
     widget.frames_edit.setText("")
     qtbot.waitUntil(lambda: plot.marked_spans is None, timeout=5000)
+    # spans wholly outside the recording mark nothing; one across an end is clipped to it
+    n_frames = plot.recording.n_frames
+    plot.mark_frames(-10, -5)
+    plot.mark_frames(n_frames + 10, n_frames + 20)
+    assert plot.marks.text == ""
+    plot.mark_frames(n_frames - 3, n_frames + 20)
+    assert plot.marks.text == f"{n_frames - 3}-{n_frames - 1}"
+    widget.frames_edit.setText("")
     plot.mark_button.setChecked(False)
     assert plot.span_selector is None
 

@@ -469,9 +469,10 @@ class TracePlotWidget(PlotWidget):
         if recording is None:
             return
         rate, last = recording.frame_rate, recording.n_frames - 1
-        first = int(np.clip(np.ceil(start_s * rate - 0.5), 0, last))
-        final = int(np.clip(np.floor(stop_s * rate + 0.5), 0, last))
-        self.marks.add(first, max(first, final), recording.n_frames)
+        first, final = np.ceil(start_s * rate - 0.5), np.floor(stop_s * rate + 0.5)
+        if final < 0 or first > last or final < first:
+            return  # wholly before the first frame or after the last: nothing to mark
+        self.marks.add(int(max(first, 0)), int(min(final, last)), recording.n_frames)
 
     def mark_frames(self, first: int, last: int) -> None:
         """Mark frames `first` to `last` as a drag from one to the other would."""
