@@ -41,6 +41,7 @@ from ..analysis import Analysis
 from .atomic import atomic_files
 
 CSV_PARTS = ("traces", "reconstruction", "imputed", "attention")
+CSV_FRAMES = 4096  # frames made into text at once
 
 
 def export_analysis(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
@@ -103,12 +104,15 @@ def _write_frames(path: Path, analysis: Analysis, data: np.ndarray, extra=None) 
     n_frames = recording.n_frames
     header = ["frame", "time_s", *(extra or {}), *(f"neuron_{i}" for i in recording.neuron_ids)]
     columns = [np.arange(n_frames), recording.times, *[np.asarray(v) for v in (extra or {}).values()]]
-    block = np.column_stack([*(c.astype(np.float64) for c in columns), np.asarray(data, np.float64).T])
     n_fixed = len(columns)
     fmt = ["%d"] + ["%.7g"] * (1) + ["%d"] * (n_fixed - 2) + ["%.7g"] * len(recording.neuron_ids)
     with open(path, "w", newline="") as file:
         file.write(",".join(header) + "\n")
-        np.savetxt(file, block, fmt=fmt, delimiter=",")
+        for first in range(0, n_frames, CSV_FRAMES):  # float64 rows of a block, not of all
+            rows = slice(first, first + CSV_FRAMES)
+            block = np.column_stack([*(np.asarray(c[rows], np.float64) for c in columns),
+                                     np.asarray(data[:, rows], np.float64).T])
+            np.savetxt(file, block, fmt=fmt, delimiter=",")
 
 
 def write_csv(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
