@@ -280,7 +280,8 @@ def load_training_state(
     """Restore the optimiser and the schedule from `folder`; return the JSON document."""
     document = read_training_state(folder)
     path = Path(folder) / STATE_TENSORS
-    if document.get("tensors_sha256", sha256_of(path)) != sha256_of(path):
+    saved = document.get("tensors_sha256")  # states saved before it have none to check
+    if saved is not None and saved != sha256_of(path):
         raise ValueError(
             f"{folder}: the optimiser state ({STATE_TENSORS}) is not the one its {STATE_JSON} "
             "was saved with; the run was interrupted while saving. Train into a new folder, or "

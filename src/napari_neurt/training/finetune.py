@@ -357,13 +357,14 @@ def check_cohort(
     mixed = {a: sorted(ls) for a, ls in animal_labels.items() if len(ls) > 1}
     if mixed:
         raise ValueError(f"an animal must have one label; these have several: {mixed}")
+    keys = [_source_key(item.source) for item in items]
     owners: dict[Any, set[str]] = {}  # one recording under two animals would leak across splits
-    for item in items:
-        owners.setdefault(_source_key(item.source), set()).add(item.animal)
+    for item, key in zip(items, keys, strict=True):
+        owners.setdefault(key, set()).add(item.animal)
     shared = {
-        describe_source(item.source): sorted(owners[_source_key(item.source)])
-        for item in items
-        if len(owners[_source_key(item.source)]) > 1
+        describe_source(item.source): sorted(owners[key])
+        for item, key in zip(items, keys, strict=True)
+        if len(owners[key]) > 1
     }
     if shared:
         raise ValueError(
