@@ -266,12 +266,9 @@ def event_rate(
     n, n_frames = traces.shape
     if n_frames < 2 or not frame_rate > 0:
         return np.full(n, np.nan)
-    if n > ROW_BLOCK:  # float64 copies of a block of rows at most
-        options = {"threshold": threshold, "min_interval_s": min_interval_s}
-        return np.concatenate([
-            event_rate(traces[first : first + ROW_BLOCK], frame_rate, **options)
-            for first in range(0, n, ROW_BLOCK)
-        ])
+    if n > ROW_BLOCK:
+        return _in_row_blocks(event_rate, traces, frame_rate=frame_rate, threshold=threshold,
+                              min_interval_s=min_interval_s)
     traces = np.asarray(traces, dtype=np.float64)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN traces: no events
@@ -299,6 +296,16 @@ def event_rate(
     return counts / minutes
 
 
+def _in_row_blocks(function, *arrays, **options) -> np.ndarray:
+    """`function` of `arrays` (rows of neurons; None passes through), `ROW_BLOCK` rows at a
+    time: its float64 copies are of a block, not of the recording. Per-row results join."""
+    return np.concatenate([
+        function(*(None if a is None else a[first : first + ROW_BLOCK] for a in arrays),
+                 **options)
+        for first in range(0, len(arrays[0]), ROW_BLOCK)
+    ])
+
+
 def r_squared(
     truth: np.ndarray, prediction: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
@@ -310,12 +317,8 @@ def r_squared(
     truth, prediction = np.asarray(truth), np.asarray(prediction)
     if mask is not None:
         mask = np.broadcast_to(mask, truth.shape)
-    if truth.ndim == 2 and len(truth) > ROW_BLOCK:  # float64 copies of a block of rows at most
-        return np.concatenate([
-            r_squared(truth[first : first + ROW_BLOCK], prediction[first : first + ROW_BLOCK],
-                      None if mask is None else mask[first : first + ROW_BLOCK])
-            for first in range(0, len(truth), ROW_BLOCK)
-        ])
+    if truth.ndim == 2 and len(truth) > ROW_BLOCK:
+        return _in_row_blocks(r_squared, truth, prediction, mask)
     truth = np.asarray(truth, dtype=np.float64)
     prediction = np.asarray(prediction, dtype=np.float64)
     weight = np.ones(truth.shape, dtype=bool) if mask is None else mask

@@ -135,12 +135,12 @@ class Recording:
             labels = np.where(keep, labels, 0).astype(labels.dtype)
         metadata = dict(self.metadata)
         for key in PER_NEURON_METADATA:
-            shape = np.shape(metadata.get(key)) if key != "footprints" else ()
-            if key == "footprints":  # a sparse matrix: np.shape does not know it
-                shape = getattr(metadata.get(key), "shape", ())[::-1]
-            if shape and shape[0] == self.n_neurons:
-                value = metadata[key]
-                metadata[key] = value[:, index] if key == "footprints" else np.asarray(value)[index]
+            value = metadata.get(key)
+            if key == "footprints":  # pixels x neurons, a sparse matrix np.shape does not know
+                if getattr(value, "shape", (0, 0))[-1] == self.n_neurons:
+                    metadata[key] = value[:, index]
+            elif np.ndim(value) and len(value) == self.n_neurons:
+                metadata[key] = np.asarray(value)[index]
         return replace(
             self,
             traces=self.traces[index],

@@ -86,23 +86,12 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
     if frame_rate is None:
         if "frame_rate" not in arrays:
             raise ValueError(f"{path} has no 'frame_rate'; pass frame_rate=... (frames per second)")
-        frame_rate = positive_number(arrays["frame_rate"])
-        if frame_rate is None:
-            raise ValueError(
-                f"{path}: 'frame_rate' must be one positive number (frames per second); got "
-                f"{arrays['frame_rate']!r}"
-            )
-        frame_rate_from = "npz"
+        frame_rate, frame_rate_from = _stored_number(arrays, "frame_rate", path), "npz"
     else:
         frame_rate_from = "argument"
     pixel_size = None
     if "pixel_size_um" in arrays:
-        pixel_size = positive_number(arrays["pixel_size_um"])
-        if pixel_size is None:
-            raise ValueError(
-                f"{path}: 'pixel_size_um' must be one positive number; got "
-                f"{arrays['pixel_size_um']!r}"
-            )
+        pixel_size = _stored_number(arrays, "pixel_size_um", path)
     return Recording(
         traces=traces,
         neuron_ids=neuron_ids,
@@ -117,6 +106,14 @@ def read_recording_npz(path: PathLike, *, frame_rate: float | None = None) -> Re
             "frame_rate_from": frame_rate_from,
         },
     )
+
+
+def _stored_number(arrays, key: str, path) -> float:
+    """The positive number an .npz stores under `key` (one element of an array will do)."""
+    value = positive_number(arrays[key])
+    if value is None:
+        raise ValueError(f"{path}: {key!r} must be one positive number; got {arrays[key]!r}")
+    return value
 
 
 def tiff_frame_rate(path: PathLike) -> float | None:
