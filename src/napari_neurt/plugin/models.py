@@ -81,7 +81,7 @@ def device_choices() -> list[str]:
     return choices
 
 
-_cache: dict[tuple[str, str], object] = {}
+_cache: dict[tuple[str, int | None, str], object] = {}  # (source, modified, device)
 _lock = threading.Lock()
 
 
@@ -93,22 +93,19 @@ def get_model(source: str, device: str = "auto"):
     """
     from ..model import load_model
 
-    key_source, where = source, None
+    where, stamp = source, None
     path = Path(source)
     if source not in ("default", "neurt-microns", "neurt-5xfad") and path.exists():
-        stamp = max((p.stat().st_mtime_ns for p in [path, *path.glob("*")]), default=0)
         where = str(path.resolve())
-        key_source = f"{where}@{stamp}"
-    key = (key_source, device)
+        stamp = max((p.stat().st_mtime_ns for p in [path, *path.glob("*")]), default=0)
+    key = (where, stamp, device)
     with _lock:
         model = _cache.get(key)
         if model is None:
             model = load_model(source, device=device)
-            if where is not None:  # the versions this checkpoint replaced are of no more use
-                stale = [k for k in _cache
-                         if k[0] != key_source and k[0].rsplit("@", 1)[0] == where]
-                for old in stale:
-                    del _cache[old]
+            # the versions this checkpoint's rewrite replaced are of no more use
+            for old in [k for k in _cache if k[0] == where and k[1] != stamp]:
+                del _cache[old]
             _cache[key] = model
     return model
 

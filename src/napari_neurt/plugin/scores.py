@@ -293,7 +293,7 @@ def apply_scores(viewer, data: ScoresLayerData, roi_layer):
     returns the scores layer."""
     reference = weakref.ref(roi_layer)
     colormap = _direct_colormap(data.colouring.color_dict)
-    metadata_info = {"roi_layer": roi_layer.name, "roi_ref": reference, **data.colouring.legend()}
+    metadata_info = {"roi_ref": reference, **data.colouring.legend()}
     layer = scores_layer_of(viewer, roi_layer)
     metadata = {
         RECORDING_KEY: data.analysis.recording,
