@@ -37,7 +37,13 @@ from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, read_checkpoint, 
 from .fills import kriging_fill, pchip_fill
 from .neurt import Neurt, NeurtConfig, interpolate_hidden
 from .published import PUBLISHED, WeightsNotAvailable, fetch_published, read_published
-from .tokens import NeighborhoodTokens, head_statistics, neighborhood_tokens, token_settings
+from .tokens import (
+    ROW_BLOCK,
+    NeighborhoodTokens,
+    head_statistics,
+    neighborhood_tokens,
+    token_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,6 @@ CHANNELS = ("all", "own")
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 256, "mps": 64}
 TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge of a window
 CALIBRATION_REDRAWS = 32  # shifts tried for a row whose first one finds no step to hide
-FILL_BLOCK = 256  # neurons whose PCHIP and kriging fills are made at once
 
 
 @dataclass
@@ -520,8 +525,8 @@ class NeurtModel:
             blended, straight, tokens = total.numpy(), linear.numpy(), x.numpy()
             # the fills work row by row: blocks of neurons keep their temporaries (float64
             # copies, the kriging systems) to a block's size, with the same values
-            for first in range(0, n, FILL_BLOCK):
-                block = slice(first, first + FILL_BLOCK)
+            for first in range(0, n, ROW_BLOCK):
+                block = slice(first, first + ROW_BLOCK)
                 entries = hidden_entries(hidden[block], channels, n_features).numpy()
                 values = tokens[block].transpose(0, 2, 1)  # rows of (neuron, feature) over time
                 rows = entries.transpose(0, 2, 1)
