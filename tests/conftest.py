@@ -53,3 +53,42 @@ def torchrun():
         )
 
     return run
+
+
+@pytest.fixture
+def scanimage_tiff():
+    """Write ``write(path, frames, frame_data)``: a ScanImage (2016+) BigTIFF, its settings
+    ``{"SI.hRoiManager.scanFrameRate": 30, ...}`` in the header block after the TIFF header and in
+    every page's Software tag, as ScanImage lays them out; one page per frame, data before IFD."""
+    import struct
+
+    def write(path: Path, frames, frame_data: dict) -> Path:
+        text = "".join(f"{key} = {value}\n" for key, value in frame_data.items()).encode()
+        settings, rois = text + b"\0", b"{}\0"
+        out = bytearray(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))
+        out += struct.pack("<IIII", 0x07030301, 3, len(settings), len(rois)) + settings + rois
+        link = 8  # where the offset of the next IFD goes
+        for frame in frames:
+            height, width = frame.shape
+            data = len(out)
+            out += frame.tobytes()
+            software = len(out)
+            out += settings
+            out += b"\0" * (len(out) % 2)
+            entries = [  # (tag, type, count, value or offset): 3 SHORT, 2 ASCII, 16 LONG8
+                (256, 16, 1, width), (257, 16, 1, height), (258, 3, 1, frame.itemsize * 8),
+                (259, 3, 1, 1), (262, 3, 1, 1), (273, 16, 1, data), (277, 3, 1, 1),
+                (278, 16, 1, height), (279, 16, 1, frame.nbytes),
+                (305, 2, len(settings), software), (339, 3, 1, 2 if frame.dtype.kind == "i" else 1),
+            ]  # fmt: skip
+            struct.pack_into("<Q", out, link, len(out))
+            out += struct.pack("<Q", len(entries))
+            for tag, kind, count, value in entries:
+                out += struct.pack("<HHQ", tag, kind, count)
+                out += struct.pack("<H6x" if kind == 3 else "<Q", value)
+            link = len(out)
+            out += struct.pack("<Q", 0)
+        Path(path).write_bytes(bytes(out))
+        return Path(path)
+
+    return write

@@ -181,3 +181,41 @@ def test_real_movies(test_data):
     assert isinstance(mouse, np.memmap) and mouse.shape == (500, 64, 64) and mouse.dtype == np.int16
     trials = read_movie(test_data / "fissa_test_crop" / "images")
     assert trials.shape == (87, 21, 14)
+
+
+SCANIMAGE = {
+    "SI.hRoiManager.scanFrameRate": 30.0,
+    "SI.hChannels.channelSave": 1,
+    "SI.hStackManager.framesPerSlice": "Inf",
+    "SI.hStackManager.enable": "false",
+    "SI.hStackManager.numSlices": 121,  # left over from a z-stack: stacks are off
+    "SI.hStackManager.actualNumSlices": 1,
+}
+
+
+def test_scanimage_movie(tmp_path, movie, scanimage_tiff):
+    path = scanimage_tiff(tmp_path / "si.tif", movie, SCANIMAGE)
+    np.testing.assert_array_equal(np.asarray(read_movie(path)), movie)
+
+
+@pytest.mark.parametrize(
+    "settings, what",
+    [
+        # fast z: one frame per plane, the planes of each volume in turn; tifffile sees a z-stack
+        ({"SI.hStackManager.enable": "true", "SI.hStackManager.actualNumSlices": 3,
+          "SI.hStackManager.framesPerSlice": 1}, "3 planes"),
+        # ScanImage 2016-2019 name no actualNumSlices
+        ({"SI.hStackManager.enable": None, "SI.hStackManager.actualNumSlices": None,
+          "SI.hFastZ.enable": "true", "SI.hStackManager.numSlices": 5,
+          "SI.hStackManager.framesPerSlice": 1}, "5 planes"),
+        # 2 channels in an acquisition stopped mid-frame: tifffile cannot split them
+        ({"SI.hChannels.channelSave": "[1;2]"}, "2 channels"),
+    ],
+)
+def test_scanimage_planes_or_channels_in_turn_are_refused(
+    tmp_path, movie, scanimage_tiff, settings, what
+):
+    frame_data = {key: value for key, value in {**SCANIMAGE, **settings}.items() if value}
+    path = scanimage_tiff(tmp_path / "si.tif", movie[:29], frame_data)
+    with pytest.raises(ValueError, match=f"ScanImage .*{what}"):
+        read_movie(path)

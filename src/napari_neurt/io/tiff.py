@@ -89,6 +89,28 @@ class TiffInfo:
     n_series: int
     dataoffset: int | None  # where the data start when they are contiguous and uncompressed
     data_end: int  # byte just past the last image data
+    scanimage_planes: int = 1  # z-planes per volume ScanImage saves frame by frame in turn
+    scanimage_channels: int = 1  # channels ScanImage saves frame by frame in turn
+
+
+def _scanimage_layout(tif: tifffile.TiffFile) -> tuple[int, int]:
+    """(planes, channels) a ScanImage file saves one frame after the other; (1, 1) otherwise.
+
+    tifffile splits these pages only when it can: a fast-z recording (one frame per plane) reads
+    as a plain (planes x volumes, height, width) stack, and the channels of an acquisition stopped
+    mid-frame stay interleaved.
+    """
+    frame_data = (tif.scanimage_metadata or {}).get("FrameData") or {}
+    channels = frame_data.get("SI.hChannels.channelSave", 1)
+    channels = len(channels) if isinstance(channels, list) else 1
+    planes = frame_data.get("SI.hStackManager.actualNumSlices")  # ScanImage 2020 on
+    if planes is None:
+        stacks_on = frame_data.get("SI.hStackManager.enable", True)
+        planes = frame_data.get("SI.hStackManager.numSlices", 1) if stacks_on else 1
+    try:
+        return max(int(planes), 1), channels
+    except (TypeError, ValueError, OverflowError):
+        return 1, channels
 
 
 def _inspect(path: Path) -> TiffInfo:
@@ -99,6 +121,7 @@ def _inspect(path: Path) -> TiffInfo:
         if not tif.series:
             raise ReaderError(f"{path} holds no images")
         series = tif.series[0]
+        planes, channels = _scanimage_layout(tif) if tif.is_scanimage else (1, 1)
         contiguous = series.dataoffset is not None and series.keyframe.compression == 1
         if contiguous:
             data_end = series.dataoffset + series.nbytes
@@ -119,6 +142,8 @@ def _inspect(path: Path) -> TiffInfo:
             n_series=len(tif.series),
             dataoffset=series.dataoffset if contiguous else None,
             data_end=data_end,
+            scanimage_planes=planes,
+            scanimage_channels=channels,
         )
     file_size = os.path.getsize(path)
     if info.data_end > file_size:
@@ -146,6 +171,13 @@ def _check_movie_shape(info: TiffInfo, path: Path) -> None:
         raise ValueError(
             f"{path}: got a single 2-D frame of shape {shape}{more}; a movie needs (frames, "
             "height, width). Open it as an image or a label image instead."
+        )
+    if len(shape) == 3 and (info.scanimage_planes > 1 or info.scanimage_channels > 1):
+        raise ValueError(
+            f"{path} is a ScanImage recording of {info.scanimage_planes} planes and "
+            f"{info.scanimage_channels} channels saved frame by frame in turn; a movie needs one "
+            "plane and one channel: split them first (e.g. Image > Stacks > Tools > Deinterleave "
+            "in Fiji)"
         )
     if len(shape) != 3:
         raise ValueError(
