@@ -120,6 +120,17 @@ def test_tiff_frame_rate_in_imagej_time_units(tmp_path, movie, metadata, rate):
     assert found == (None if rate is None else pytest.approx(rate))
 
 
+@pytest.mark.parametrize("average, rate", [(1, 30.0), (3, 10.0)])
+def test_tiff_frame_rate_from_scanimage_metadata(tmp_path, movie, scanimage_tiff, average, rate):
+    # ScanImage logs the mean of every `logAverageFactor` frames it scans
+    path = scanimage_tiff(
+        tmp_path / "si.tif",
+        movie,
+        {"SI.hRoiManager.scanFrameRate": 30.0, "SI.hScan2D.logAverageFactor": average},
+    )
+    assert tiff_frame_rate(path) == pytest.approx(rate)
+
+
 def test_a_folder_of_trials_takes_its_frame_rate_from_their_metadata(tmp_path, movie):
     (tmp_path / "trials").mkdir()
     for trial in ("trial1.tif", "trial2.tif"):

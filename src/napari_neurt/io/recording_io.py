@@ -122,10 +122,11 @@ def tiff_frame_rate(path: PathLike) -> float | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            scanimage = tif.scanimage_metadata or {}
-            rate = (scanimage.get("FrameData") or {}).get("SI.hRoiManager.scanFrameRate")
-            if rate:
-                return float(rate)
+            frame_data = (tif.scanimage_metadata or {}).get("FrameData") or {}
+            rate = frame_data.get("SI.hRoiManager.scanFrameRate")
+            if rate:  # the scanning rate; each frame saved is the mean of logAverageFactor
+                average = positive_number(frame_data.get("SI.hScan2D.logAverageFactor")) or 1.0
+                return float(rate) / average
             imagej = tif.imagej_metadata or {}
             if imagej.get("finterval"):  # the acquisition's frame interval, in `tunit`
                 seconds = _SECONDS_PER.get(str(imagej.get("tunit", "sec")).strip().lower())
