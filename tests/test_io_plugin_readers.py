@@ -61,6 +61,22 @@ def test_tiff_list_is_one_movie(tmp_path):
     np.testing.assert_array_equal(data[:], movie)
 
 
+def test_tiff_movie_layer_carries_the_frame_rate_its_metadata_records(tmp_path):
+    # the analysis panel prefills the frame rate from the layer's metadata
+    movie = np.zeros((8, 10, 12), np.uint16)
+    tifffile.imwrite(tmp_path / "timed.tif", movie, imagej=True, metadata={"finterval": 0.05})
+    tifffile.imwrite(tmp_path / "untimed.tif", movie)
+    path = str(tmp_path / "timed.tif")
+    [(_, kwargs, _)] = get_tiff_reader(path)(path)
+    assert kwargs["metadata"]["frame_rate"] == pytest.approx(20.0)
+    paths = [path, str(tmp_path / "untimed.tif")]
+    [(_, kwargs, _)] = get_tiff_reader(paths)(paths)
+    assert kwargs["metadata"]["frame_rate"] == pytest.approx(20.0)  # the first file's
+    path = str(tmp_path / "untimed.tif")
+    [(_, kwargs, _)] = get_tiff_reader(path)(path)
+    assert "frame_rate" not in kwargs["metadata"]
+
+
 def test_two_d_tiffs_become_labels_or_images(tmp_path):
     tifffile.imwrite(tmp_path / "rois.tif", LABELS)
     [(data, kwargs, kind)] = get_tiff_reader(str(tmp_path / "rois.tif"))(str(tmp_path / "rois.tif"))

@@ -96,13 +96,25 @@ def get_tiff_reader(path: str | Sequence[str]) -> ReaderFunction | None:
     return _read_tiff
 
 
+def _movie_metadata(source, first_file: Path) -> dict:
+    """The layer's metadata: its source and, when the first file records it, the frame rate
+    (which the analysis panel prefills)."""
+    from ..io.recording_io import tiff_frame_rate
+
+    metadata = {"source": source}
+    rate = tiff_frame_rate(first_file)
+    if rate is not None:
+        metadata["frame_rate"] = rate
+    return metadata
+
+
 def _read_tiff(path: str) -> list[LayerData]:
     from ..io.labels import as_label_image
     from ..io.tiff import read_movie, read_tiff_image, tiff_info
 
     path = Path(path)
     if len(tiff_info(path).shape) == 3:
-        return [_image_layer(read_movie(path), path.stem, {"source": str(path)})]
+        return [_image_layer(read_movie(path), path.stem, _movie_metadata(str(path), path))]
     image = read_tiff_image(path)
     if _looks_like_labels(image):
         return [
@@ -116,7 +128,8 @@ def _read_tiff_movie_list(paths: Sequence[str]) -> list[LayerData]:
 
     paths = [Path(p) for p in paths]
     name = f"{paths[0].stem} (+{len(paths) - 1} files)" if len(paths) > 1 else paths[0].stem
-    return [_image_layer(read_movie(paths), name, {"source": [str(p) for p in paths]})]
+    metadata = _movie_metadata([str(p) for p in paths], paths[0])
+    return [_image_layer(read_movie(paths), name, metadata)]
 
 
 # -- label images and ImageJ ROIs ------------------------------------------------------------------
