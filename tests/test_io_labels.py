@@ -147,6 +147,27 @@ def test_composite_roi_keeps_its_hole(tmp_path):
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_composite_roi_with_curves(tmp_path):
+    # ImageJ keeps the Bezier segments of a shape ROI (rounded rectangles, shapes from other
+    # tools): here a disc of radius 5.3 around (8, 8) as four cubic quarter arcs (type 3), every
+    # pixel centre at least 0.15 px away from the circle.
+    k, r, c = 0.5523, 5.3, 8.0  # a quarter circle's control points lie k * r along the tangents
+    path = [0, c + r, c]
+    for (x0, y0), (x1, y1) in [((1, 0), (0, 1)), ((0, 1), (-1, 0)), ((-1, 0), (0, -1)),
+                               ((0, -1), (1, 0))]:
+        path += [3, c + r * (x0 + k * x1), c + r * (y0 + k * y1),
+                 c + r * (x1 + k * x0), c + r * (y1 + k * y0), c + r * x1, c + r * y1]
+    path.append(4)
+    disc = ImagejRoi(roitype=ROI_TYPE.RECT, left=3, top=3, right=14, bottom=14, name="disc")
+    disc.multi_coordinates = np.array(path, dtype=np.float32)
+    disc.shape_roi_size = len(path)
+    disc.tofile(tmp_path / "disc.roi")
+    rows, cols = np.indices((17, 17))
+    expected = np.hypot(cols + 0.5 - c, rows + 0.5 - c) <= r
+    np.testing.assert_array_equal(read_imagej_rois(tmp_path / "disc.roi", (17, 17)) == 1, expected)
+    assert read_imagej_rois(tmp_path / "disc.roi").shape == (14, 14)  # drawn on the smallest image
+
+
 def test_label_order_and_overlaps_first_roi_keeps_shared_pixels(tmp_path):
     rois = [_rect(0, 0, 5, 5, "first"), _rect(3, 3, 8, 8, "second"), _rect(10, 0, 12, 2, "third")]
     roifile.roiwrite(tmp_path / "RoiSet.zip", rois)

@@ -217,6 +217,51 @@ def _fill_oval(roi, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return yy[inside], xx[inside]
 
 
+_CURVE_STEPS = 16  # line segments per Bezier segment of a shape ROI
+# numbers per segment of a Java PathIterator path: moveto, lineto, quadto, cubicto, close
+_SEGMENT_SIZES = {0: 3, 1: 3, 2: 5, 3: 7, 4: 1}
+
+
+def _paths(roi) -> list[np.ndarray]:
+    """The paths (x, y corner coordinates) of a ROI. A shape ROI's quadratic and cubic Bezier
+    segments, which ImageJ keeps (rounded rectangles, shapes from other tools), become
+    `_CURVE_STEPS` line segments each (roifile refuses them)."""
+    if roi.multi_coordinates is None:
+        return roi.coordinates(multi=True)
+    path = np.asarray(roi.multi_coordinates, dtype=np.float64)
+    t = np.linspace(0.0, 1.0, _CURVE_STEPS + 1)[1:, None]
+    paths, points, start, n = [], [], None, 0
+    while n < len(path):
+        kind = int(path[n])
+        size = _SEGMENT_SIZES.get(kind)
+        if size is None or n + size > len(path) or (kind in (1, 2, 3) and start is None):
+            raise ValueError(f"ROI {roi.name!r} has a damaged shape path (segment type {kind})")
+        xy = path[n + 1 : n + size].reshape(-1, 2)
+        if kind == 0:
+            if len(points) > 1:
+                paths.append(np.array(points))
+            points, start = [xy[0]], xy[0]
+        elif kind == 4 and len(points) > 1:
+            paths.append(np.array(points))
+            points = []
+        elif kind in (1, 2, 3):
+            p0 = points[-1] if points else start
+            points = points or [start]
+            if kind == 1:
+                points.append(xy[0])
+            elif kind == 2:
+                points.extend((1 - t) ** 2 * p0 + 2 * (1 - t) * t * xy[0] + t**2 * xy[1])
+            else:
+                points.extend(
+                    (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * xy[0]
+                    + 3 * (1 - t) * t**2 * xy[1] + t**3 * xy[2]
+                )
+        n += size
+    if len(points) > 1:
+        paths.append(np.array(points))
+    return paths
+
+
 def _roi_pixels(roi, shape: tuple[int, int], description: str) -> tuple[np.ndarray, np.ndarray]:
     """The (rows, cols) an area ROI covers; a ValueError for lines and points."""
     from roifile import ROI_SUBTYPE, ROI_TYPE
@@ -225,7 +270,7 @@ def _roi_pixels(roi, shape: tuple[int, int], description: str) -> tuple[np.ndarr
         # A composite (shape) ROI is a set of closed paths; holes are paths inside paths, so the
         # paths combine by the even-odd rule.
         inside = np.zeros(shape, dtype=bool)
-        for path in roi.coordinates(multi=True):
+        for path in _paths(roi):
             if len(path) >= 3:
                 rows, cols = _fill_polygon(np.asarray(path, dtype=np.float64), shape)
                 inside[rows, cols] ^= True
@@ -253,7 +298,7 @@ def _roi_extent(roi) -> tuple[float, float]:
 
     if roi.roitype in (ROI_TYPE.OVAL, ROI_TYPE.RECT) and roi.subpixelrect:
         return roi.yd + roi.heightd, roi.xd + roi.widthd
-    paths = roi.coordinates(multi=True)
+    paths = _paths(roi)
     if paths and any(len(p) for p in paths):
         xy = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in paths])
         return max(float(xy[:, 1].max()), roi.bottom), max(float(xy[:, 0].max()), roi.right)
