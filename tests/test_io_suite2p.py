@@ -106,6 +106,45 @@ def test_a_pickle_cannot_change_the_globals_it_may_use(tmp_path, module, name, a
             setattr(shared, attribute, before) if before is not None else delattr(shared, attribute)
 
 
+class _ForgedDtype:
+    """Pickles as numpy writes a dtype: ``np.dtype(spec, False, True)``, then BUILD `state`."""
+
+    def __init__(self, spec, state):
+        self.spec, self.state = spec, state
+
+    def __reduce__(self):
+        return np.dtype, (self.spec, False, True), self.state
+
+
+class _ForgedArray:
+    """Pickles as numpy writes an array of `dtype` whose data are the raw bytes `data`."""
+
+    def __init__(self, dtype, data):
+        self.dtype, self.data = dtype, data
+
+    def __reduce__(self):
+        reconstruct = np.empty(0).__reduce__()[0]
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), self.dtype, False, self.data)
+
+
+@pytest.mark.parametrize(
+    "spec, state",
+    [
+        # an object field, with flags that say there is none: its 8 bytes become a pointer
+        ("V8", (3, "|", None, ("a",), {"a": (np.dtype(object), 0)}, 8, 1, 0)),
+        ("O8", (3, "|", None, None, None, -1, -1, 0)),  # the object dtype, flags cleared
+        ("V8", (3, "|", None, ("a",), {"a": (np.dtype("f8"), 4096)}, 8, 1, 0)),  # past the item
+    ],
+)
+def test_a_pickled_dtype_state_cannot_forge_pointers_or_reach_outside_an_array(
+    tmp_path, spec, state
+):
+    forged = _ForgedArray(_ForgedDtype(spec, state), bytes(8))
+    _write_object_npy(tmp_path / "stat.npy", forged, protocol=2)
+    with pytest.raises(UnsafePickleError, match="state numpy would not write"):
+        load_pickled_npy(tmp_path / "stat.npy")
+
+
 def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
     ops = {
         "fs": 30.0,
@@ -121,6 +160,9 @@ def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
         "bytes": b"\x00\x01",
         "masks": np.array([b"a"], dtype="S1"),
         "records": np.zeros(2, dtype=[("x", "<i4"), ("y", "<f8")]),
+        "aligned": np.ones(2, dtype=np.dtype([(("T", "x"), "<i2"), ("y", "<f8")], align=True)),
+        "times": np.array(["2021-07-26T17:06"], dtype="M8[ns]"),
+        "grid": np.zeros(2, dtype=[("xy", "<f4", (2,))]),
     }
     np.save(tmp_path / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
     loaded = load_pickled_npy(tmp_path / "ops.npy").item()

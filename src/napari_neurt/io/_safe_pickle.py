@@ -5,7 +5,8 @@ could run any command on the machine of whoever opens it. Here the ``.npy`` head
 numpy's own functions and the pickled payload is read by an unpickler that resolves only an
 explicit allow-list of globals: numpy's array and scalar reconstruction, dtypes, plain Python
 containers and scalars, dates and paths. Anything else is refused before it is imported, let alone
-called.
+called. A dtype's pickled state is checked before it is applied, as it sets flags and field offsets
+that numpy trusts when it copies an array's bytes.
 """
 
 from __future__ import annotations
@@ -118,12 +119,71 @@ def _fresh(target: Any) -> Any:
     return call
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in `_ALLOWED`; refuses everything else by name."""
+def _canonical_dtype(dtype: np.dtype) -> np.dtype:
+    """`dtype` built again by numpy's own constructor, which checks what a pickled state does not
+    (fields inside the item, objects not overlapping) and sets the flags itself."""
+    if dtype.names is not None:
+        fields = [dtype.fields[name] for name in dtype.names]
+        canonical = np.dtype(
+            {
+                "names": list(dtype.names),
+                "formats": [field[0] for field in fields],
+                "offsets": [field[1] for field in fields],
+                "titles": [field[2] if len(field) > 2 else None for field in fields],
+                "itemsize": dtype.itemsize,
+            },
+            align=dtype.isalignedstruct,
+        )
+    elif dtype.subdtype is not None:
+        canonical = np.dtype(dtype.subdtype)
+    else:
+        canonical = np.dtype(dtype.str)
+    if dtype.metadata is not None:
+        canonical = np.dtype(canonical, metadata=dict(dtype.metadata))
+    return canonical
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any, source: str) -> None:
+    """Refuse a BUILD that would give `dtype` a state numpy itself never writes.
+
+    A dtype's pickled state sets its flags, fields and sizes as given: flags that deny holding
+    Python objects make numpy copy raw bytes into object slots (pointers made up by the file),
+    and a field placed past the end of the item reads and writes outside the array. The state
+    is tried on a scratch copy and must match numpy's own construction of the result. Python
+    objects are only admitted in plain object dtypes: a structured one could be made out of a
+    void dtype that an array already uses for raw bytes."""
+    try:
+        scratch = np.dtype(dtype.__reduce__()[1][0], False, True)
+        scratch.__setstate__(state)
+        canonical = _canonical_dtype(scratch)
+        sound = canonical.__reduce__() == scratch.__reduce__() and not (
+            canonical.hasobject and (canonical.names is not None or canonical.subdtype is not None)
+        )
+    except Exception:  # noqa: BLE001 - a state numpy or its constructor rejects
+        sound = False
+    if not sound:
+        raise UnsafePickleError(
+            f"{source} gives a numpy dtype a state numpy would not write; refusing to read it"
+        )
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only the globals in `_ALLOWED`; refuses everything else by name.
+
+    The pure-Python unpickler, as the C one applies a BUILD without a way to check it first."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: RUF012 - the opcode table, per class
 
     def __init__(self, file: io.BufferedIOBase, source: str, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
         self._source = source
+
+    def load_build(self) -> None:
+        if isinstance(self.stack[-2], np.dtype):
+            _check_dtype_state(self.stack[-2], self.stack[-1], self._source)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         try:
