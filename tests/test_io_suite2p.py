@@ -145,6 +145,36 @@ def test_a_pickled_dtype_state_cannot_forge_pointers_or_reach_outside_an_array(
         load_pickled_npy(tmp_path / "stat.npy")
 
 
+_MILLION = b"J" + (10**6).to_bytes(4, "little")  # BININT 1000000
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"c__builtin__\nlist\nc__builtin__\nrange\n" + _MILLION + b"\x85R\x85R",  # list(range(n))
+        b"c__builtin__\nbytes\n" + _MILLION + b"\x85R",  # bytes(n)
+        b"c__builtin__\nbytes\n" + _MILLION + b"\x85\x81",  # NEWOBJ: bytes.__new__(bytes, n)
+        b"c__builtin__\nstr\n](K\x01e\x85R",  # str([1]): repr of what may share parts
+        b"cnumpy\ndtype\n](X\x01\x00\x00\x00aX\x02\x00\x00\x00f8\x86e\x85R",  # dtype([...])
+        b"cnumpy\nndarray\n" + _MILLION + b"\x85\x85R",  # np.ndarray((n,))
+        b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + _MILLION
+        + b"\x85X\x02\x00\x00\x00f8\x87R",  # _reconstruct(ndarray, (n,), "f8")
+    ],
+    ids=["range", "bytes", "newobj", "str", "dtype-list", "ndarray", "reconstruct"],
+)
+def test_calls_that_build_more_than_the_file_holds_are_refused(tmp_path, payload):
+    """Each of these makes from a few bytes what a larger n (or deeper sharing) makes gigabytes
+    of, or minutes of work: a 710-byte numpy.dtype([...]) of shared parts took 45 s and 2.7 GB."""
+    with open(tmp_path / "stat.npy", "wb") as file:
+        npy_format.write_array_header_1_0(
+            file, {"descr": "|O", "fortran_order": False, "shape": (1,)}
+        )
+        file.write(b"\x80\x02" + payload + b".")
+    with pytest.raises(UnsafePickleError):
+        load_pickled_npy(tmp_path / "stat.npy")
+
+
 def test_plain_data_round_trips_through_the_restricted_unpickler(tmp_path):
     ops = {
         "fs": 30.0,

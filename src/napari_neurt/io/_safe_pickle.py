@@ -53,15 +53,39 @@ def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """Stands in for ``numpy.dtype``, which numpy's pickles call with a type string ("f8", "V12"),
+    the rest coming in the dtype's state. A list or tuple is refused: numpy parses a nested one
+    anew for each reference to a shared part, so a few hundred bytes took minutes and gigabytes."""
+    if not isinstance(spec, str):
+        raise UnsafePickleError(f"refusing the pickled call numpy.dtype(<{type(spec).__name__}>)")
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _empty_array(reconstruct: Any) -> Any:
+    """Stands in for numpy's ``_reconstruct``, which its pickles call for an empty array (shape
+    (0,)) that the array's state then fills. Any other shape would be memory the file does not
+    hold, reserved at its say."""
+
+    def empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if not isinstance(shape, tuple) or shape != (0,):
+            raise UnsafePickleError(
+                "refusing a pickled _reconstruct of anything but an empty array"
+            )
+        return reconstruct(subtype, shape, dtype)
+
+    return empty_array
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _dtype,
     }
     internals = _numpy_internals()
     # Files written with numpy 1.x name numpy.core, with numpy 2.x numpy._core.
     for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = internals["_reconstruct"]
+        allowed[(f"{package}.multiarray", "_reconstruct")] = _empty_array(internals["_reconstruct"])
         allowed[(f"{package}.multiarray", "scalar")] = internals["scalar"]
         allowed[(f"{package}.numeric", "_frombuffer")] = internals["_frombuffer"]
     # numpy >= 2 may pickle a dtype through its class in numpy.dtypes (e.g. StringDType).
@@ -71,9 +95,10 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
             candidate = getattr(dtypes, name)
             if isinstance(candidate, type) and issubclass(candidate, np.dtype):
                 allowed[("numpy.dtypes", name)] = candidate
+    # not range: list(range(10**9)) is 36 GB from a few bytes
     plain_builtins = (
         "bool", "int", "float", "complex", "str", "bytes", "bytearray",
-        "list", "tuple", "dict", "set", "frozenset", "slice", "range",
+        "list", "tuple", "dict", "set", "frozenset", "slice",
     )  # fmt: skip
     for name in plain_builtins:
         allowed[("builtins", name)] = getattr(builtins, name)
@@ -183,7 +208,34 @@ class _RestrictedUnpickler(pickle._Unpickler):
             _check_dtype_state(self.stack[-2], self.stack[-1], self._source)
         super().load_build()
 
+    def load_reduce(self) -> None:
+        """A call: refused where it would build more than the file holds (np.ndarray(shape),
+        bytes(size), str() of a structure that shares its parts many times over)."""
+        function, arguments = self.stack[-2], self.stack[-1]
+        if (
+            function is np.ndarray
+            or (function in (bytes, bytearray) and any(isinstance(a, int) for a in arguments))
+            or (function is str and not all(isinstance(a, str) for a in arguments))
+        ):
+            raise UnsafePickleError(
+                f"{self._source} calls {getattr(function, '__name__', function)} with arguments "
+                "numpy's pickles never give it; refusing to read it"
+            )
+        super().load_reduce()
+
+    def load_other_call(self) -> None:
+        """NEWOBJ, INST and OBJ call a class as REDUCE does; numpy arrays and plain data never
+        need them."""
+        raise UnsafePickleError(
+            f"{self._source} creates objects through an opcode numpy's pickles do not use; "
+            "refusing to read it"
+        )
+
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    for _opcode in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_opcode[0]] = load_other_call
+    del _opcode
 
     def find_class(self, module: str, name: str) -> Any:
         try:
