@@ -53,3 +53,21 @@ def test_files_written_together_get_plain_permissions_and_all_or_none_land(tmp_p
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
     finally:
         os.umask(previous)
+
+
+def test_new_file_permissions_do_not_touch_the_process_umask(tmp_path, monkeypatch):
+    # Reading the umask means setting it to 0 for a moment: a file another thread (a napari
+    # worker) created meanwhile would be world-writable. The kernel applies it instead.
+    previous = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        target = tmp_path / "new.txt"
+        with atomic_path(target) as tmp:
+            tmp.write_text("x")
+        assert target.stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,25 +32,27 @@ def atomic_files(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
-            )
-            os.close(fd)
-            temps.append(Path(name))
+            temps.append(_new_temporary(path))
         yield temps
         for temp, path in zip(temps, paths, strict=True):
-            os.chmod(temp, _mode_for(path))
+            try:  # a new version keeps the permissions of the file it replaces
+                os.chmod(temp, path.stat().st_mode & 0o7777)
+            except FileNotFoundError:
+                pass
             os.replace(temp, path)
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
 
 
-def _mode_for(path: Path) -> int:
-    """Permission bits for a new version of `path`: its current ones, else 0o666 & ~umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)  # reading the umask means setting it; put it straight back
-        os.umask(umask)
-        return 0o666 & ~umask
+def _new_temporary(path: Path) -> Path:
+    """Create an empty temporary sibling of `path` with the permissions ``open(path, "w")`` would
+    give a new file: 0o666 less the umask, which the kernel applies. (Reading the umask means
+    setting it, which would race with files other threads create meanwhile.)"""
+    while True:
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
