@@ -74,6 +74,21 @@ def test_stream_draws_windows_reproducibly_and_resumes_without_reloading():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(items[3:], resumed, strict=True))
 
 
+def test_a_stream_with_rounds_of_only_short_recordings_resumes_where_it_was():
+    """A round whose recordings are all too short must still count as a round's batches, as
+    the resumed stream (which skips rounds without loading them) counts it."""
+    sources = [sine_recording(0, n_frames=20), sine_recording(1)] * 2
+    stream = WindowStream(
+        sources, window_length=32, batch_size=4, windows_per_recording=8, recordings_per_round=1
+    )
+    items = [item for item, _ in zip(stream, range(8), strict=False)]
+    stream.start_batch = 3
+    resumed = [item for item, _ in zip(stream, range(5), strict=False)]
+    assert all(
+        torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(items[3:], resumed, strict=True)
+    )
+
+
 def test_stream_shards_recordings_across_processes():
     sources = [sine_recording(k) for k in range(4)]
     seen = {}

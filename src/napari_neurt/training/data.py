@@ -188,11 +188,9 @@ class WindowStream(IterableDataset):
         mine = self.sources[shard::n_shards] if len(self.sources) >= n_shards else self.sources
         skipped = max(0, (self.start_batch - lane + n_workers - 1) // n_workers)
         round_index, first_batch = divmod(skipped, self.batches_per_round)
-        empty_rounds = 0
         while True:
             produced = yield from self._round(mine, shard, round_index, first_batch)
-            empty_rounds = 0 if produced else empty_rounds + 1
-            if empty_rounds * min(self.recordings_per_round, len(mine)) >= 2 * len(mine):
+            if not produced:
                 raise ValueError(
                     f"none of the {len(mine)} training recording(s) of this process has neurons "
                     f"and at least {self.window_length} frames"
@@ -213,9 +211,17 @@ class WindowStream(IterableDataset):
         rng = np.random.default_rng([self.seed, shard, round_index, _WINDOWS])
         n_windows = self.batches_per_round * self.batch_size
         draws = rng.random((3, n_windows))  # recording, neuron, start: drawn before any data
-        sources = self._round_sources(mine, shard, round_index)
-        tokens = [x for x in map(self._usable_tokens, sources) if x is not None]
-        if not tokens:
+        # A round whose recordings are all unusable takes those of the rounds after it (keeping
+        # its own draws), so every round yields all its batches: a resumed stream counts
+        # batches_per_round per round it skips, without loading them. None usable over two
+        # passes' worth of rounds: 0, an error.
+        count = min(self.recordings_per_round, len(mine))
+        for ahead in range(-(-2 * len(mine) // count)):
+            sources = self._round_sources(mine, shard, round_index + ahead)
+            tokens = [x for x in map(self._usable_tokens, sources) if x is not None]
+            if tokens:
+                break
+        else:
             return 0
         which = (draws[0] * len(tokens)).astype(np.int64)
         windows = np.empty((n_windows, self.window_length, tokens[0].shape[2]), dtype=np.float32)
