@@ -64,6 +64,12 @@ def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
     assert load_model(out, device="cpu").config == NeurtConfig(**SHAPE)
     assert main(["pretrain", "--out", str(out)]) == 2
     assert "no recordings" in capsys.readouterr().err
+    # a misspelt or malformed --shape is a one-line error, not a traceback
+    for shape, message in (('{"n_layers": 3}', "unknown NeurtConfig field(s): n_layers"),
+                           ("[2]", "JSON object")):
+        assert main(["pretrain", *paths, "--out", str(tmp_path / "bad"), "--shape", shape]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pretrain_list_paths_are_relative_to_the_list(tmp_path, monkeypatch):

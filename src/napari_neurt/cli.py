@@ -375,7 +375,12 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     if args.model and args.shape:
         raise ValueError("give either --model (weights to start from) or --shape, not both")
     # neither: the published shape for a new run, the saved one when resuming
-    model = args.model or (NeurtConfig(**json.loads(args.shape)) if args.shape else None)
+    model = args.model
+    if args.shape:
+        shape = json.loads(args.shape)
+        if not isinstance(shape, dict):
+            raise ValueError(f"--shape must be a JSON object of NeurtConfig fields; got {shape!r}")
+        model = NeurtConfig.from_dict(shape)  # a misspelt field: one line, not a traceback
     config = PretrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
