@@ -72,6 +72,16 @@ def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_pretrain_errors_of_loading_workers_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "no_rate.npz"  # no frame rate, and none given: read_recording refuses it
+    np.savez(bad, traces=np.zeros((4, 96)), centroids=np.zeros((4, 2)))
+    args = ["pretrain", str(bad), "--out", str(tmp_path / "run"), "--shape", json.dumps(SHAPE)]
+    assert main([*args, "--steps", "1", "--device", "cpu", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"neurt pretrain: error: {bad} has no 'frame_rate'; pass frame_rate=... " \
+        "(frames per second)\n"
+
+
 def test_pretrain_list_paths_are_relative_to_the_list(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     write_recording(tmp_path / "data" / "r0.npz", seed=0)

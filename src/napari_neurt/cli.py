@@ -604,8 +604,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as error:  # bad input: one clear line, no traceback
-        print(f"neurt {args.command}: error: {error}", file=sys.stderr)
+        print(f"neurt {args.command}: error: {_without_worker_traceback(error)}", file=sys.stderr)
         return 2
+
+
+def _without_worker_traceback(error: Exception) -> str:
+    """The message of `error`, less the worker's traceback that a DataLoader worker process
+    (``pretrain --workers``) puts before it when it raises the error again in the trainer."""
+    text = str(error)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    last = f"\n{type(error).__name__}: "
+    return text[text.rfind(last) + len(last) :].strip() if last in text else text.splitlines()[0]
 
 
 if __name__ == "__main__":
