@@ -82,6 +82,15 @@ def test_pretrain_errors_of_loading_workers_are_one_line(tmp_path, capsys):
         "(frames per second)\n"
 
 
+def test_pretrain_log_every_0_prints_the_last_step_only(tmp_path, capsys):
+    path = write_recording(tmp_path / "r0.npz")
+    args = ["pretrain", str(path), "--out", str(tmp_path / "run"), "--shape", json.dumps(SHAPE)]
+    args += ["--steps", "2", "--batch-size", "4", "--device", "cpu", "--log-every", "0"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "step 2/2" in err and "step 1/2" not in err
+
+
 def test_pretrain_list_paths_are_relative_to_the_list(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     write_recording(tmp_path / "data" / "r0.npz", seed=0)

@@ -336,7 +336,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, windows and masks")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes per trainer")
     p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
+    p.add_argument(
+        "--log-every", type=int, default=50, help="steps between progress lines (0: the last only)"
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if DIR holds a run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (one GPU per process), mps")
     p.add_argument("--frame-rate", type=float, metavar="HZ", help="override the files' frame rate")
@@ -395,7 +397,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
 
     def show(step) -> None:
-        if main_process and (step.done % args.log_every == 0 or step.done == step.total):
+        every = args.log_every > 0 and step.done % args.log_every == 0
+        if main_process and (every or step.done == step.total):
             print(
                 f"step {step.done}/{step.total}  loss {step.loss:.5f}  lr {step.lr:.2e}",
                 file=sys.stderr,
