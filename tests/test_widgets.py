@@ -357,6 +357,29 @@ def test_stop_scope_cancels_plain_step_runs():
     assert run_steps(steps()) == "finished"  # the scope ended with its block
 
 
+
+def test_a_failing_progress_callback_closes_the_step_generator_at_once():
+    # A training run saves when its generator is closed; a failing progress callback must not
+    # leave that to the garbage collector (pytest.raises keeps the traceback, and so the frame).
+    from napari_neurt.progress import Progress, run_steps
+
+    closed = []
+
+    def steps():
+        try:
+            for i in range(10):
+                yield Progress(i + 1, 10, "training")
+        finally:
+            closed.append(True)
+
+    def progress(item):
+        raise OSError("the log file's disk is full")
+
+    with pytest.raises(OSError, match="disk is full") as failure:
+        run_steps(steps(), progress=progress)
+    assert closed == [True]
+    assert failure.value.__traceback__ is not None  # still held here
+
 def drag(canvas, axes, start_s, stop_s):
     """Press, move and release the left button across `axes` from one time to another."""
     from matplotlib.backend_bases import MouseEvent

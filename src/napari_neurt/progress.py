@@ -112,3 +112,8 @@ def run_steps(
                 raise Cancelled(f"cancelled during {item.stage or 'the job'} at {item.done}/{item.total}")
     except StopIteration as finished:
         return finished.value
+    except BaseException:
+        # the generator's own clean-up (a training run's save on stopping) runs now, not whenever
+        # the garbage collector gets to the generator, which a kept traceback can put off to exit
+        steps.close()
+        raise
