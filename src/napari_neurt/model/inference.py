@@ -184,7 +184,8 @@ def _bounded_least_squares(columns: np.ndarray, target: np.ndarray,
         shares[used] = lsq_linear(
             columns[:, used], np.asarray(target, dtype=np.float64), bounds=(0, 1), method="bvls"
         ).x
-    return shares
+    # BVLS can land a rounding error past a bound (-1e-16 for 0): the bounds are the shares'
+    return np.clip(shares, 0.0, 1.0)
 
 
 def attention_log10_ratio(attention: np.ndarray) -> np.ndarray:
