@@ -116,6 +116,28 @@ def test_a_neuron_without_a_finite_value_is_reconstructed_as_unknown(tmp_path, c
         assert np.isfinite(np.delete(results["reconstruction"], 2, axis=0)).all()
 
 
+def test_r2_hidden_scores_recorded_frames_only(tmp_path, checkpoint):
+    from napari_neurt.analysis import r_squared
+    from napari_neurt.io import read_recording
+    from napari_neurt.model.batch import reconstruct_recording
+
+    [path] = write_recordings(tmp_path, 1)
+    arrays = dict(np.load(path))
+    arrays["traces"][:, 30:60] = np.nan  # dropped frames: the tokens interpolate across them
+    np.savez(path, **arrays)
+    recording = read_recording(path)
+    results = reconstruct_recording(load_model(checkpoint, device="cpu"), recording,
+                                    hide_ratio=0.4, seed=1)
+    recorded = results["hide"] & np.isfinite(recording.traces)
+    assert (results["hide"] & ~recorded).any()
+    # the interpolated frames were never recorded: no truth to score the model against
+    np.testing.assert_allclose(
+        results["r2_hidden"],
+        r_squared(results["tokens"][..., 0], results["reconstruction"][..., 0], recorded),
+        rtol=1e-6,
+    )
+
+
 def test_classify_to_an_output_folder(tmp_path, checkpoint):
     paths = write_recordings(tmp_path, 1)
     assert (

@@ -93,8 +93,8 @@ def reconstruct_recording(
     """Hide random spans (as in NEuRT pretraining) and reconstruct them; arrays for a results file.
 
     With ``hide_ratio=0`` nothing is hidden and the model reconstructs what it sees.
-    `r2_hidden` is, per neuron, the R^2 of the own-trace feature on the hidden frames (NaN when
-    no frame is hidden or the hidden frames are constant). With `calibrate`, an
+    `r2_hidden` is, per neuron, the R^2 of the own-trace feature on the hidden frames that hold
+    a recorded (finite) value (NaN when there are none or they are constant). With `calibrate`, an
     interpolation-residual model's fill and correction are calibrated by `NeurtModel.calibrate`
     (fitted on this recording, the hidden frames never scored); `calibration_cubic`,
     `calibration_kriging` and `calibration_correction` hold the shares used (0, 0 and 1, the
@@ -111,14 +111,16 @@ def reconstruct_recording(
     if calibrate and model.config.interpolate and hide.any():
         calibration = model.calibrate(tokens, hide, seed=seed, **options)
     reconstruction = model.reconstruct(tokens, hide, calibration=calibration, **options)
+    recorded = np.isfinite(recording.traces)
     # a neuron with no finite value has tokens of 0: nothing was seen to reconstruct
-    reconstruction[~np.isfinite(recording.traces).any(axis=1)] = np.nan
+    reconstruction[~recorded.any(axis=1)] = np.nan
     return {
         "neuron_ids": recording.neuron_ids,
         "reconstruction": reconstruction,
         "tokens": tokens.tokens,
         "hide": hide,
-        "r2_hidden": _r2_on(hide, tokens.tokens[..., 0], reconstruction[..., 0]),
+        # scored where a value was recorded: elsewhere the tokens hold their own interpolation
+        "r2_hidden": _r2_on(hide & recorded, tokens.tokens[..., 0], reconstruction[..., 0]),
         "fallback": tokens.fallback,
         "n_near": tokens.n_near,
         "n_far": tokens.n_far,
