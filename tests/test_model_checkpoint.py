@@ -79,6 +79,12 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
         (lambda d: d.update(model=None), 'no "model" section'),
         (lambda d: d.update(format_version="1"), "format_version must be a whole number"),
         (lambda d: d["model"].update(n_embd="eight"), "not a valid config|n_embd"),
+        # of a type the network cannot use: refused by name, not a TypeError from torch when
+        # the network is built or, for these two, only when it first runs
+        (lambda d: d["model"].update(seq_len="16"), "seq_len must be a whole number"),
+        (lambda d: d["model"].update(n_head=2.0), "n_head must be a whole number"),
+        (lambda d: d["model"].update(norm_eps="1e-12"), "norm_eps must be a number"),
+        (lambda d: d["model"].update(interpolate="false"), "interpolate must be true or false"),
         (lambda d: d.update(class_names=["only one"]), "names 1 classes"),
         (lambda d: d.update(class_names="wild type, AD"), "class_names must be a list"),
     ],

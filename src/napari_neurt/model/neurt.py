@@ -45,6 +45,7 @@ the published model's numbers bit for bit. The two paths' outputs agree to about
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -90,6 +91,19 @@ class NeurtConfig:
     local_kernel: int = 0  # ours (needs interpolate): width of a temporal convolution of the fill
 
     def __post_init__(self) -> None:
+        # a config can come from JSON (a checkpoint's config.json, `neurt pretrain --shape`): a
+        # value of the wrong type fails here, by name, rather than deep in torch or at inference
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            wrong_bool = isinstance(value, bool) != (kind is bool)
+            if wrong_bool or not isinstance(value, kind):
+                raise ValueError(
+                    f"NeurtConfig.{name} must be {_TYPE_WORDS[kind]}; got {value!r}"
+                )
+            if kind is numbers.Integral:  # numpy integers too, stored as int
+                setattr(self, name, int(value))
+            elif kind is numbers.Real:
+                setattr(self, name, float(value))
         for name in ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(
@@ -126,6 +140,23 @@ class NeurtConfig:
         if unknown:
             raise ValueError(f"unknown NeurtConfig field(s): {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+_FIELD_TYPES = {
+    **dict.fromkeys(
+        ("seq_len", "n_features", "n_embd", "n_head", "n_layer", "n_ff", "n_classes",
+         "mil_hidden", "neuron_stats", "local_kernel"),
+        numbers.Integral,
+    ),
+    "recording_pooling": str,
+    "stats_spread": bool,
+    "norm_eps": numbers.Real,
+    "interpolate": bool,
+}
+_TYPE_WORDS = {
+    numbers.Integral: "a whole number", str: "a string", bool: "true or false",
+    numbers.Real: "a number",
+}
 
 
 class LayerNorm(nn.LayerNorm):
