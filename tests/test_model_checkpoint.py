@@ -87,6 +87,9 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
         (lambda d: d["model"].update(interpolate="false"), "interpolate must be true or false"),
         (lambda d: d.update(class_names=["only one"]), "names 1 classes"),
         (lambda d: d.update(class_names="wild type, AD"), "class_names must be a list"),
+        (lambda d: d.update(frame_rate_hz="15"), "frame_rate_hz must be a positive number"),
+        (lambda d: d.update(tokens=["own"]), "tokens must be a JSON object"),
+        (lambda d: d.update(provenance="ours"), "provenance must be a JSON object"),
     ],
 )
 def test_a_damaged_config_is_one_clear_value_error(tmp_path, damage, message):

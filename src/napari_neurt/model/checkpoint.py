@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{where} names {len(class_names)} classes ({', '.join(class_names)}) for a network "
             f"of {config.n_classes}"
         )
+    frame_rate_hz = document.get("frame_rate_hz")
+    if frame_rate_hz is not None and not (
+        isinstance(frame_rate_hz, (int, float)) and not isinstance(frame_rate_hz, bool)
+        and math.isfinite(frame_rate_hz) and frame_rate_hz > 0
+    ):
+        raise ValueError(
+            f"{where}: frame_rate_hz must be a positive number or null; got {frame_rate_hz!r}"
+        )
+    for section in ("tokens", "provenance"):
+        if not isinstance(document.get(section) or {}, dict):
+            raise ValueError(
+                f"{where}: {section} must be a JSON object; got {document[section]!r}"
+            )
     weights = folder / WEIGHTS_NAME
     try:
         state_dict = load_file(str(weights))
@@ -152,7 +166,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state_dict=state_dict,
         class_names=tuple(class_names),
         tokens=dict(document.get("tokens") or {}),
-        frame_rate_hz=document.get("frame_rate_hz"),
+        frame_rate_hz=frame_rate_hz,
         provenance=provenance,
     )
 
