@@ -140,6 +140,15 @@ def test_non_finite_and_constant_traces_do_not_become_nan():
     np.testing.assert_array_equal(tokens.n_filled, [2, 1, 0, 5, 0])
 
 
+def test_a_range_past_the_largest_float32_is_normalised():
+    # max - min overflows float32 (3.4e38) though every value is finite: the row became NaN
+    traces = np.array([[-3e38, 0.0, 3e38, 1.5e38], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    normalised, n_filled = normalise_traces(traces)
+    np.testing.assert_allclose(normalised, [[0, 0.5, 1, 0.75], [0, 1 / 3, 2 / 3, 1]], atol=1e-6)
+    np.testing.assert_array_equal(n_filled, 0)
+    assert np.isfinite(neighborhood_tokens(traces, [[0.0, 0.0], [1.0, 1.0]]).tokens).all()
+
+
 def test_tiny_recordings():
     one = neighborhood_tokens(np.arange(6.0)[None], np.zeros((1, 2)), 5.0)
     np.testing.assert_allclose(one.tokens[0, :, 0], np.linspace(0, 1, 6))

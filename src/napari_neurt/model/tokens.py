@@ -293,13 +293,22 @@ def normalise_traces(traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = np.flatnonzero(n_filled)
     if len(rows):
         x[rows] = _interpolate_gaps(x[rows], finite[rows])
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         low = x.min(axis=1, keepdims=True) if x.shape[1] else np.zeros((len(x), 1), np.float32)
         span = (x.max(axis=1, keepdims=True) if x.shape[1] else low) - low
     constant = ~(span > 0)  # also true for NaN rows (no finite sample)
-    x -= np.where(constant, 0, low)
-    x /= np.where(constant, 1, span)
+    # finite values whose range overflows float32 (beyond 3.4e38): those rows in float64
+    wide = np.flatnonzero(np.isinf(span[:, 0]))
+    if len(wide):
+        wide_rows = x[wide].astype(np.float64)
+        wide_rows -= wide_rows.min(axis=1, keepdims=True)
+        wide_rows /= wide_rows.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x -= np.where(constant, 0, low)
+        x /= np.where(constant, 1, span)
     x[constant[:, 0]] = 0
+    if len(wide):
+        x[wide] = wide_rows
     return x, n_filled
 
 
