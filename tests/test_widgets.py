@@ -200,6 +200,29 @@ def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
     assert "cancelled" in widget.status.text()
 
 
+def test_the_activity_docks_cancel_button_cancels(panel, qtbot):
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    before = layer_state(viewer)
+    scores = viewer.layers["two-photon ROIs (simulated) scores"]
+    widget.batch_size = 1  # many small steps
+    widget.folds.setValue(50)
+    job = widget.reconstruct()
+    qtbot.waitUntil(lambda: job.last_progress is not None and job.last_progress.done > 2,
+                    timeout=TIMEOUT_MS)
+    bar = next(b for b in viewer.window._qt_window.findChildren(QtLabeledProgressBar)
+               if b.progress is job._bar)
+    qtbot.mouseClick(bar.cancel_button, LEFT)  # napari's own Cancel, next to its progress bar
+    wait_idle(qtbot, widget, timeout=5000)
+    assert job.cancelled and job.result is None
+    assert layer_state(viewer) == before
+    assert scores.metadata[ANALYSIS_KEY].reconstruction is None
+    assert "cancelled" in widget.status.text() and widget.reconstruct_button.isEnabled()
+
+
 def test_bad_input_notifies_and_changes_no_layer(panel, qtbot):
     from napari.utils.notifications import notification_manager
 

@@ -68,6 +68,18 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+class _JobProgress(cancelable_progress):
+    """napari's cancelable progress bar, whose Cancel button (in the activity dock) cancels.
+
+    napari's own calls `cancel_callback` only from its iteration (``for x in progress(...)``);
+    a job's bar is updated, never iterated, so there the button only set `is_canceled`."""
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
+
+
 class _ClosingWorker(GeneratorWorker):
     """A GeneratorWorker that closes its generator (in its own thread) when it is aborted."""
 
@@ -189,7 +201,7 @@ class Job:
 
     # -- control -----------------------------------------------------------------------------------
     def start(self) -> Job:
-        self._bar = cancelable_progress(total=0, desc=self.description, cancel_callback=self.cancel)
+        self._bar = _JobProgress(total=0, desc=self.description, cancel_callback=self.cancel)
         self.worker.start()
         return self
 
