@@ -325,6 +325,36 @@ def test_finetune_panel_trains_and_offers_the_new_model(make_napari_viewer, tmp_
     assert panel.model_source() == str(tmp_path / "tuned")
 
 
+def test_a_panel_of_a_closed_viewer_does_not_fail_a_fine_tune(make_napari_viewer, tmp_path,
+                                                              qtbot):
+    from types import SimpleNamespace
+
+    from napari_neurt.progress import Progress
+
+    closed = make_napari_viewer()
+    old_panel, old_tuner = AnalysisWidget(closed), FineTuneWidget(closed)
+    closed.window.add_dock_widget(old_panel, name="NEuRT analysis")
+    closed.window.add_dock_widget(old_tuner, name="NEuRT fine-tune")
+    closed.close()  # Qt deletes the panels; a notebook still holds them
+    qtbot.wait(10)
+    viewer = make_napari_viewer()
+    panel, widget = AnalysisWidget(viewer), FineTuneWidget(viewer)
+    out = tmp_path / "tuned"
+
+    def finetune_steps(items, out_dir, config, *, base, stop):
+        yield Progress(1, 1, "train")
+        return SimpleNamespace(folder=out_dir, report=None)
+
+    widget.finetune_steps = finetune_steps
+    widget.items = []
+    widget.out_edit.setText(str(out))
+    job = widget.start()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+    assert job.error is None, job.error
+    assert panel.model_box.findData(str(out)) >= 0  # offered by the living panels
+    assert widget.base_box.findData(str(out)) >= 0
+
+
 def test_finetune_panel_refuses_bad_input(make_napari_viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 

@@ -415,7 +415,11 @@ class AnalysisWidget(QWidget):
 
     # -- model picker ------------------------------------------------------------------------------
     def _fill_models(self) -> None:
-        current = self.model_box.currentData()
+        try:
+            current = self.model_box.currentData()
+        except RuntimeError:  # Qt deleted this panel (its viewer was closed)
+            models.registry.changed.disconnect(self._fill_models)
+            return
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for choice in models.model_choices():

@@ -244,7 +244,11 @@ class FineTuneWidget(QWidget):
 
     # -- pickers -----------------------------------------------------------------------------------
     def _fill_models(self) -> None:
-        current = self.base_box.currentData()
+        try:
+            current = self.base_box.currentData()
+        except RuntimeError:  # Qt deleted this panel (its viewer was closed)
+            models.registry.changed.disconnect(self._fill_models)
+            return
         self.base_box.blockSignals(True)
         self.base_box.clear()
         for choice in models.model_choices():
