@@ -229,6 +229,25 @@ def test_attention_map_clears_when_the_selection_leaves_during_a_job(
     assert "not a neuron" in widget.axes.get_title()
 
 
+def test_a_closed_attention_dock_computes_no_maps(make_napari_viewer, result, qtbot):
+    viewer, widget, scores = attention_dock(make_napari_viewer, result)
+    qtbot.waitUntil(lambda: widget.job is None and not widget.timer.isActive(), timeout=30_000)
+    shown = widget.window
+    viewer.window.remove_dock_widget(widget)  # the user closes the dock
+    jobs = []
+    real_update = widget.update_maps
+    widget.timer.timeout.disconnect()
+    widget.timer.timeout.connect(lambda: (real_update(), jobs.append(widget.job)))
+    scores.selected_label = 5
+    viewer.dims.set_current_step(0, 100)
+    qtbot.wait(400)  # past the debounce
+    assert widget.job is None and not any(jobs) and widget.window == shown
+    viewer.window.add_dock_widget(widget, name="again")  # docked again: it follows again
+    qtbot.waitUntil(lambda: (widget.window or (0,))[0] == 5 and widget.job is None,
+                    timeout=30_000)
+    widget.timer.stop()
+
+
 def test_attention_map_of_neuron_3_in_another_layer_is_its_own(
     make_napari_viewer, result, checkpoint, qtbot
 ):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QWidget
 
 from ...progress import Progress
@@ -42,6 +42,7 @@ class AttentionMapWidget(PlotWidget):
         self._shown_for: tuple | None = None  # (recording id, model, neuron) of the maps shown
         self._pending = False
         self._tokens: dict = {}
+        self.closed = False  # its dock was closed (napari keeps the widget, unparented)
 
         bar = QWidget()
         row = QHBoxLayout(bar)
@@ -76,6 +77,16 @@ class AttentionMapWidget(PlotWidget):
         self._follow_active_layer()
 
     # -- wiring ------------------------------------------------------------------------------------
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange:  # docked, or its dock closed
+            self.closed = self.parent() is None
+            if self.closed:  # no maps computed unseen
+                self.timer.stop()
+            else:
+                self._follow_active_layer()
+                self._schedule()
+        return super().event(event)
+
     def _follow_active_layer(self, event=None) -> None:
         candidates = [self.viewer.layers.selection.active, *reversed(self.viewer.layers)]
         layer = next((l for l in candidates if l is not None and recording_of(l) is not None), None)
@@ -118,6 +129,8 @@ class AttentionMapWidget(PlotWidget):
 
     # -- computing ---------------------------------------------------------------------------------
     def update_maps(self) -> None:
+        if self.closed:
+            return
         request = self.request()
         if isinstance(request, str):
             if self.job is not None:  # what the running job brings is no longer wanted
