@@ -374,6 +374,32 @@ def test_a_panel_of_a_closed_viewer_does_not_fail_a_fine_tune(make_napari_viewer
     assert widget.base_box.findData(str(out)) >= 0
 
 
+def test_two_fine_tunes_into_folders_of_one_name_are_told_apart(make_napari_viewer, tmp_path,
+                                                                qtbot):
+    from types import SimpleNamespace
+
+    from napari_neurt.progress import Progress
+
+    viewer = make_napari_viewer()
+    panel, widget = AnalysisWidget(viewer), FineTuneWidget(viewer)
+
+    def finetune_steps(items, out_dir, config, *, base, stop):
+        yield Progress(1, 1, "train")
+        return SimpleNamespace(folder=out_dir, report=None)
+
+    widget.finetune_steps = finetune_steps
+    widget.items = []
+    outs = [tmp_path / cohort / "neurt-finetuned" for cohort in ("wt-vs-ad", "pilot")]
+    for out in outs:  # the panel's default folder for each cohort
+        widget.out_edit.setText(str(out))
+        job = widget.start()
+        qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+        assert job.error is None, job.error
+    labels = [panel.model_box.itemText(panel.model_box.findData(str(out))) for out in outs]
+    assert labels[0] != labels[1] and "pilot/neurt-finetuned" in labels[1]
+    assert labels[1] in widget.status.text()
+
+
 def test_finetune_panel_refuses_bad_input(make_napari_viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 

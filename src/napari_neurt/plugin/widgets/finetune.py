@@ -405,7 +405,7 @@ class FineTuneWidget(QWidget):
 
         self.result = result
         folder = Path(result.folder)
-        choice = models.registry.add(folder, f"Fine-tuned: {folder.name}")
+        choice = models.registry.add(folder)  # named apart from other folders of its name
         summary = getattr(getattr(result, "report", None), "summary", None) or {}
         accuracy = next(
             (summary[k] for k in ("animal_accuracy", "recording_accuracy", "accuracy")
