@@ -606,6 +606,21 @@ def test_a_duplicated_roi_layer_gets_scores_of_its_own(panel, qtbot):
     assert first.metadata[RECORDING_KEY].n_neurons == n_first  # the original's, untouched
 
 
+
+def test_a_pipeline_stays_on_its_roi_layer_when_the_picker_changes(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()
+    wait_idle(qtbot, widget)
+    original = viewer.layers["two-photon ROIs (simulated)"]
+    copy = viewer.add_labels(np.where(original.data <= 5, original.data, 0), name="five cells")
+    widget.rois_box.setCurrentText(copy.name)
+    widget.set_hide("kfold")
+    assert widget.run_pipeline([("extract", {}), ("reconstruct", {})]) is not None
+    widget.rois_box.setCurrentText(original.name)  # while the extraction runs
+    qtbot.waitUntil(lambda: widget.job is None and not widget._pipeline, timeout=TIMEOUT_MS)
+    assert original.metadata[ANALYSIS_KEY].reconstruction is None  # not the layer it was for
+    assert "stopped before reconstruct" in widget.status.text()
+
 def test_show_selected_label_outlasts_a_recolouring(panel, qtbot):
     _, widget = panel
     widget.extract()

@@ -116,6 +116,7 @@ class AnalysisWidget(QWidget):
         self._stage: str | None = None
         self.batch_size: int | None = None  # windows per batch (None: the device's default)
         self._pipeline: list[tuple[str, dict]] = []
+        self._pipeline_roi = None
         self._updating = False
         self._prefilled_for: tuple | None = None  # the inputs the boxes were last filled for
 
@@ -568,7 +569,13 @@ class AnalysisWidget(QWidget):
             self._pipeline = []
         elif self._pipeline:
             action, options = self._pipeline.pop(0)
-            if getattr(self, action)(**options) is None:
+            if self.roi_layer() is not self._pipeline_roi:  # each step reads the ROIs picker
+                self.status.setText(
+                    f"{self.status.text()}; stopped before {action}: the ROIs picker was changed "
+                    "while the steps ran"
+                )
+                self._pipeline = []
+            elif getattr(self, action)(**options) is None:
                 self._pipeline = []
 
     def cancel(self) -> None:
@@ -589,13 +596,15 @@ class AnalysisWidget(QWidget):
 
     def run_pipeline(self, steps: list[tuple[str, dict]]) -> Job | None:
         """Run actions one after the other, e.g. ``[("extract", {}), ("reconstruct",
-        {"model": "neurt-microns"}), ("classify", {"model": "neurt-5xfad"})]``; a failure or a
-        cancel stops the rest."""
+        {"model": "neurt-microns"}), ("classify", {"model": "neurt-5xfad"})]``, all on the ROI
+        layer chosen now; a failure, a cancel or another ROI layer chosen meanwhile stops the
+        rest."""
         steps = list(steps)
         if not steps:
             return None
         action, options = steps[0]
         self._pipeline = steps[1:]
+        self._pipeline_roi = self.roi_layer()  # the layer every step is for
         job = getattr(self, action)(**options)
         if job is None:
             self._pipeline = []
