@@ -311,6 +311,31 @@ def test_frame_rate_missing_from_ops_or_given(tmp_path):
             assert read_suite2p(tmp_path).frame_rate == expected
 
 
+
+def test_a_suite2p_1x_folder_without_ops_npy_is_read_from_its_split_files(tmp_path):
+    # suite2p 1.x writes db.npy, settings.npy (fs at the top, the neuropil coefficient in its
+    # "extraction" section) and reg_outputs.npy (meanImg); ops.npy only with save_ops_orig
+    rois, iscell = _synthetic_rois()
+    _write_suite2p_folder(tmp_path, rois, iscell)
+    ops = load_pickled_npy(tmp_path / "ops.npy").item()
+    (tmp_path / "ops.npy").unlink()
+    parts = {
+        "db": {"nplanes": 1, "Ly": 10, "Lx": 12},
+        "settings": {"fs": 9.5, "tau": 1.0, "extraction": {"neuropil_coefficient": 0.5}},
+        "reg_outputs": {"meanImg": ops["meanImg"], "yoff": np.zeros(50)},
+    }
+    for name, part in parts.items():
+        np.save(tmp_path / f"{name}.npy", np.array(part, dtype=object), allow_pickle=True)
+    recording = read_suite2p(tmp_path)
+    assert recording.frame_rate == 9.5
+    assert recording.metadata["frame_rate_from"] == "settings.fs"
+    assert recording.metadata["neucoeff"] == 0.5
+    np.testing.assert_allclose(recording.mean_image, ops["meanImg"].astype(np.float32))
+    for name in parts:
+        (tmp_path / f"{name}.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="no ops.npy.*settings.npy"):
+        read_suite2p(tmp_path)
+
 def test_folder_without_f_npy_says_what_a_plane_folder_holds(tmp_path):
     rois, iscell = _synthetic_rois()
     _write_suite2p_folder(tmp_path, rois, iscell)

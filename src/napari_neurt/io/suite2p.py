@@ -29,8 +29,10 @@ __all__ = ["is_suite2p_folder", "read_suite2p", "suite2p_labels"]
 
 _PLANE_FOLDER_HELP = (
     "a suite2p plane folder (e.g. suite2p/plane0) holds F.npy, Fneu.npy, spks.npy, iscell.npy, "
-    "stat.npy and ops.npy"
+    "stat.npy and ops.npy (suite2p 1.x: or db.npy, settings.npy and reg_outputs.npy)"
 )
+# suite2p 1.x splits ops.npy into these (and writes a merged ops.npy only with save_ops_orig)
+_SPLIT_OPS_FILES = ("db.npy", "settings.npy", "reg_outputs.npy", "detect_outputs.npy")
 
 
 def is_suite2p_folder(path: PathLike) -> bool:
@@ -115,7 +117,8 @@ def read_suite2p(
     Raises
     ------
     FileNotFoundError
-        If the folder or one of ``F.npy``, ``stat.npy``, ``ops.npy`` is missing.
+        If the folder or one of ``F.npy``, ``stat.npy``, ``ops.npy`` is missing (for suite2p
+        1.x without ``ops.npy``: all of ``db.npy``, ``settings.npy``, ``reg_outputs.npy``).
     ValueError
         If the files disagree (number of ROIs or frames), or a pickle holds anything but data
         (`UnsafePickleError`).
@@ -125,17 +128,13 @@ def read_suite2p(
         raise ValueError(f"{folder} is not a folder; {_PLANE_FOLDER_HELP}")
     f_file = _require(folder, "F.npy")
     stat_file = _require(folder, "stat.npy")
-    ops_file = _require(folder, "ops.npy")
+    ops, ops_name = _read_ops(folder)
 
     traces = _load_numeric(f_file)
     if traces.ndim != 2:
         raise ReaderError(f"{f_file} should be (ROIs, frames); it has shape {traces.shape}")
     n_rois = traces.shape[0]
     stat = load_pickled_npy(stat_file)
-    ops = load_pickled_npy(ops_file)
-    ops = ops.item() if ops.dtype == object and ops.ndim == 0 else ops
-    if not isinstance(ops, dict):
-        raise ReaderError(f"{ops_file} should hold a dict of suite2p settings")
     if stat.ndim != 1 or len(stat) != n_rois or not all(isinstance(s, dict) for s in stat):
         raise ReaderError(
             f"{stat_file} should hold one dict per ROI of F.npy ({n_rois}); got {stat.shape}"
@@ -180,10 +179,12 @@ def read_suite2p(
     labels = suite2p_labels(stat, shape, keep)
     frame_rate_from = "argument"
     if frame_rate is None:
-        frame_rate, frame_rate_from = positive_number(ops.get("fs")), "ops.fs"
+        frame_rate = positive_number(ops.get("fs"))
+        frame_rate_from = f"{ops_name.removesuffix('.npy')}.fs"
         if frame_rate is None:
             raise ReaderError(
-                f"{ops_file} has no valid frame rate 'fs' ({ops.get('fs')!r}); pass frame_rate=..."
+                f"{folder / ops_name} has no valid frame rate 'fs' ({ops.get('fs')!r}); pass "
+                "frame_rate=..."
             )
     mean_image = ops.get("meanImg")
     if mean_image is not None and np.shape(mean_image) != shape:
@@ -200,6 +201,9 @@ def read_suite2p(
     }
     if "Fneu" in extra:
         metadata["neuropil"] = extra["Fneu"][keep].astype(np.float32, copy=False)
+        extraction = ops.get("extraction")  # suite2p 1.x keeps it in a section of its own
+        if "neucoeff" not in ops and isinstance(extraction, dict):
+            ops["neucoeff"] = extraction.get("neuropil_coefficient", 0.7)
         coefficient = np.asarray(ops.get("neucoeff", 0.7), dtype=np.float64).ravel()
         metadata["neucoeff"] = float(coefficient[0]) if coefficient.size == 1 else 0.7
     if "spks" in extra:
@@ -214,6 +218,28 @@ def read_suite2p(
         source=str(folder),
         metadata=metadata,
     )
+
+
+def _read_ops(folder: Path) -> tuple[dict, str]:
+    """suite2p's settings and outputs for the plane, one dict, and the file its frame rate is in.
+
+    ``ops.npy``; where suite2p 1.x did not write it, its split files merged (``db.npy``: the frame
+    size; ``settings.npy``: ``fs`` and sections such as ``extraction``; ``reg_outputs.npy``:
+    ``meanImg``)."""
+    files = [folder / "ops.npy"] if (folder / "ops.npy").is_file() else [
+        folder / name for name in _SPLIT_OPS_FILES if (folder / name).is_file()
+    ]
+    if not files:
+        raise FileNotFoundError(f"{folder} has no ops.npy; {_PLANE_FOLDER_HELP}")
+    ops = {}
+    for file in files:
+        part = load_pickled_npy(file)
+        part = part.item() if part.dtype == object and part.ndim == 0 else part
+        if not isinstance(part, dict):
+            raise ReaderError(f"{file} should hold a dict of suite2p settings")
+        ops.update(part)
+    has_rate = next((f.name for f in files if f.name in ("ops.npy", "settings.npy")), None)
+    return ops, has_rate or files[0].name
 
 
 def _plane_shape(ops: dict, stat: np.ndarray) -> tuple[int, int]:
