@@ -138,6 +138,13 @@ def test_a_manifest_saved_by_a_spreadsheet_reads(tmp_path):
     assert (item.animal, item.label) == ("m1", "calm")
 
 
+def test_a_recording_given_for_the_manifest_is_refused_clearly(tmp_path):
+    """`neurt finetune session.npz` (a recording, not a manifest or a class folder)."""
+    save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
+    with pytest.raises(ValueError, match="a.npz is not a CSV manifest.*folder"):
+        labelled_recordings(tmp_path / "a.npz")
+
+
 def test_one_recording_under_two_animals_is_refused(tmp_path):
     save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
     items = [

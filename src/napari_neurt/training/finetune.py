@@ -249,16 +249,23 @@ def read_manifest(
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     # utf-8-sig: spreadsheet programs start a "CSV UTF-8" file with a byte-order mark
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file)
-        reader.fieldnames = columns = [name.strip() for name in reader.fieldnames or []]
-        missing = [c for c in (path_column, animal_column, label_column) if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{path}: no column {', '.join(map(repr, missing))}; the manifest has "
-                f"{', '.join(map(repr, columns)) or 'no header'}"
-            )
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            reader.fieldnames = columns = [name.strip() for name in reader.fieldnames or []]
+            missing = [c for c in (path_column, animal_column, label_column) if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"{path}: no column {', '.join(map(repr, missing))}; the manifest has "
+                    f"{', '.join(map(repr, columns)) or 'no header'}"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a CSV manifest (it is not text); give a CSV with the columns "
+            f"{path_column}, {animal_column} and {label_column}, one row per recording, or a "
+            "folder with one sub-folder per class"
+        ) from None
     items = []
     for line, row in enumerate(rows, start=2):
         values = [(row.get(c) or "").strip() for c in (path_column, animal_column, label_column)]
