@@ -178,7 +178,9 @@ def test_closing_the_generator_saves_a_checkpoint(tmp_path):
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
     pretrain([sine_recording(0)], tmp_path, config(steps=2), model=TINY)
-    with pytest.raises(ValueError, match="lr"):
+    saved_lr = config(steps=2).lr
+    # the message gives the run's value, which the user has to pass to resume it
+    with pytest.raises(ValueError, match=rf"lr {saved_lr!r} \(now 0.01\).*--no-resume"):
         pretrain([sine_recording(0)], tmp_path, config(steps=4, lr=1e-2), model=TINY)
     with pytest.raises(ValueError, match="network shape"):
         pretrain([sine_recording(0)], tmp_path, config(steps=4), model=NeurtConfig(seq_len=32))

@@ -299,15 +299,19 @@ def _resumed(folder: Path, config: PretrainConfig, model: ModelSpec) -> Starting
         if f.name not in _RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)
     ]
     if changed:
+        differences = ", ".join(
+            f"{name} {getattr(saved, name)!r} (now {getattr(config, name)!r})" for name in changed
+        )
         raise ValueError(
-            f"{folder} holds a run with other settings ({', '.join(changed)}); resume it with "
-            "the same settings, or train into a new folder (or pass resume=False)"
+            f"{folder} holds a run with other settings: {differences}; resume it with the "
+            "run's settings, or train into a new folder, or start this one over with "
+            "resume=False (--no-resume)"
         )
     checkpoint = read_checkpoint(folder)
     if isinstance(model, NeurtConfig) and model != checkpoint.config:
         raise ValueError(
             f"{folder} holds a run of another network shape ({checkpoint.config}); resume it "
-            "without a model, or train into a new folder"
+            "without a shape (model=None, no --shape), or train into a new folder"
         )
     saved_weights = state.get("weights_sha256") or checkpoint.provenance["weights_sha256"]
     if (checkpoint.provenance.get("step") != state["step"]
