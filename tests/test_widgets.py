@@ -666,3 +666,12 @@ def test_the_scores_layer_starts_on_a_neuron(make_napari_viewer, checkpoint, qtb
     scores = widget.scores_layer()
     assert scores.selected_label in scores.metadata[RECORDING_KEY].neuron_ids
     assert heard[-1] == scores.selected_label
+
+
+def test_the_bad_frame_threshold_describes_the_detector_it_sets(panel):
+    """analysis.iter_frame_quality compares each frame with its neighbours (decorrelation,
+    darker or brighter than both); there is no reference image in it."""
+    _, widget = panel
+    tip = widget.threshold.toolTip()
+    assert "neighbour" in tip and "darker or brighter" in tip
+    assert "reference image" not in tip

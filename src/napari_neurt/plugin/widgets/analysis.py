@@ -212,10 +212,12 @@ class AnalysisWidget(QWidget):
         self.threshold.setRange(1.0, 50.0)
         self.threshold.setValue(5.0)
         self.threshold.setToolTip(
-            "a frame is bad when its correlation with the reference image (or its brightness) "
-            "falls this many robust standard deviations below the median"
+            "each frame is compared with its two neighbours in the movie: it is bad when it "
+            "resembles neither, or is darker or brighter than both, by more than this many "
+            "robust standard deviations from what is usual in the movie (without a movie: from "
+            "the traces)"
         )
-        self.bad_row = _row(QLabel("bad: a drop of"), self.threshold, QLabel("robust SD"))
+        self.bad_row = _row(QLabel("bad: beyond"), self.threshold, QLabel("robust SD"))
         self.adapt_steps = QSpinBox()
         self.adapt_steps.setRange(0, 5000)
         self.adapt_steps.setSingleStep(100)
