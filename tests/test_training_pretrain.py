@@ -186,6 +186,27 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         pretrain([sine_recording(0)], tmp_path, config(steps=4), model=NeurtConfig(seq_len=32))
 
 
+def test_pretraining_can_start_from_a_classifier(tmp_path):
+    """`neurt pretrain --model default` (or neurt-5xfad, or a fine-tuned folder): the default
+    weights carry a classifier, whose class names the saved checkpoint must keep (saving failed
+    with "the model has 2 classes but 0 class names", after the training steps had run)."""
+    from dataclasses import replace
+
+    from napari_neurt.model import NeurtModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = Neurt(replace(TINY, n_classes=2, mil_hidden=8))
+    base = NeurtModel(network, class_names=("wild type", "AD-like"), device="cpu")
+    base.save(tmp_path / "classifier")
+    out = tmp_path / "run"
+    pretrain([sine_recording(0)], out, config(steps=2), model=str(tmp_path / "classifier"))
+    assert load_model(out, device="cpu").class_names == ("wild type", "AD-like")
+    pretrain([sine_recording(0)], out, config(steps=3))  # resumed: the names are kept too
+    resumed = load_model(out, device="cpu")
+    assert resumed.provenance["step"] == 3 and resumed.class_names == ("wild type", "AD-like")
+
+
 def test_a_save_cut_short_is_found_on_resume_not_mixed(tmp_path, monkeypatch):
     """Weights, config and optimiser state are three files: a crash between them must not
     resume newer weights with an older optimiser (or the other way round)."""

@@ -169,6 +169,7 @@ class StartingPoint:
     token_settings: dict[str, Any]
     frame_rate_hz: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()  # a classifier's, which a checkpoint of it must carry
 
 
 def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
@@ -188,6 +189,7 @@ def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
         dict(model.token_settings),
         model.frame_rate_hz,
         provenance,
+        tuple(model.class_names),
     )
 
 

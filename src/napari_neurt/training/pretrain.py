@@ -225,7 +225,7 @@ def iter_pretrain(
 
         def save() -> None:
             if context.is_main:
-                _save(out_dir, trainer, tokens, frame_rate, start.provenance)
+                _save(out_dir, trainer, tokens, frame_rate, start.provenance, start.class_names)
             context.barrier()
 
         stream = WindowStream(
@@ -323,14 +323,20 @@ def _resumed(folder: Path, config: PretrainConfig, model: ModelSpec) -> Starting
             "this one over"
         )
     origin = checkpoint.provenance.get("started_from") or {}
-    return StartingPoint(checkpoint.build(), checkpoint.tokens, checkpoint.frame_rate_hz, origin)
+    return StartingPoint(
+        checkpoint.build(), checkpoint.tokens, checkpoint.frame_rate_hz, origin,
+        checkpoint.class_names,
+    )
 
 
-def _save(folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate, origin) -> None:
+def _save(
+    folder: Path, trainer: ReconstructionTrainer, tokens: dict, frame_rate, origin, class_names
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         folder,
         trainer.module,
+        class_names=class_names,  # pretraining from a classifier keeps its heads and classes
         tokens=tokens,
         frame_rate_hz=frame_rate,
         provenance={
