@@ -25,7 +25,7 @@ SUPPORTED_INPUTS = (
     "CaImAn results saved with cnm.save (.hdf5, .h5)",
     "an NWB file with ROI response series (.nwb)",
     "an .npz with 'traces' (N, T) and 'centroids' (N, 2) (optional: neuron_ids, labels, "
-    "frame_rate, pixel_size_um)",
+    "frame_rate, pixel_size_um, mean_image)",
     "a TIFF movie (.tif, .tiff, or a folder or list of them) together with labels=",
 )
 
