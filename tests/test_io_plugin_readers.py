@@ -223,3 +223,21 @@ def test_layer_data_are_accepted_by_napari(test_data, tmp_path):
     status = labels.get_status((y, x))
     assert f"neuron_id: {value}" in str(status)
     assert layers[2].data.shape == (5, 6, 7)
+
+
+def test_only_folders_are_offered_to_the_suite2p_reader(tmp_path):
+    # napari's File > Open asks which plugin to use whenever more than one claims a path: a
+    # reader matching every file name would ask for every picture, CSV, ... the user opens
+    from pathlib import Path
+
+    from npe2 import PluginManager, PluginManifest
+
+    import napari_neurt.plugin
+
+    manifest = PluginManifest.from_file(Path(napari_neurt.plugin.__file__).parent.parent / "napari.yaml")
+    manager = PluginManager()
+    manager.register(manifest)
+    (tmp_path / "points.csv").write_text("x,y\n")
+    commands = lambda path: {r.command for r in manager.iter_compatible_readers([str(path)])}
+    assert commands(tmp_path / "points.csv") == set()
+    assert commands(tmp_path) == {"napari-neurt.get_suite2p_reader"}
