@@ -94,6 +94,11 @@ def test_tiff_reader_declines_what_it_does_not_handle(tmp_path):
     assert get_tiff_reader(str(tmp_path / "rgb.tif")) is None
     assert get_tiff_reader(str(tmp_path / "absent.tif")) is None
     assert get_tiff_reader(str(tmp_path / "notes.txt")) is None
+    # a list (napari's "open as stack") of what it declines one by one: napari stacks them
+    assert get_tiff_reader([str(tmp_path / "rgb.tif")] * 2) is None
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"frame{i}.tif", np.zeros((8, 8), np.uint16))
+    assert get_tiff_reader([str(tmp_path / f"frame{i}.tif") for i in range(2)]) is None
 
 
 def test_label_image_reader(tmp_path):

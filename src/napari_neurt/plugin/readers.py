@@ -81,9 +81,16 @@ def get_tiff_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
     if not isinstance(path, (str, os.PathLike)):
         paths = [Path(p) for p in path]
-        if paths and all(p.suffix.lower() in _TIFF and p.is_file() for p in paths):
-            return _read_tiff_movie_list
-        return None
+        if not paths or not all(p.suffix.lower() in _TIFF and p.is_file() for p in paths):
+            return None
+        for p in paths:  # movies only, as for one file: napari stacks single frames itself
+            try:
+                info = tiff_info(p)
+            except ValueError:
+                return _read_tiff_movie_list  # damaged: let the reader raise its clear error
+            if len(info.shape) != 3 or "S" in info.axes:
+                return None
+        return _read_tiff_movie_list
     single = _single(path, _TIFF)
     if single is None:
         return None
