@@ -44,6 +44,18 @@ def test_selecting_a_label_updates_the_trace_plot(make_napari_viewer):
     assert len(plot.trace_line.get_ydata()) == 0
 
 
+def test_the_plugins_menu_shows_the_panels_already_docked(make_napari_viewer):
+    from napari_neurt.plugin.widgets import AnalysisWidget
+
+    viewer = make_napari_viewer()
+    add_recording(viewer, small_recording(), show_panel=True)  # as Extract and the demo dock them
+    for name, kind in (("NEuRT traces", TracePlotWidget), ("NEuRT analysis", AnalysisWidget)):
+        docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, kind)]
+        _, widget = viewer.window.add_plugin_dock_widget("napari-neurt", name)
+        assert [widget] == docked
+        assert [w for w in viewer.window.dock_widgets.values() if isinstance(w, kind)] == docked
+
+
 def test_frame_line_follows_the_slider_and_clicks_move_it(make_napari_viewer):
     viewer = make_napari_viewer()
     recording = small_recording()

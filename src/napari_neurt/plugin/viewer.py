@@ -32,8 +32,10 @@ from .scores import (
 if TYPE_CHECKING:
     import napari
 
-TRACE_DOCK_NAME = "NEuRT traces"
-ANALYSIS_DOCK_NAME = "NEuRT analysis"
+# The names napari's Plugins menu docks these widgets under ("<display name> (<plugin>)"): the
+# menu then shows the dock docked here instead of docking a second panel beside it.
+TRACE_DOCK_NAME = "NEuRT traces (napari-neurt)"
+ANALYSIS_DOCK_NAME = "NEuRT analysis (napari-neurt)"
 
 
 def add_recording(
