@@ -247,3 +247,16 @@ def test_two_fine_tuned_folders_of_one_name_are_told_apart():
     assert first.label == "Fine-tuned: neurt-finetuned"
     assert second.label == "Fine-tuned: pilot/neurt-finetuned"
     assert third.label == "Fine-tuned: scratch/pilot/neurt-finetuned"
+
+
+def test_a_features_table_row_selects_the_label_of_its_number(make_napari_viewer, qtbot):
+    # what docs/gui.md says of napari's Features table widget: row k selects label k, the row's
+    # neuron only when the ids have no gaps (small_recording's are 3 and 8)
+    viewer = make_napari_viewer()
+    layer = add_recording(viewer, small_recording(), show_traces=False)
+    viewer.layers.selection = {layer}
+    _, widget = viewer.window.add_plugin_dock_widget("napari", "Features table widget")
+    table = widget.table
+    assert table.model().rowCount() == 3  # background, neuron 3, neuron 8
+    table.selectRow(1)
+    assert layer.features["neuron_id"].iloc[1] == 3 and layer.selected_label == 1

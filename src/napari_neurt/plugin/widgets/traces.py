@@ -9,7 +9,8 @@ frames" on, dragging across the plot marks those frames to hide (shaded yellow),
 the analysis panel's marked-frames text (`marks.MarkedFrames`).
 
 Selecting: clicking a neuron in the labels (in pan/zoom mode), setting `selected_label`, or a
-row of napari's features table. Holding Shift while hovering previews the neuron under the
+row of napari's features table (which selects the label numbered as the row: the row's neuron
+when the ids run 1, 2, 3, ...). Holding Shift while hovering previews the neuron under the
 cursor. With "overlay" on, each selected neuron is added to the plot (up to `MAX_OVERLAY`).
 
 Drawing is incremental: the artists are made once and their data replaced, and the canvas is
