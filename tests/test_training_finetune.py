@@ -130,6 +130,30 @@ def test_manifest_and_class_folders(tmp_path):
     ]
 
 
+def test_class_folders_skip_the_models_and_results_napari_neurt_writes_into_them(tmp_path):
+    from napari_neurt.model import save_checkpoint
+    from napari_neurt.model.batch import results_path
+
+    root = tmp_path / "cohort"
+    (root / "wt" / "m1").mkdir(parents=True)
+    (root / "ad").mkdir()
+    save_npz(root / "wt" / "m1" / "day1.npz", toy_recording("calm", 1))
+    save_npz(root / "ad" / "m2.npz", toy_recording("bursty", 2))
+    # the fine-tune panel's default folder, and neurt classify / reconstruct's default results
+    save_checkpoint(root / "neurt-finetuned", Neurt(TINY), class_names=("ad", "wt"))
+    save_checkpoint(root / "wt" / "m1" / "run", Neurt(TINY), class_names=("ad", "wt"))
+    for source in (root / "wt" / "m1" / "day1.npz", root / "ad" / "m2.npz"):
+        for task in ("classify", "reconstruct"):
+            path = results_path(source, task)
+            path.write_bytes(b"")
+            path.with_suffix(".csv").write_text("neuron_ids\n")
+    items = labelled_recordings(root)
+    assert sorted((i.animal, i.label, i.source.name) for i in items) == [
+        ("ad/m2", "ad", "m2.npz"),
+        ("wt/m1", "wt", "day1.npz"),
+    ]
+
+
 def test_a_manifest_saved_by_a_spreadsheet_reads(tmp_path):
     save_npz(tmp_path / "a.npz", toy_recording("calm", 0))
     text = "path, animal ,label\r\na.npz,m1,calm\r\n"  # a byte-order mark, padded names

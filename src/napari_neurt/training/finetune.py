@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 
 from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
-from ..model.checkpoint import save_checkpoint
+from ..model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
 from ..model.inference import NeurtModel
 from ..model.neurt import Neurt, check_recording_pooling
 from ..model.tokens import ACTIVITY_STATISTICS, head_statistics
@@ -70,6 +70,10 @@ from .engine import (
 
 EVALUATIONS = ("split", "leave-one-animal-out")
 MANIFEST_COLUMNS = ("path", "animal", "label")
+# the files `neurt classify` / `neurt reconstruct` write (model.batch.results_path, with --csv)
+NEURT_RESULTS = tuple(
+    f".neurt-{task}.{suffix}" for task in ("classify", "reconstruct") for suffix in ("npz", "csv")
+)
 # L2 penalty of the whole-recording fit, on standardised inputs (chosen on tuning cohorts)
 WHOLE_RECORDING_L2 = 0.1
 # animals of each class the whole-recording fit needs by default: on tuning cohorts it helped
@@ -287,17 +291,17 @@ def read_class_folders(root: str | os.PathLike) -> list[LabelledRecording]:
     An entry of a class folder that is itself a recording (a file, or a suite2p folder) is an
     animal with that one recording, named after it. An animal is named ``<class>/<name>``:
     folders of two classes are two animals, whatever they are called. Hidden entries (``.``)
-    are skipped at every level.
+    and napari-neurt's own outputs (`_neurt_output`) are skipped at every level.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     items = []
-    for class_folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
+    for class_folder in sorted(p for p in root.iterdir() if p.is_dir() and not _skipped(p)):
         label = class_folder.name
-        for entry in sorted(p for p in class_folder.iterdir() if not _hidden(p)):
+        for entry in sorted(p for p in class_folder.iterdir() if not _skipped(p)):
             if entry.is_dir() and not is_suite2p_folder(entry):
-                recordings = sorted(p for p in entry.iterdir() if not _hidden(p))
+                recordings = sorted(p for p in entry.iterdir() if not _skipped(p))
                 items += [LabelledRecording(p, f"{label}/{entry.name}", label) for p in recordings]
             else:
                 items.append(LabelledRecording(entry, f"{label}/{entry.stem}", label))
@@ -313,8 +317,18 @@ def _source_key(source: RecordingSource) -> Any:
     return id(source)
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def _skipped(path: Path) -> bool:
+    """Whether class folders skip `path`: hidden, or one of napari-neurt's own outputs."""
+    return path.name.startswith(".") or _neurt_output(path)
+
+
+def _neurt_output(path: Path) -> bool:
+    """A model folder (the fine-tune panel saves into ``<class folders>/neurt-finetuned`` by
+    default) or the results that `neurt classify` / `neurt reconstruct` write next to each
+    recording: never a class, an animal or a recording."""
+    if path.is_dir():
+        return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+    return path.name.endswith(NEURT_RESULTS)
 
 
 def labelled_recordings(data: str | os.PathLike | Iterable[Any]) -> list[LabelledRecording]:
