@@ -213,6 +213,15 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         FinetuneConfig(bags_per_step=40, recordings_per_round=4, bags_per_recording=8)
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_training(tmp_path):
+    (tmp_path / "a file").write_text("")
+    steps = []
+    for out in (tmp_path / "a file", tmp_path / "a file" / "classifier"):
+        with pytest.raises(ValueError, match="a file, not a folder"):
+            finetune(toy_cohort(), out, fast(), base=TINY, progress=steps.append)
+    assert steps == []  # nothing trained, only to fail when saving
+
+
 def test_default_recipe_is_the_measured_one():
     # the quality report's recipe (chosen on tuning cohorts): encoder frozen, heads at 3e-3,
     # up to 1200 steps of 4 bags of 32 neurons; the CLI and the panel start from the same

@@ -1043,6 +1043,7 @@ def iter_finetune(
     config = config or FinetuneConfig()
     items = labelled_recordings(data)
     class_names = check_cohort(items, class_names)
+    check_out_dir(out_dir)
     should_stop = getattr(stop, "is_set", stop)
     start = starting_point(base, config.seed)
     context = DistributedContext.setup(config.device)
@@ -1054,6 +1055,19 @@ def iter_finetune(
         )
     finally:
         context.close()
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse, before any training, an output folder that cannot be made: the model and report
+    are written only at the end."""
+    out_dir = Path(out_dir).expanduser()
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(
+                    f"cannot save the model to {out_dir}: {folder} is a file, not a folder"
+                )
+            return
 
 
 def _iter_finetune(items, out_dir, config, start, class_names, read_options, should_stop, context):
