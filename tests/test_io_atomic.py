@@ -36,6 +36,29 @@ def test_new_file_gets_plain_permissions_and_a_replaced_one_keeps_its_own(tmp_pa
         os.umask(previous)
 
 
+def test_a_file_its_writer_makes_anew_still_gets_plain_permissions(tmp_path):
+    import torch
+
+    from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint
+
+    previous = os.umask(0o022)
+    try:
+        new = tmp_path / "new.txt"
+        with atomic_path(new) as tmp:
+            tmp.unlink()  # as safetensors' save_file does: a file of its own, owner-only
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        assert new.stat().st_mode & 0o777 == 0o644
+        torch.manual_seed(0)
+        config = NeurtConfig(seq_len=16, n_embd=8, n_head=2, n_layer=1, n_ff=16)
+        folder = save_checkpoint(tmp_path / "model", Neurt(config))
+        assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+            "config.json": 0o644,
+            "model.safetensors": 0o644,  # a colleague can load the model too
+        }
+    finally:
+        os.umask(previous)
+
+
 def test_files_written_together_get_plain_permissions_and_all_or_none_land(tmp_path):
     from napari_neurt.io.atomic import atomic_files
 

@@ -33,12 +33,16 @@ def atomic_files(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
             temps.append(_new_temporary(path))
+        # a writer may make its file anew (safetensors' save_file: owner-only), so the plain
+        # permissions are put back afterwards
+        modes = [temp.stat().st_mode & 0o7777 for temp in temps]
         yield temps
-        for temp, path in zip(temps, paths, strict=True):
+        for temp, path, mode in zip(temps, paths, modes, strict=True):
             try:  # a new version keeps the permissions of the file it replaces
-                os.chmod(temp, path.stat().st_mode & 0o7777)
+                mode = path.stat().st_mode & 0o7777
             except FileNotFoundError:
                 pass
+            os.chmod(temp, mode)
             os.replace(temp, path)
     finally:
         for temp in temps:
