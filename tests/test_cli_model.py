@@ -157,6 +157,28 @@ def test_classify_to_an_output_folder(tmp_path, checkpoint):
         assert 0 <= float(results["recording_probability"]) <= 1
 
 
+def test_classify_with_three_classes_gives_the_recordings_probability_of_each(
+    tmp_path, capsys
+):
+    torch.manual_seed(0)
+    names = ("wild type", "sham", "AD")
+    for mil_hidden in (8, 0):  # a recording head, and the published rule of windows
+        config = NeurtConfig(
+            seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32, n_classes=3, mil_hidden=mil_hidden
+        )
+        model = NeurtModel(Neurt(config), class_names=names, device="cpu")
+        folder = model.save(tmp_path / f"three-{mil_hidden}")
+        path = write_recordings(tmp_path, 1)[0]
+        assert main(["classify", str(path), "--model", str(folder), "--out", str(folder)]) == 0
+        with np.load(folder / "mouse0.neurt-classify.npz", allow_pickle=False) as results:
+            assert list(results["class_names"]) == list(names)
+            p = results["recording_class_probability"]
+            assert p.shape == (3,) and p.sum() == pytest.approx(1, abs=1e-6)
+            assert p[1] == pytest.approx(float(results["recording_probability"]), abs=1e-6)
+        verdict = names[int(np.argmax(p))]
+        assert f"{path}: {verdict} (P(wild type) = {p[0]:.3f}," in capsys.readouterr().out
+
+
 def test_a_bad_recording_does_not_stop_the_others(tmp_path, checkpoint, capsys):
     good = write_recordings(tmp_path, 1)[0]
     bad = tmp_path / "broken.npz"

@@ -720,6 +720,7 @@ def iter_classify(
         "overlap": model.default_overlap if overlap is None else int(overlap),
         "batch_size": batch_size or model.default_batch_size,
         "recording_probability": float(result.recording_probability),
+        "recording_class_probability": result.recording_class_probability.tolist(),
         "recording_rule": result.recording_rule,
     }
     return Classification(result, TokenInfo.of(tokens), model.describe(), parameters)

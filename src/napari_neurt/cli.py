@@ -141,6 +141,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
 
     from . import __version__, io
     from .model import Calibration, batch, load_model
+    from .model.inference import verdict
 
     device = args.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -200,9 +201,7 @@ def _run_model_task(args: argparse.Namespace) -> int:
                     "n_near",
                     "n_far",
                 )
-                summary = (
-                    f"P({arrays['class_names'][1]}) = {float(arrays['recording_probability']):.3f}"
-                )
+                summary = verdict(arrays["class_names"], arrays["recording_class_probability"])
             options.pop("progress")
             parameters = {
                 "command": args.task,

@@ -151,6 +151,7 @@ def classify_recording(
         "neuron_attention": result.neuron_attention,
         "attention_log10_ratio": attention_log10_ratio(result.neuron_attention),
         "recording_probability": np.float64(result.recording_probability),
+        "recording_class_probability": result.recording_class_probability,
         "recording_head": np.bool_(result.recording_head),
         "recording_rule": np.str_(result.recording_rule),
         "neuron_embedding": result.neuron_embedding,

@@ -21,7 +21,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -89,6 +89,9 @@ class ClassificationResult:
         How `recording_probability` and `neuron_attention` were obtained, in words.
     neuron_embedding
         (N, n_embd) each neuron's time-pooled embedding, averaged over its windows.
+    recording_class_probability
+        (n_classes,) the recording's probability of every class (by the same rule as
+        `recording_probability`, its element 1): with more than two classes, the verdict.
     """
 
     class_names: tuple[str, ...]
@@ -100,6 +103,17 @@ class ClassificationResult:
     recording_head: bool
     recording_rule: str
     neuron_embedding: np.ndarray = field(repr=False)
+    recording_class_probability: np.ndarray | None = None
+
+
+def verdict(class_names: Sequence[str], probabilities: Sequence[float]) -> str:
+    """A recording's verdict in words: P(class 1) with two classes, else every class's
+    probability after the most probable class (P(class 1) alone says nothing of the others)."""
+    if len(class_names) <= 2:
+        return f"P({class_names[1]}) = {float(probabilities[1]):.3f}"
+    pairs = zip(class_names, probabilities, strict=True)
+    each = ", ".join(f"P({name}) = {float(p):.3f}" for name, p in pairs)
+    return f"{class_names[int(np.argmax(probabilities))]} ({each})"
 
 
 @dataclass(frozen=True)
@@ -670,7 +684,8 @@ class NeurtModel:
             logits, weights = self.recording_decision(
                 neuron_embedding, tokens if isinstance(tokens, NeighborhoodTokens) else x.numpy()
             )
-            recording_probability = float(logits.float().softmax(dim=-1)[1])
+            recording_class_probability = logits.float().softmax(dim=-1).cpu().numpy()
+            recording_probability = float(recording_class_probability[1])
             neuron_attention = weights.float().cpu().numpy()
             if config.recording_pooling == "evidence":
                 rule = (
@@ -682,7 +697,11 @@ class NeurtModel:
             if config.neuron_stats:
                 rule += ", each read with its activity statistics (event rates, correlations)"
         else:
-            recording_probability = float((probabilities.argmax(dim=-1) == 1).float().mean())
+            called = probabilities.argmax(dim=-1)
+            recording_class_probability = (
+                torch.bincount(called, minlength=config.n_classes).float() / len(called)
+            ).numpy()
+            recording_probability = float(recording_class_probability[1])
             neuron_attention = np.full(n, 1.0 / n, dtype=np.float32)
             rule = (
                 "no recording head: published session rule, the fraction of all windows called "
@@ -699,6 +718,7 @@ class NeurtModel:
             recording_head=self.module.recording_head is not None,
             recording_rule=rule,
             neuron_embedding=neuron_embedding.numpy(),
+            recording_class_probability=recording_class_probability,
         )
 
     def recording_decision(

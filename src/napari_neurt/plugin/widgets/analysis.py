@@ -787,9 +787,11 @@ class AnalysisWidget(QWidget):
                 analysis, roi_layer_name=roi_name, extra_features=extra, colour_by=None,
                 cmap=cmap, layer_kwargs=layer_kwargs,
             )
-            names = result.result.class_names
-            name = names[1] if len(names) > 1 else "class 1"
-            message = f"classified: P({name}) = {result.result.recording_probability:.3f}"
+            from ...model.inference import verdict  # loaded with the model by now
+
+            outcome = result.result
+            probabilities = outcome.recording_class_probability
+            message = f"classified: {verdict(outcome.class_names, probabilities)}"
             return JobResult(roi, analysis, data, message=message, device=str(model_.device))
 
         return self._start("classify", steps, self._apply)
