@@ -519,6 +519,23 @@ def test_the_recording_head_reads_activity_statistics_scaled_on_the_training_ani
     assert "activity statistics" not in plain.classify(tokens).recording_rule
 
 
+
+def test_a_classifier_records_its_cohorts_frame_rate(tmp_path):
+    # the head counts activity per frame: the model must warn on recordings at another rate,
+    # which needs the rate of its training recordings, not that of the model it started from
+    items = toy_cohort(per_class=2)  # 10 Hz
+    config = fast(steps=2, test_per_class=0, validation_per_class=0, activity_statistics=True)
+    finetune(items, tmp_path / "model", config, base=TINY)
+    model = load_model(tmp_path / "model", device="cpu")
+    assert model.frame_rate_hz == 10.0
+    with pytest.warns(UserWarning, match="trained at 10 Hz"):
+        model.tokens_for(replace(items[0].source, frame_rate=30.0))
+    mixed = [replace(item, source=replace(item.source, frame_rate=10.0 + 20.0 * (k % 2)))
+             for k, item in enumerate(items)]
+    with pytest.warns(UserWarning, match="taken at 10 to 30 Hz"):
+        finetune(mixed, tmp_path / "mixed", config, base=TINY)
+    assert load_model(tmp_path / "mixed", device="cpu").frame_rate_hz is None
+
 def test_bare_tokens_have_no_neighbours_for_the_statistics(tmp_path):
     items = [
         LabelledRecording(TINY_TOKENS[k % 2] + k, f"m{k}", "ab"[k % 2]) for k in range(4)

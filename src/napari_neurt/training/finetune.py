@@ -40,6 +40,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,9 +57,16 @@ from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
 from ..model.inference import NeurtModel
 from ..model.neurt import Neurt, check_recording_pooling
-from ..model.tokens import ACTIVITY_STATISTICS, head_statistics
+from ..model.tokens import ACTIVITY_STATISTICS, NeighborhoodTokens, head_statistics
 from ..progress import Steps, run_steps
-from .data import BagStream, RecordingSource, describe_source, draw_bags, source_neighbourhood
+from .data import (
+    BagStream,
+    RecordingSource,
+    describe_source,
+    draw_bags,
+    load_recording,
+    source_neighbourhood,
+)
 from .engine import (
     DistributedContext,
     ModelSpec,
@@ -598,6 +606,7 @@ class _Fit:
     validation_loss: float | None
     stopped: bool
     history: list[tuple[int, float]] = field(default_factory=list)
+    frame_rates: list[float] = field(default_factory=list)  # of the recordings it read
 
 
 def _losses(module: Neurt, windows, statistics, labels, config: FinetuneConfig):
@@ -644,13 +653,18 @@ def _fit(
     Under DDP every process draws its own bags, the gradients are averaged, and the stops
     (`stop`, early stopping) are decided alike on every process."""
     statistics = None  # per training recording, when the head reads them
+    frame_rates = []
     if module.config.neuron_stats:  # reads every training recording once: report and obey stop
         statistics = []
         for item in items:
             if context.stop_requested(stop):
                 return _Fit(module.eval(), 0, 0, None, True)
             yield TrainingProgress(offset, total, f"{stage} activity statistics")
-            neighbourhood = source_neighbourhood(item.source, token_settings, read_options)
+            source = item.source
+            if not isinstance(source, (NeighborhoodTokens, np.ndarray)):  # a recording
+                source = load_recording(source, read_options)
+                frame_rates.append(source.frame_rate)
+            neighbourhood = source_neighbourhood(source, token_settings, read_options)
             statistics.append(_statistics(neighbourhood, module.config.neuron_stats, item.source))
         _standardise_statistics(module, np.concatenate(statistics))
     device = context.device
@@ -691,7 +705,7 @@ def _fit(
     # unused parameters: those of the reconstruction head, for one (they stay as they were)
     losses = context.wrap(_BagLosses(module, config), find_unused_parameters=True)
     held = _validation_bags(validation, index, module, config, token_settings, read_options)
-    fit = _Fit(module, 0, 0, None, False)
+    fit = _Fit(module, 0, 0, None, False, frame_rates=frame_rates)
     best_state, bad_validations = None, 0
     batches = iter(DataLoader(stream, batch_size=None))
     for step in range(1, config.steps + 1):
@@ -1070,6 +1084,26 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
             return
 
 
+def cohort_frame_rate(rates: Sequence[float], fallback: float | None) -> float | None:
+    """The frame rate a classifier trained on recordings of `rates` records (the one its
+    per-frame activity statistics were counted at, which `NeurtModel` warns about on other
+    recordings): their median where they agree within 10 %, `fallback` (the starting model's)
+    where none was read, and none (with a warning) where they disagree."""
+    if not len(rates):
+        return fallback
+    middle = float(np.median(rates))
+    if max(abs(rate / middle - 1) for rate in rates) <= 0.1:
+        return middle
+    warnings.warn(
+        f"the training recordings were taken at {min(rates):g} to {max(rates):g} Hz; the "
+        "recording head counts activity per frame, so its statistics mean different things "
+        "across them: resample them to one frame rate, or train a classifier per frame rate. "
+        "The model records no frame rate.",
+        stacklevel=2,
+    )
+    return None
+
+
 def _iter_finetune(items, out_dir, config, start, class_names, read_options, should_stop, context):
     """The folds, the report and the saved model of `iter_finetune`, in `context` (every
     process trains and tests its share of the held-out recordings; rank 0 writes the model and
@@ -1105,6 +1139,7 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             stop=should_stop,
             context=context,
         )
+        frame_rate = cohort_frame_rate(fit.frame_rates, start.frame_rate_hz)
         model = NeurtModel(
             fit.module,
             class_names=class_names,
