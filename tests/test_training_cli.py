@@ -148,7 +148,7 @@ def test_finetune_command_writes_model_and_report(tmp_path, tiny_checkpoint, cap
     assert main(arguments) == 2
     assert "no column 'path'" in capsys.readouterr().err
     columns = ["--path-column", "file", "--animal-column", "mouse", "--label-column", "group"]
-    assert main([*arguments, *columns, "--classes", "calm,bursty"]) == 0
+    assert main([*arguments, *columns, "--classes", "calm, bursty"]) == 0
     assert "model and report" in capsys.readouterr().out
     model = load_model(out, device="cpu")
     assert model.class_names == ("calm", "bursty") and model.config.neuron_stats == 5

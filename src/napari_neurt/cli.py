@@ -544,7 +544,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
             args.out,
             config,
             base=args.base,
-            class_names=args.classes.split(",") if args.classes else None,
+            class_names=[c.strip() for c in args.classes.split(",")] if args.classes else None,
             read_options={k: v for k, v in read_options.items() if v is not None},
             progress=show,
             stop=stop,
