@@ -336,3 +336,13 @@ def test_kfold_calibrates_each_pass_without_seeing_its_frames(
     np.testing.assert_allclose(
         fitted.reconstruction[:, frame], after.reconstruction[:, frame], rtol=1e-4, atol=1e-5
     )
+
+
+def test_class_names_that_make_the_same_column_keep_a_column_each(tiny_model, recording):
+    # "Tg+" and "Tg-" are both "tg" as a column name: one class's probabilities were dropped
+    model = NeurtModel(tiny_model.module, class_names=("Tg+", "Tg-"), device="cpu")
+    result = analysis.analyse(recording, classifier=model)
+    table = result.neuron_table()
+    probability = result.classification.result.class_probability
+    np.testing.assert_allclose(table["p_tg_0"], probability[:, 0])
+    np.testing.assert_allclose(table["p_tg_1"], probability[:, 1])

@@ -435,7 +435,8 @@ class Analysis:
         Columns: ``neuron_id``, ``centroid_y``, ``centroid_x``, ``event_rate_per_min`` always;
         ``fallback``, ``n_near``, ``n_far`` once the model has seen the recording;
         ``predictability_r2`` after a reconstruction; ``class_probability`` (of class 1),
-        ``p_<class>`` for every class, ``neuron_attention`` and ``attention_log10_ratio`` (the
+        ``p_<class>`` for every class (``p_<class>_<index>`` for class names that come out the
+        same, such as "Tg+" and "Tg-"), ``neuron_attention`` and ``attention_log10_ratio`` (the
         attention over an even share, 1/N, in log10: 0 for an average neuron, 1 for ten times
         it; attention can be concentrated on a few neurons, and this shows where every other
         neuron stands) after a classification.
@@ -460,8 +461,11 @@ class Analysis:
             names = result.class_names or tuple(
                 f"class {i}" for i in range(result.class_probability.shape[1])
             )
-            for i, name in enumerate(names):
-                table[f"p_{column_name(name)}"] = result.class_probability[:, i].astype(np.float64)
+            fragments = [column_name(name) for name in names]
+            for i, fragment in enumerate(fragments):
+                if fragments.count(fragment) > 1:  # "Tg+" and "Tg-" would share p_tg
+                    fragment = f"{fragment}_{i}"
+                table[f"p_{fragment}"] = result.class_probability[:, i].astype(np.float64)
             attention = np.asarray(result.neuron_attention, dtype=np.float64)
             table["neuron_attention"] = attention
             from .model.inference import attention_log10_ratio  # torch is loaded by now
