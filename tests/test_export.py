@@ -89,9 +89,8 @@ def test_nwb_round_trip_through_our_reader(tmp_path, result):
     assert back.frame_rate == pytest.approx(recording.frame_rate)
     assert back.pixel_size_um == pytest.approx(recording.pixel_size_um)
     assert back.metadata["trace_kind"] == "DfOverF"
-    height, width = back.labels.shape
     # label values are the table rows + 1, here the same as the ids (1..N)
-    np.testing.assert_array_equal(back.labels, recording.labels[:height, :width])
+    np.testing.assert_array_equal(back.labels, recording.labels)
     with NWBHDF5IO(str(path), "r") as io:
         nwbfile = io.read()
         provenance = json.loads(nwbfile.notes)
@@ -129,3 +128,26 @@ def test_npe2_writers_take_layer_attributes(tmp_path, result):
 def test_dff_traces_are_told_apart_by_their_kind(trace_kind, is_dff):
     # CaImAn's detrended dF/F ("F_dff") must land in NWB's DfOverF, not in Fluorescence
     assert export._is_dff(trace_kind) is is_dff
+
+
+def test_nwb_round_trip_keeps_the_image_shape_and_mean_image(tmp_path, result):
+    # pixel masks do not say the image's shape: ROIs away from the bottom and right edges came
+    # back in a cropped labels image that no longer fitted the movie, without the mean image
+    pytest.importorskip("pynwb")
+    from dataclasses import replace
+
+    from napari_neurt.io import read_nwb
+
+    labels = np.zeros((100, 120), np.int32)
+    labels[10:15, 10:15], labels[30:35, 40:45] = 3, 7
+    recording = replace(
+        result.recording.select([0, 1]), labels=labels, centroids=[[12, 12], [32, 42]],
+        neuron_ids=[3, 7], mean_image=np.arange(12000, dtype=np.float32).reshape(100, 120),
+    )
+    back = read_nwb(export.export_analysis(tmp_path / "out.nwb", analysis.Analysis(recording))[0])
+    assert back.labels.shape == (100, 120)
+    np.testing.assert_array_equal(back.labels > 0, labels > 0)
+    np.testing.assert_array_equal(back.mean_image, recording.mean_image)
+    no_mean = replace(recording, mean_image=None)
+    back = read_nwb(export.export_analysis(tmp_path / "plain.nwb", analysis.Analysis(no_mean))[0])
+    assert back.labels.shape == (100, 120) and back.mean_image is None

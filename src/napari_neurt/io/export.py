@@ -18,7 +18,8 @@ stem of the given path:
 
 NWB (`write_nwb`, needs pynwb: ``pip install 'napari-neurt[nwb]'``): an NWB file whose
 ``processing/ophys`` module holds the ROIs (a PlaneSegmentation with pixel masks, the ROI ids as
-NWB ids and every per-neuron column) and the traces (a RoiResponseSeries in ``DfOverF`` for dF/F
+NWB ids and every per-neuron column), the label image and mean image (``SummaryImages``, which
+give the reader the image's shape) and the traces (a RoiResponseSeries in ``DfOverF`` for dF/F
 traces, else in ``Fluorescence``), which `napari_neurt.io.read_nwb` reads back; a ``neurt``
 module with the reconstruction (same container type), the hidden frames and the temporal
 attention; the provenance as JSON in the file's ``notes``.
@@ -39,6 +40,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from .atomic import atomic_files
+from .nwb import LABELS_IMAGE
 
 CSV_PARTS = ("traces", "reconstruction", "imputed", "attention")
 CSV_FRAMES = 4096  # frames made into text at once
@@ -151,6 +153,8 @@ def write_nwb(path: str | os.PathLike, analysis: Analysis) -> Path:
     from uuid import uuid4
 
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.base import Images
+    from pynwb.image import GrayscaleImage
     from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel
 
     recording = analysis.recording
@@ -203,6 +207,14 @@ def write_nwb(path: str | os.PathLike, analysis: Analysis) -> Path:
     for name, values in table.items():
         values = np.asarray(values)
         rois.add_column(name=name, description=_COLUMN_DOCS.get(name, name), data=values.tolist())
+    # pixel masks do not give the image's shape: the labels (and the mean image) carry it
+    summary = Images(name="SummaryImages", description="the ROI label image and the mean image")
+    summary.add_image(GrayscaleImage(name=LABELS_IMAGE, data=labels,
+                                     description="ROI label image (0: background, else the id)"))
+    if recording.mean_image is not None and recording.mean_image.shape == labels.shape:
+        summary.add_image(GrayscaleImage(name="mean", data=recording.mean_image,
+                                         description="mean image"))
+    ophys.add(summary)
     region = rois.create_roi_table_region(
         region=list(range(recording.n_neurons)), description="every ROI, in neuron_id order"
     )

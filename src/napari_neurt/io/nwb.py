@@ -3,7 +3,9 @@
 Needs ``pynwb`` (``pip install 'napari-neurt[nwb]'``), imported only when a file is read.
 
 What is read: one RoiResponseSeries (from a DfOverF container if there is one, else from a
-Fluorescence container), its PlaneSegmentation's ``image_mask`` or ``pixel_mask`` for the labels,
+Fluorescence container), its PlaneSegmentation's ``image_mask`` or ``pixel_mask`` for the labels
+(pixel masks do not give the image's shape: that of the module's largest summary image holding
+every ROI pixel, else the smallest that holds them),
 its ``rate`` (or the median interval of its ``timestamps``) for the frame rate, and the imaging
 plane's ``grid_spacing`` for the pixel size.
 
@@ -28,6 +30,7 @@ from ._common import PathLike, ReaderError, existing_path, smallest_label_dtype
 
 __all__ = ["read_nwb"]
 
+LABELS_IMAGE = "labels"  # the ROI label image napari-neurt's export writes beside the masks
 _NEEDS_PYNWB = "reading NWB files needs pynwb: pip install 'napari-neurt[nwb]'"
 
 _UNIT_TO_UM = {
@@ -151,18 +154,39 @@ def _masks(
     )
 
 
-def _mean_image(module, shape: tuple[int, int]) -> np.ndarray | None:
-    """A summary image of the plane's shape from an Images container, preferring a mean image."""
+def _summary_images(module) -> list[tuple[str, object]]:
+    """(name, image) of every 2-D image in the module's Images containers."""
     from pynwb.base import Images
 
     if module is None:
-        return None
-    images = []
-    for interface in module.data_interfaces.values():
-        if isinstance(interface, Images):
-            for name, image in interface.images.items():
-                if tuple(image.data.shape) == tuple(shape):
-                    images.append(("mean" not in name.lower(), name, image))
+        return []
+    return [
+        (name, image)
+        for interface in module.data_interfaces.values() if isinstance(interface, Images)
+        for name, image in interface.images.items() if len(image.data.shape) == 2
+    ]
+
+
+def _plane_shape(module, masks) -> tuple[int, int]:
+    """The image shape for pixel masks, which do not say it: the largest summary image that
+    holds every ROI pixel (a mean image, or the labels our export writes), else the smallest
+    shape that does."""
+    extent = tuple(
+        int(max((m[k].max() + 1 for m in masks if len(m[k])), default=1)) for k in (0, 1)
+    )
+    shapes = [tuple(int(n) for n in image.data.shape) for _, image in _summary_images(module)]
+    shapes = [s for s in shapes if s[0] >= extent[0] and s[1] >= extent[1]]
+    return max(shapes, key=lambda s: s[0] * s[1]) if shapes else extent
+
+
+def _mean_image(module, shape: tuple[int, int]) -> np.ndarray | None:
+    """A summary image of the plane's shape from an Images container, preferring a mean image
+    (never the ROI labels our export writes)."""
+    images = [
+        ("mean" not in name.lower(), name, image)
+        for name, image in _summary_images(module)
+        if tuple(image.data.shape) == tuple(shape) and name != LABELS_IMAGE
+    ]
     if not images:
         return None
     return np.asarray(sorted(images, key=lambda i: i[:2])[0][2].data[:], dtype=np.float32)
@@ -227,15 +251,13 @@ def read_nwb(
         if len(np.unique(rows)) != len(rows):
             raise ReaderError(f"{path}: {name} refers to the same ROI twice")
         masks, shape = _masks(table, rows, path)
+        module = nwbfile.processing.get(name.split("/")[0])
         if shape is None:
-            shape = tuple(
-                int(max((m[k].max() + 1 for m in masks if len(m[k])), default=1)) for k in (0, 1)
-            )
+            shape = _plane_shape(module, masks)
         rate, rate_from = (
             (float(frame_rate), "argument") if frame_rate else _frame_rate(chosen, path)
         )
         pixel_size = _pixel_size_um(table.imaging_plane)
-        module = nwbfile.processing.get(name.split("/")[0])
         mean_image = _mean_image(module, shape)
         roi_ids = np.asarray(table.id[:], dtype=np.int64)[rows]
         iscell = None
