@@ -64,3 +64,13 @@ def test_invalid_fields_are_refused(kwargs, message):
     fields.update(kwargs)
     with pytest.raises(ValueError, match=message):
         Recording(**fields)
+
+
+def test_select_refuses_a_mask_of_another_length_and_fractional_indices():
+    # a mask of another recording's length picked its first neurons without a word
+    rec = Recording.from_labels(np.arange(10).reshape(2, 5), make_labels(), frame_rate=10)
+    with pytest.raises(ValueError, match="one entry per neuron"):
+        rec.select(np.array([True]))
+    with pytest.raises(ValueError, match="integer"):
+        rec.select([0.7])
+    assert rec.select([]).n_neurons == 0

@@ -128,7 +128,17 @@ class Recording:
         The labels image keeps only the selected neurons (the others become background).
         """
         which = np.asarray(which)
-        index = np.flatnonzero(which) if which.dtype == bool else which.astype(np.int64)
+        if which.dtype == bool:
+            if which.shape != (self.n_neurons,):
+                raise ValueError(
+                    f"a neuron mask must have one entry per neuron ({self.n_neurons}); "
+                    f"got shape {which.shape}"
+                )
+            index = np.flatnonzero(which)
+        elif which.size and not np.issubdtype(which.dtype, np.integer):
+            raise ValueError(f"select takes a boolean mask or integer indices; got {which.dtype}")
+        else:
+            index = which.astype(np.int64).reshape(-1)
         labels = self.labels
         if labels is not None:
             keep = np.isin(labels, self.neuron_ids[index])
