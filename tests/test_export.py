@@ -151,3 +151,12 @@ def test_nwb_round_trip_keeps_the_image_shape_and_mean_image(tmp_path, result):
     no_mean = replace(recording, mean_image=None)
     back = read_nwb(export.export_analysis(tmp_path / "plain.nwb", analysis.Analysis(no_mean))[0])
     assert back.labels.shape == (100, 120) and back.mean_image is None
+
+
+def test_a_second_csv_export_leaves_no_table_of_the_first(tmp_path, result):
+    # exporting the traces alone over an export with results left the old reconstruction,
+    # imputed traces and attention beside the new tables, as if they were the new run's
+    first = export.export_analysis(tmp_path / "out.csv", result)
+    assert len(first) == 6
+    again = export.export_analysis(tmp_path / "out.csv", analysis.Analysis(result.recording))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in again)

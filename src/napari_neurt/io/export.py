@@ -26,7 +26,8 @@ attention; the provenance as JSON in the file's ``notes``.
 
 Writes are atomic: every file is written to a temporary sibling first and renamed into place
 only when all of them are complete, so a failed export leaves no partial file and earlier
-exports as they were.
+exports as they were. A CSV export that succeeds removes the tables an earlier export to the same
+name wrote and it does not (an old reconstruction would pass for the new one's).
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ def write_csv(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
         provenance = analysis.provenance()
         provenance["files"] = [p.name for p in paths]
         next(it).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    # tables of an earlier export to this name that this one has no results for would pass for
+    # this one's (an old reconstruction beside new traces): they go
+    stem = paths[0].with_suffix("")
+    for part in CSV_PARTS:
+        stale = stem.with_name(f"{stem.name}.{part}.csv")
+        if stale not in paths:
+            stale.unlink(missing_ok=True)
     return paths
 
 
