@@ -160,3 +160,16 @@ def test_a_second_csv_export_leaves_no_table_of_the_first(tmp_path, result):
     assert len(first) == 6
     again = export.export_analysis(tmp_path / "out.csv", analysis.Analysis(result.recording))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in again)
+
+
+def test_nwb_round_trip_keeps_the_recordings_centroids(tmp_path, result):
+    # suite2p's centroids (med) are not the centres of the label pixels: they came back as the
+    # centres of the masks, moving neurons between a neighbourhood's near and far groups
+    pytest.importorskip("pynwb")
+    from dataclasses import replace
+
+    from napari_neurt.io import read_nwb
+
+    recording = replace(result.recording, centroids=result.recording.centroids + [[1.5, -2.0]])
+    back = read_nwb(export.export_analysis(tmp_path / "out.nwb", analysis.Analysis(recording))[0])
+    np.testing.assert_allclose(back.centroids, recording.centroids)

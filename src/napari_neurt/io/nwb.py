@@ -7,7 +7,8 @@ Fluorescence container), its PlaneSegmentation's ``image_mask`` or ``pixel_mask`
 (pixel masks do not give the image's shape: that of the module's largest summary image holding
 every ROI pixel, else the smallest that holds them),
 its ``rate`` (or the median interval of its ``timestamps``) for the frame rate, and the imaging
-plane's ``grid_spacing`` for the pixel size.
+plane's ``grid_spacing`` for the pixel size. Centroids are the masks' weighted centres, or the
+table's ``centroid_y`` and ``centroid_x`` columns where it has them (napari-neurt's export).
 
 Axes: NWB names the first image axis *x*, the second *y* (``image_mask`` is (num_x, num_y) and a
 TwoPhotonSeries is (time, x, y)), and suite2p's NWB export writes ``pixel_mask`` as
@@ -30,6 +31,7 @@ from ._common import PathLike, ReaderError, existing_path, smallest_label_dtype
 
 __all__ = ["read_nwb"]
 
+CENTROID_COLUMNS = ("centroid_y", "centroid_x")  # PlaneSegmentation columns our export writes
 LABELS_IMAGE = "labels"  # the ROI label image napari-neurt's export writes beside the masks
 _NEEDS_PYNWB = "reading NWB files needs pynwb: pip install 'napari-neurt[nwb]'"
 
@@ -264,6 +266,12 @@ def read_nwb(
         if "iscell" in table.colnames:  # suite2p's export: (is cell, probability) per ROI
             iscell = np.asarray(table["iscell"].data[:], dtype=np.float64)[rows]
         kind = "DfOverF" if isinstance(chosen.parent, DfOverF) else "Fluorescence"
+        stored = None  # napari-neurt's export keeps the recording's own centroids (suite2p's med)
+        if set(CENTROID_COLUMNS) <= set(table.colnames):
+            stored = np.stack(
+                [np.asarray(table[k].data[:], dtype=np.float64)[rows] for k in CENTROID_COLUMNS],
+                axis=1,
+            )
 
     labels = np.zeros(shape, dtype=smallest_label_dtype(int(rows.max()) + 1 if len(rows) else 1))
     best = np.full(shape, -np.inf)
@@ -277,6 +285,8 @@ def read_nwb(
         wins = w > best[r, c]
         labels[r[wins], c[wins]] = rows[order] + 1
         best[r[wins], c[wins]] = w[wins]
+    if stored is not None:
+        centroids = np.where(np.isfinite(stored), stored, centroids)
 
     metadata = {
         "trace_kind": kind,
