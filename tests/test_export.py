@@ -173,3 +173,20 @@ def test_nwb_round_trip_keeps_the_recordings_centroids(tmp_path, result):
     recording = replace(result.recording, centroids=result.recording.centroids + [[1.5, -2.0]])
     back = read_nwb(export.export_analysis(tmp_path / "out.nwb", analysis.Analysis(recording))[0])
     np.testing.assert_allclose(back.centroids, recording.centroids)
+
+
+def test_nwb_export_of_a_neuron_without_pixels(tmp_path, result):
+    # a ROI that lost every pixel to overlapping ones (suite2p, ImageJ sets) failed the export
+    # with hdmf's "incorrect shape for pixel_mask"
+    pytest.importorskip("pynwb")
+    from dataclasses import replace
+
+    from napari_neurt.io import read_nwb
+
+    recording = result.recording
+    labels = np.where(recording.labels == recording.neuron_ids[0], 0, recording.labels)
+    hidden = replace(recording, labels=labels)
+    back = read_nwb(export.export_analysis(tmp_path / "out.nwb", analysis.Analysis(hidden))[0])
+    assert not (back.labels == back.neuron_ids[0]).any()
+    np.testing.assert_allclose(back.centroids, recording.centroids)
+    np.testing.assert_allclose(back.traces, recording.traces)

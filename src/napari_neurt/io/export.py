@@ -210,7 +210,9 @@ def write_nwb(path: str | os.PathLike, analysis: Analysis) -> Path:
     for neuron in recording.neuron_ids:
         lo, hi = np.searchsorted(sorted_values, [neuron, neuron + 1])
         r, c = np.unravel_index(order[lo:hi], labels.shape)
-        rois.add_roi(pixel_mask=list(zip(r.tolist(), c.tolist(), [1.0] * len(r))), id=int(neuron))
+        # a ROI can lose every pixel to overlapping ones: an empty mask (its centroid is a column)
+        mask = list(zip(r.tolist(), c.tolist(), [1.0] * len(r))) or np.zeros((0, 3))
+        rois.add_roi(pixel_mask=mask, id=int(neuron))
     table = analysis.neuron_table()
     for name, values in table.items():
         values = np.asarray(values)
