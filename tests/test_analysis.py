@@ -191,6 +191,14 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_model, recording):
         analysis.reconstruct(tiny_model, recording, hide="bad", frames=np.zeros(300, bool))
     with pytest.raises(ValueError, match="needs the frames"):
         analysis.reconstruct(tiny_model, recording, hide="marked")
+    # arguments swapped (analyse takes the recording first) or traces for a recording: these
+    # failed deep inside with "'NeurtModel' object has no attribute 'traces'"
+    with pytest.raises(TypeError, match=r"analyse takes \(recording, model\)"):
+        analysis.analyse(tiny_model, recording)
+    with pytest.raises(TypeError, match=r"reconstruct takes \(model, recording\)"):
+        analysis.reconstruct(recording, tiny_model)
+    with pytest.raises(TypeError, match="got ndarray for the recording"):
+        analysis.classify(tiny_model, recording.traces)
 
 
 def test_a_stop_flag_cancels_between_batches(tiny_model, recording):

@@ -569,6 +569,21 @@ def _hidden_frames(
     return hidden, None
 
 
+def _check_arguments(model, recording: Recording, function: str) -> None:
+    """A clear TypeError for arguments in the wrong order or of the wrong kind."""
+    order = "(recording, model)" if function == "analyse" else "(model, recording)"
+    if not isinstance(recording, Recording):
+        raise TypeError(
+            f"{function} takes {order}; got {type(recording).__name__} for the recording "
+            "(make one with napari_neurt.Recording or a reader such as read_recording)"
+        )
+    if model is not None and not hasattr(model, "tokens_for"):
+        raise TypeError(
+            f"{function} takes {order}; got {type(model).__name__} for the model "
+            "(load one with napari_neurt.load_model)"
+        )
+
+
 def iter_reconstruct(
     model: NeurtModel,
     recording: Recording,
@@ -585,6 +600,7 @@ def iter_reconstruct(
     calibrate: bool = True,
 ) -> Steps[Reconstruction]:
     """`reconstruct` as a step generator: yields `Progress` per batch (over all folds)."""
+    _check_arguments(model, recording, "reconstruct")
     if adapt_steps < 0:
         raise ValueError(f"adapt_steps must be 0 (no adaptation) or more; got {adapt_steps}")
     n, n_frames = recording.traces.shape
@@ -712,6 +728,7 @@ def iter_classify(
     tokens: NeighborhoodTokens | None = None,
 ) -> Steps[Classification]:
     """`classify` as a step generator."""
+    _check_arguments(model, recording, "classify")
     if recording.n_neurons == 0:
         raise ValueError("the recording has no neurons to classify")
     if tokens is None:
@@ -749,6 +766,9 @@ def analyse(
     """Reconstruct with `model` (if given) and classify with `classifier` (default: `model`
     when it has a classifier); returns the `Analysis`. See `reconstruct` for the options; the
     classification shares its neighbourhood (`delta`), `overlap` and `batch_size`."""
+    _check_arguments(model, recording, "analyse")
+    if classifier is not None:
+        _check_arguments(classifier, recording, "analyse")
     analysis = Analysis(recording)
     if model is not None:
         analysis.reconstruction = reconstruct(
