@@ -214,3 +214,21 @@ def test_running_percentile_close_to_exact_filter():
     exact = ndimage.percentile_filter(x, 8, size=(1, 401), mode="nearest")
     inner = slice(400, -400)  # the exact filter pads edges, ours shifts the window inwards
     assert np.abs(fast - exact)[:, inner].max() < 0.3  # noise sd is 1, signal range 20
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_dff_of_a_non_finite_frame_spoils_only_that_frame(bad_value):
+    # a NaN (or inf) frame of the movie gives every ROI a non-finite sample there; the baselines
+    # of the windows around it and the floor must leave it out, or the whole trace turns NaN
+    rng = np.random.default_rng(3)
+    trace = (100 + rng.normal(0, 1, (2, 600))).astype(np.float32)
+    spoilt = trace.copy()
+    spoilt[:, 300] = bad_value
+    dff = delta_f_over_f(spoilt, 10.0, window_s=10)
+    assert np.isfinite(dff).sum(axis=1).tolist() == [599, 599]
+    clean = delta_f_over_f(trace, 10.0, window_s=10)
+    far = np.r_[0:200, 400:600]  # windows that do not hold frame 300 have the same baseline
+    np.testing.assert_array_equal(dff[:, far], clean[:, far])
+    near = np.r_[200:300, 301:400]  # the others lose one sample of 100 from their percentile
+    np.testing.assert_allclose(dff[:, near], clean[:, near], atol=0.01)
+    assert np.isfinite(delta_f_over_f(np.full((1, 50), np.nan, np.float32), 10.0)).sum() == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -304,6 +305,8 @@ def delta_f_over_f(
     ``window / 32`` frames and linearly interpolated in between (see `running_percentile`). The defaults (8th percentile over 60 s) are
     common choices for GCaMP data. Where F0 is not positive (for example after a large neuropil
     subtraction) it is floored at 1 % of the trace's absolute mean so that dF/F stays finite.
+    Non-finite samples (a NaN frame of the movie) are left out of the baseline and the mean, so
+    they stay non-finite in dF/F without spoiling the frames around them.
     """
     traces = np.asarray(traces, dtype=np.float32)
     if traces.ndim != 2:
@@ -313,7 +316,12 @@ def delta_f_over_f(
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be within [0, 100]; got {percentile}")
     baseline = running_percentile(traces, int(round(window_s * frame_rate)), percentile)
-    floor = 0.01 * np.abs(traces).mean(axis=1, keepdims=True) + np.finfo(np.float32).tiny
+    magnitude = np.abs(traces).mean(axis=1, keepdims=True)
+    if not np.isfinite(magnitude).all():  # a NaN frame: the mean of the finite samples
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # none finite: NaN, as the baseline
+            magnitude = np.abs(traces).mean(axis=1, keepdims=True, where=np.isfinite(traces))
+    floor = 0.01 * magnitude + np.finfo(np.float32).tiny
     baseline = np.maximum(baseline, floor)
     return ((traces - baseline) / baseline).astype(np.float32)
 
@@ -324,9 +332,12 @@ def running_percentile(traces: np.ndarray, window: int, percentile: float, *, po
     The exact percentile is evaluated every ``window // points_per_window`` frames and interpolated
     linearly in between: a baseline varies on the scale of the window, so this keeps it faithful at
     a small fraction of the cost of a full percentile filter. Near the edges the window is clipped
-    to the recording (it is shifted inwards, keeping its length).
+    to the recording (it is shifted inwards, keeping its length). Non-finite samples are left out
+    of the windows that hold them; a row with no finite sample gives NaN.
     """
     traces = np.asarray(traces, dtype=np.float32)
+    if not np.isfinite(traces).all():  # inf as NaN, which every window holding it turns to NaN
+        traces = np.where(np.isfinite(traces), traces, np.float32(np.nan))
     n_rows, n_frames = traces.shape
     window = int(np.clip(window, 1, n_frames))
     stride = max(1, window // points_per_window)
@@ -337,6 +348,18 @@ def running_percentile(traces: np.ndarray, window: int, percentile: float, *, po
     rows_per_block = max(1, 2**25 // (len(centres) * window))  # bound the copy to ~128 MiB
     for r0 in range(0, n_rows, rows_per_block):
         block = np.percentile(windows[r0 : r0 + rows_per_block, starts], percentile, axis=-1)
+        spoilt = np.isnan(block)  # windows holding a non-finite sample: their finite ones only
+        if spoilt.any():  # (nanpercentile is much slower: only for these windows)
+            rows, columns = np.nonzero(spoilt)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a window of NaN only: NaN
+                block[spoilt] = np.nanpercentile(
+                    windows[r0 + rows, starts[columns]], percentile, axis=-1
+                )
         for i, row in enumerate(block):
-            out[r0 + i] = np.interp(np.arange(n_frames), centres, row)
+            known = np.isfinite(row)  # windows that held some finite sample
+            if not known.any():
+                out[r0 + i] = np.nan
+                continue
+            out[r0 + i] = np.interp(np.arange(n_frames), centres[known], row[known])
     return out
