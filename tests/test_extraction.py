@@ -45,6 +45,7 @@ def test_matches_per_roi_means_for_any_labels_and_chunking(labels, n_frames, chu
     assert traces.dtype == np.float32
     np.testing.assert_allclose(traces, naive_means(movie, labels), rtol=1e-5)
     np.testing.assert_array_equal(extract_traces(movie, labels, chunk_size=chunk_size, workers=3), traces)
+    np.testing.assert_array_equal(extract_traces(movie, labels, chunk_size=chunk_size, workers=0), traces)
 
 
 def test_rows_follow_ascending_label_values_with_gaps():

@@ -209,9 +209,10 @@ def iter_extract(
         raise ValueError(f"chunk_size must be at least 1 frame; got {chunk_size}")
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
+    workers = max(1, workers)  # 0 or less: the chunk in one thread
     out = np.empty((len(groups), n_frames), dtype=np.float32)
     # numpy's gather and sums release the GIL, so the frames of a chunk are split between threads
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n_frames, chunk_size):
             stop = min(start + chunk_size, n_frames)
             block = movie[start:stop]
