@@ -206,6 +206,23 @@ def test_dff_stays_finite_for_non_positive_baselines():
     assert np.isfinite(delta_f_over_f(trace, 10.0, window_s=5)).all()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(window_s=0), "window_s"),  # was a baseline of the trace itself: dF/F all 0
+        (dict(window_s=-60), "window_s"),
+        (dict(window_s=np.inf), "window_s"),  # was a raw OverflowError
+        (dict(window_s=np.nan), "window_s"),
+        (dict(frame_rate=np.inf), "frame_rate"),
+        (dict(frame_rate=0), "frame_rate"),
+    ],
+)
+def test_dff_refuses_a_window_or_rate_it_cannot_use(options, message):
+    arguments = dict(frame_rate=10.0) | options
+    with pytest.raises(ValueError, match=message):
+        delta_f_over_f(np.ones((1, 20), np.float32), **arguments)
+
+
 def test_running_percentile_close_to_exact_filter():
     from scipy import ndimage
 

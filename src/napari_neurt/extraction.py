@@ -312,8 +312,10 @@ def delta_f_over_f(
     traces = np.asarray(traces, dtype=np.float32)
     if traces.ndim != 2:
         raise ValueError(f"traces must be (neurons, frames); got shape {traces.shape}")
-    if not frame_rate > 0:
+    if not 0 < frame_rate < np.inf:
         raise ValueError(f"frame_rate must be positive (Hz); got {frame_rate}")
+    if not 0 < window_s < np.inf:
+        raise ValueError(f"window_s must be a positive number of seconds; got {window_s}")
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be within [0, 100]; got {percentile}")
     baseline = running_percentile(traces, int(round(window_s * frame_rate)), percentile)
