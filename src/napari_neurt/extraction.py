@@ -304,8 +304,9 @@ def delta_f_over_f(
     (edges use the nearest full window), which tracks slow drift and bleaching while ignoring
     transients that last much less than the window. The percentile is computed exactly every
     ``window / 32`` frames and linearly interpolated in between (see `running_percentile`). The defaults (8th percentile over 60 s) are
-    common choices for GCaMP data. Where F0 is not positive (for example after a large neuropil
-    subtraction) it is floored at 1 % of the trace's absolute mean so that dF/F stays finite.
+    common choices for GCaMP data. F0 is floored at 1 % of the trace's absolute mean, so that
+    dF/F stays finite where it is near zero or negative (for example after a large neuropil
+    subtraction).
     Non-finite samples (a NaN frame of the movie) are left out of the baseline and the mean, so
     they stay non-finite in dF/F without spoiling the frames around them.
     """
