@@ -56,6 +56,14 @@ def test_checkpoint_round_trip(tmp_path):
             torch.testing.assert_close(loaded.module.state_dict()[name], tensor, atol=0, rtol=0)
 
 
+def test_loading_a_model_leaves_the_global_random_state_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_model("default", device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
     folder = small_model().save(tmp_path / "ckpt")
     document = json.loads((folder / CONFIG_NAME).read_text())

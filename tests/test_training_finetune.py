@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -28,6 +29,7 @@ from napari_neurt.training.finetune import (
     auc,
     balanced_weights,
     check_cohort,
+    classifier_network,
     fit_recording_term,
 )
 
@@ -272,6 +274,32 @@ def test_sampling_balances_classes_and_animals():
     assert per_class["calm"] == pytest.approx(per_class["bursty"])
     per_animal = {a: weights[[i.animal == a for i in items]].sum() for a in ("calm-0", "calm-1")}
     assert per_animal["calm-0"] == pytest.approx(per_animal["calm-1"])
+
+
+def test_a_seeded_classifier_does_not_depend_on_models_loaded_meanwhile():
+    # a model loaded in another thread (a napari panel) while fine-tuning starts a fold must not
+    # take draws from the seeded sequence of the fresh heads
+    base = Neurt(TINY)
+
+    def heads():
+        network = classifier_network(base, 3, 8, seed=7)
+        return torch.cat([p.detach().flatten() for p in network.parameters()])
+
+    expected = heads()
+    done = threading.Event()
+
+    def load():
+        while not done.is_set():
+            load_model("default", device="cpu")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        differing = sum(not torch.equal(heads(), expected) for _ in range(20))
+    finally:
+        done.set()
+        loader.join()
+    assert differing == 0
 
 
 def test_layerwise_learning_rates_follow_the_published_rule():

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..io.atomic import atomic_path
-from .neurt import Neurt, NeurtConfig
+from .neurt import Neurt, NeurtConfig, own_global_rng
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -48,7 +48,8 @@ class Checkpoint:
 
     def build(self) -> Neurt:
         """A `Neurt` module holding these weights (after checking that they fit the config)."""
-        module = Neurt(self.config)
+        with own_global_rng():  # the weights are overwritten: leave the global RNG alone
+            module = Neurt(self.config)
         check_state_dict(
             self.config, self.state_dict, where=self.provenance.get("path", "checkpoint"),
             module=module,
@@ -213,7 +214,7 @@ def expected_shapes(config: NeurtConfig) -> dict[str, tuple[int, ...]]:
     first loaded in a worker thread). A CPU build costs 5 to 35 ms for the published sizes; the
     global random state is left as it was.
     """
-    with torch.random.fork_rng(devices=[]):
+    with own_global_rng():
         return _shapes(Neurt(config))
 
 

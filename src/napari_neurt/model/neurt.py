@@ -44,8 +44,11 @@ the published model's numbers bit for bit. The two paths' outputs agree to about
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -53,6 +56,21 @@ import torch.nn.functional as F
 from torch import nn
 
 RECORDING_POOLINGS = ("gated", "evidence")
+
+# A new `Neurt` draws its initial weights from torch's global random generator, which every
+# thread shares: one network built (a model loaded) while another is built from a seed would
+# take draws from the seeded sequence, and change the seeded network.
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def own_global_rng(seed: int | None = None) -> Iterator[None]:
+    """Build networks here: torch's global random generator to this block alone among the
+    package's threads, seeded with `seed` when given, and left as it was afterwards."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def check_recording_pooling(value: str) -> None:

@@ -26,7 +26,7 @@ from ..device import resolve_device
 from ..io.atomic import atomic_path
 from ..model.checkpoint import sha256_of
 from ..model.inference import NeurtModel, load_model
-from ..model.neurt import Neurt, NeurtConfig
+from ..model.neurt import Neurt, NeurtConfig, own_global_rng
 from ..model.tokens import token_settings
 from ..progress import Progress, StopFlag
 
@@ -176,8 +176,7 @@ def starting_point(spec: ModelSpec, seed: int = 0) -> StartingPoint:
     """What `spec` names: a `NeurtConfig` (fresh weights drawn with `seed`; None: the published
     shape), a `Neurt`, a `NeurtModel`, or anything `load_model` takes ("neurt-microns", a path)."""
     if spec is None or isinstance(spec, NeurtConfig):
-        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left alone
-            torch.manual_seed(seed)
+        with own_global_rng(seed):  # seeded weights, global RNG left alone
             network = Neurt(spec or NeurtConfig())
         return StartingPoint(network, token_settings(), None, {"initial": f"random, seed {seed}"})
     if isinstance(spec, Neurt):

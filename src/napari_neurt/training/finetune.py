@@ -56,7 +56,7 @@ from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
 from ..model.inference import NeurtModel
-from ..model.neurt import Neurt, check_recording_pooling
+from ..model.neurt import Neurt, check_recording_pooling, own_global_rng
 from ..model.tokens import ACTIVITY_STATISTICS, NeighborhoodTokens, head_statistics
 from ..progress import Steps, run_steps
 from .data import (
@@ -531,8 +531,7 @@ def classifier_network(
         recording_pooling=recording_pooling,
         stats_spread=stats_spread,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with own_global_rng(seed):
         module = Neurt(config)
     fresh = module.state_dict()
     same_pooling = base.config.recording_pooling == recording_pooling
