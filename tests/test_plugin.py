@@ -237,6 +237,23 @@ def test_the_model_cache_keeps_one_version_of_a_rewritten_checkpoint(tmp_path):
     models.clear_cache()
 
 
+def test_a_checkpoint_folder_written_to_meanwhile_still_loads(tmp_path, monkeypatch):
+    """Writing a checkpoint (fine-tuning, pretraining's saves) puts temporary files beside it and
+    renames them: one listed and gone before its time is read must not fail the load."""
+    from pathlib import Path
+
+    from napari_neurt.model import Neurt, NeurtConfig, save_checkpoint
+    from napari_neurt.plugin import models
+
+    models.clear_cache()
+    folder = tmp_path / "neurt-finetuned"
+    save_checkpoint(folder, Neurt(NeurtConfig(seq_len=16, n_embd=8, n_head=2, n_layer=1, n_ff=16)))
+    listed = [*folder.glob("*"), folder / ".model.safetensors.0123abcd.tmp.safetensors"]
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))
+    assert models.get_model(str(folder), "cpu").config.seq_len == 16
+    models.clear_cache()
+
+
 def test_two_fine_tuned_folders_of_one_name_are_told_apart():
     from napari_neurt.plugin.models import ModelRegistry
 

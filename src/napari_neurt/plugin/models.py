@@ -97,7 +97,7 @@ def get_model(source: str, device: str = "auto"):
     path = Path(source)
     if source not in ("default", "neurt-microns", "neurt-5xfad") and path.exists():
         where = str(path.resolve())
-        stamp = max((p.stat().st_mtime_ns for p in [path, *path.glob("*")]), default=0)
+        stamp = _modified(path)
     key = (where, stamp, device)
     with _lock:
         model = _cache.get(key)
@@ -108,6 +108,18 @@ def get_model(source: str, device: str = "auto"):
                 del _cache[old]
             _cache[key] = model
     return model
+
+
+def _modified(path: Path) -> int:
+    """The latest modification time (ns) of `path` and of what it holds. A file that goes
+    between listing and asking (the temporary file of a checkpoint being written) is left out."""
+    stamps = []
+    for entry in [path, *path.glob("*")]:
+        try:
+            stamps.append(entry.stat().st_mtime_ns)
+        except FileNotFoundError:
+            continue
+    return max(stamps, default=0)
 
 
 def clear_cache() -> None:
