@@ -381,6 +381,38 @@ def test_stop_scope_cancels_plain_step_runs():
 
 
 
+def test_jobs_that_end_in_either_order_leave_torchs_threads_as_they_were(monkeypatch):
+    """torch's thread count is kept per thread, and the workers' threads are reused: two jobs
+    that overlap and end first-started-first must leave no thread with the lowered count, nor
+    let a later job take that count as the one to go back to."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_neurt.plugin import workers
+
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 2)  # jobs lower torch to 1 thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    pools = [ThreadPoolExecutor(1) for _ in range(3)]  # each runs everything on one thread
+    first, second, fresh = (lambda f, pool=pool: pool.submit(f).result() for pool in pools)
+    try:
+        one, other = workers.spare_a_core(), workers.spare_a_core()
+        first(one.__enter__)
+        second(other.__enter__)
+        assert first(torch.get_num_threads) == second(torch.get_num_threads) == 1
+        first(lambda: one.__exit__(None, None, None))
+        second(lambda: other.__exit__(None, None, None))
+        later = workers.spare_a_core()  # on the thread of the job that ended first
+        first(later.__enter__)
+        assert first(torch.get_num_threads) == 1
+        first(lambda: later.__exit__(None, None, None))
+        assert first(torch.get_num_threads) == second(torch.get_num_threads) == 2
+        assert fresh(torch.get_num_threads) == 2
+    finally:
+        for pool in pools:
+            pool.shutdown()
+        torch.set_num_threads(threads)
+
+
 def test_a_failing_progress_callback_closes_the_step_generator_at_once():
     # A training run saves when its generator is closed; a failing progress callback must not
     # leave that to the garbage collector (pytest.raises keeps the traceback, and so the frame).

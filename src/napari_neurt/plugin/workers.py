@@ -107,7 +107,11 @@ JOB_SWITCH_INTERVAL_S = 0.001
 @contextlib.contextmanager
 def spare_a_core():
     """Limit torch to ``cpu_count - 1`` intra-op threads while any job runs (module docstring),
-    and shorten the GIL's switch interval (`JOB_SWITCH_INTERVAL_S`)."""
+    and shorten the GIL's switch interval (`JOB_SWITCH_INTERVAL_S`).
+
+    torch's thread count is kept per thread (OpenMP), and the workers' threads are reused: each
+    job sets its own thread's count, and puts it back to the count before the first job, so that
+    no thread keeps a lowered count for a later job to take as the one to go back to."""
     global _threads_users, _threads_before, _switch_before
     torch = sys.modules.get("torch")
     if torch is None:
@@ -115,17 +119,17 @@ def spare_a_core():
     with _threads_lock:
         if _threads_users == 0:
             _threads_before = torch.get_num_threads()
-            torch.set_num_threads(max(1, min(_threads_before, (os.cpu_count() or 2) - 1)))
             _switch_before = sys.getswitchinterval()
             sys.setswitchinterval(min(_switch_before, JOB_SWITCH_INTERVAL_S))
         _threads_users += 1
+        torch.set_num_threads(max(1, min(_threads_before, (os.cpu_count() or 2) - 1)))
     try:
         yield
     finally:
         with _threads_lock:
             _threads_users -= 1
-            if _threads_users == 0 and _threads_before is not None:
-                torch.set_num_threads(_threads_before)
+            torch.set_num_threads(_threads_before)
+            if _threads_users == 0:
                 sys.setswitchinterval(_switch_before)
 
 
