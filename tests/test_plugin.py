@@ -254,6 +254,42 @@ def test_a_checkpoint_folder_written_to_meanwhile_still_loads(tmp_path, monkeypa
     models.clear_cache()
 
 
+def test_a_loaded_model_is_not_kept_waiting_by_another_ones_load(monkeypatch):
+    """A job that wants a model already loaded (the attention map's) gets it while another job
+    loads another model (downloads published weights), which is loaded once for all its users."""
+    import threading
+
+    import napari_neurt.model
+    from napari_neurt.plugin import models
+
+    models.clear_cache()
+    loaded = models.get_model("default", "cpu")
+    download, loads = threading.Event(), []
+
+    def load_model(source, device="auto"):
+        loads.append(source)
+        download.wait(10)
+        return loaded
+
+    monkeypatch.setattr(napari_neurt.model, "load_model", load_model)
+    others = [threading.Thread(target=models.get_model, args=("neurt-microns", "cpu"))
+              for _ in range(2)]
+    for other in others:
+        other.start()
+    try:
+        got = []
+        asking = threading.Thread(target=lambda: got.append(models.get_model("default", "cpu")))
+        asking.start()
+        asking.join(5)
+        assert got == [loaded]
+    finally:
+        download.set()
+        for other in others:
+            other.join()
+    assert loads == ["neurt-microns"]
+    models.clear_cache()
+
+
 def test_two_fine_tuned_folders_of_one_name_are_told_apart():
     from napari_neurt.plugin.models import ModelRegistry
 

@@ -82,7 +82,8 @@ def device_choices() -> list[str]:
 
 
 _cache: dict[tuple[str, int | None, str], object] = {}  # (source, modified, device)
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
+_loading: dict[tuple[str, int | None, str], threading.Lock] = {}  # one per model being loaded
 
 
 def get_model(source: str, device: str = "auto"):
@@ -101,12 +102,22 @@ def get_model(source: str, device: str = "auto"):
     key = (where, stamp, device)
     with _lock:
         model = _cache.get(key)
+        if model is not None:
+            return model
+        loading = _loading.setdefault(key, threading.Lock())
+    # a job that wants another model (one already loaded) does not wait for this load (a
+    # download of published weights); one that wants this one waits, and loads it only if it failed
+    with loading:
+        with _lock:
+            model = _cache.get(key)
         if model is None:
             model = load_model(source, device=device)
-            # the versions this checkpoint's rewrite replaced are of no more use
-            for old in [k for k in _cache if k[0] == where and k[1] != stamp]:
-                del _cache[old]
-            _cache[key] = model
+            with _lock:
+                # the versions this checkpoint's rewrite replaced are of no more use
+                for old in [k for k in _cache if k[0] == where and k[1] != stamp]:
+                    del _cache[old]
+                _cache[key] = model
+                _loading.pop(key, None)
     return model
 
 
