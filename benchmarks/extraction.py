@@ -44,17 +44,17 @@ def make_inputs(folder: Path, frames: int, size: int, n_rois: int, seed: int = 0
     import tifffile
 
     movie_path, labels_path = folder / "movie.tif", folder / "labels.npy"
-    if movie_path.exists() and labels_path.exists():
-        with tifffile.TiffFile(movie_path) as tif:
-            if tif.series[0].shape == (frames, size, size):
-                return movie_path, labels_path
     rng = np.random.default_rng(seed)
     labels = np.zeros((size, size), np.int32)
     yy, xx = np.mgrid[:size, :size]
     centres = rng.uniform(8, size - 8, (n_rois, 2))
     for i, (cy, cx) in enumerate(centres, start=1):  # discs of radius 5 px; later ones on top
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] = i
-    np.save(labels_path, labels)
+    np.save(labels_path, labels)  # always anew: a kept movie may come from another --rois
+    if movie_path.exists():
+        with tifffile.TiffFile(movie_path) as tif:
+            if tif.series[0].shape == (frames, size, size):
+                return movie_path, labels_path
 
     def frames_():  # written frame by frame: the benchmark itself never holds the movie in RAM
         for _ in range(frames):

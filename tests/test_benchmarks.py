@@ -1,0 +1,28 @@
+"""The benchmarks measure what they say they measure (their figures are not asserted here)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extraction_kept_movie_gets_labels_of_the_rois_asked_for(tmp_path):
+    extraction = benchmark("extraction")
+    extraction.make_inputs(tmp_path, 4, 64, 5)
+    movie, labels = extraction.make_inputs(tmp_path, 4, 64, 2)  # the kept movie, other --rois
+    assert len(np.unique(np.load(labels))) - 1 == 2
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _, again = extraction.make_inputs(fresh, 4, 64, 2)
+    assert np.array_equal(np.load(labels), np.load(again))
