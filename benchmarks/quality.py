@@ -129,6 +129,15 @@ def simulated_recordings(n: int, n_neurons, n_frames) -> list[tuple[str, np.ndar
     return out
 
 
+def fixture(variable: str) -> Path | None:
+    """The folder an environment variable names, None when it is unset; exits when it is set to
+    something that is not a folder (a mistyped path would otherwise drop its rows silently)."""
+    value = os.environ.get(variable)
+    if value and not Path(value).is_dir():
+        sys.exit(f"benchmarks/quality.py: {variable}={value} is not a folder")
+    return Path(value) if value else None
+
+
 # --- hiding -------------------------------------------------------------------------------------
 def hide_mask(n: int, t: int, regime: str, seed: int) -> np.ndarray:
     """bool (n, t) hidden steps of a regime, drawn with `seed`."""
@@ -441,20 +450,34 @@ def main(argv=None) -> None:
            f"torch threads {torch.get_num_threads()}, CPU only."]
     model = load_model(args.weights, device="cpu")
     if "recon" not in skip:
-        models = {"default": model}
-        if os.environ.get("NEURT_WEIGHTS_DIR"):
-            models["published MICrONS (neurt-microns)"] = load_model("neurt-microns", device="cpu")
+        models, left_out = {"default": model}, []
+        weights, data = fixture("NEURT_WEIGHTS_DIR"), fixture("NEURT_TEST_DATA")
         recordings = []
-        data = os.environ.get("NEURT_TEST_DATA")
-        if data:
-            recordings += real_recordings(Path(data))
+        try:
+            if weights:
+                models["published MICrONS (neurt-microns)"] = load_model("neurt-microns",
+                                                                         device="cpu")
+            if data:
+                recordings += real_recordings(data)
+        except FileNotFoundError as error:
+            sys.exit(f"benchmarks/quality.py: {error}")
+        if not weights:
+            left_out.append("the published MICrONS weights (NEURT_WEIGHTS_DIR is not set)")
+        if not data:
+            left_out.append("the real recordings (NEURT_TEST_DATA is not set)")
         real = {name for name, _ in recordings}
         sim = simulated_recordings(args.sim_recordings, (100, 150), (1500, 2000))
         recordings += sim
+        if not recordings:
+            sys.exit("benchmarks/quality.py: no recording to reconstruct: set NEURT_TEST_DATA "
+                     "(../shared/data) or ask for --sim-recordings")
+        for what in left_out:
+            print(f"left out: {what}", file=sys.stderr, flush=True)
         adapt_names = real | ({name for name, _ in sim} if args.adapt_simulated else set())
         partial = args.markdown.with_suffix(".partial.md") if args.markdown else None
         rows = reconstruction_table(recordings, models, args.adapt_steps, adapt_names, partial)
         out.append("\n### Masked reconstruction, R^2 of the own trace at hidden steps\n")
+        out += [f"Left out: {what}." for what in left_out]
         out.append(format_reconstruction(rows, recordings))
     if "classify" not in skip:
         sizes = [int(s) for s in args.sizes.split(",") if s]

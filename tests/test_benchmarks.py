@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +27,17 @@ def test_extraction_kept_movie_gets_labels_of_the_rois_asked_for(tmp_path):
     fresh.mkdir()
     _, again = extraction.make_inputs(fresh, 4, 64, 2)
     assert np.array_equal(np.load(labels), np.load(again))
+
+
+def test_quality_says_what_it_leaves_out_and_stops_when_nothing_is_left(monkeypatch, tmp_path):
+    quality = benchmark("quality")
+    monkeypatch.delenv("NEURT_TEST_DATA", raising=False)
+    monkeypatch.delenv("NEURT_WEIGHTS_DIR", raising=False)
+    with pytest.raises(SystemExit, match="no recording to reconstruct"):
+        quality.main(["--skip", "classify", "--sim-recordings", "0"])
+    monkeypatch.setenv("NEURT_TEST_DATA", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="NEURT_TEST_DATA=.* is not a folder"):
+        quality.main(["--skip", "classify", "--sim-recordings", "0"])
+    monkeypatch.setenv("NEURT_TEST_DATA", str(tmp_path))
+    with pytest.raises(SystemExit, match="suite2p folder not found"):
+        quality.main(["--skip", "classify", "--sim-recordings", "0"])
