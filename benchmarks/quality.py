@@ -134,7 +134,7 @@ def fixture(variable: str) -> Path | None:
     something that is not a folder (a mistyped path would otherwise drop its rows silently)."""
     value = os.environ.get(variable)
     if value and not Path(value).is_dir():
-        sys.exit(f"benchmarks/quality.py: {variable}={value} is not a folder")
+        sys.exit(f"{variable}={value} is not a folder")
     return Path(value) if value else None
 
 

@@ -21,7 +21,7 @@ def benchmark(name: str):
 def test_extraction_kept_movie_gets_labels_of_the_rois_asked_for(tmp_path):
     extraction = benchmark("extraction")
     extraction.make_inputs(tmp_path, 4, 64, 5)
-    movie, labels = extraction.make_inputs(tmp_path, 4, 64, 2)  # the kept movie, other --rois
+    _, labels = extraction.make_inputs(tmp_path, 4, 64, 2)  # the kept movie, other --rois
     assert len(np.unique(np.load(labels))) - 1 == 2
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -41,3 +41,11 @@ def test_quality_says_what_it_leaves_out_and_stops_when_nothing_is_left(monkeypa
     monkeypatch.setenv("NEURT_TEST_DATA", str(tmp_path))
     with pytest.raises(SystemExit, match="suite2p folder not found"):
         quality.main(["--skip", "classify", "--sim-recordings", "0"])
+
+
+def test_tuning_stops_with_a_message_on_a_wrong_data_folder(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # tuning.py imports quality.py
+    tuning = benchmark("tuning")
+    monkeypatch.setenv("NEURT_TEST_DATA", str(tmp_path))
+    with pytest.raises(SystemExit, match="thunder_mouse_2p"):
+        tuning.main(["default"])
