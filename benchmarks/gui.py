@@ -191,8 +191,9 @@ def stalls_during_reconstruction(args, model: str) -> None:
             "run": probe.summary(running, marks["ended"]),
             "end": probe.summary(marks["ended"]),
         })
-        if job.error:
-            raise RuntimeError(job.error)
+        if job.error:  # e.g. the model could not be loaded: its message, not a traceback
+            viewer.close()
+            sys.exit(f"benchmarks/gui.py: {job.error}")
     scores = panel.scores_layer()
     probe.start()
     for label in sample.labels.max() // 2 + np.arange(20) % 7:
