@@ -1,9 +1,11 @@
 """Quality of napari-neurt's default weights: reconstruction, classification, attention.
 
     NEURT_TEST_DATA=../shared/data NEURT_WEIGHTS_DIR=../shared/neurt_official \\
-        python benchmarks/quality.py [--adapt-steps 200] [--markdown docs/quality.md]
+        python benchmarks/quality.py [--adapt-steps 200] [--markdown /tmp/quality.md]
 
-Prints three tables (markdown):
+Prints three tables (markdown); `--markdown FILE` also writes them to FILE, replacing it, and
+what is done so far to FILE's `.partial.md` sibling: not into docs/, whose quality.md is edited
+by hand from these tables.
 
 1. Masked reconstruction: R^2 of feature 0 (the neuron's own min-max-normalised trace, as in
    the tokens) at the hidden steps only. Pooled over neurons: all hidden (neuron, step) pairs of
