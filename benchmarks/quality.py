@@ -304,6 +304,19 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: i
     return lambda xt: 1 / (1 + np.exp(-np.c_[(xt - mean) / std, np.ones(len(xt))] @ w))
 
 
+def _code_digest() -> str:
+    """A digest of the package's model, training and simulator code, so that a classifier saved
+    in --work by another version of them (another recipe, other cohorts) is never reused."""
+    import napari_neurt
+
+    root = Path(napari_neurt.__file__).parent
+    digest = hashlib.sha1()
+    for file in sorted(f for part in ("model", "training", "simulate")
+                       for f in (root / part).glob("*.py")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def classification(default_model, sizes, test_per_group, n_neurons, n_frames, steps, work,
                    full_lr=0.0, partial=None, repeat=0, activity_statistics=True,
                    recording_pooling="evidence", demo=True, statistics_spread=True,
@@ -346,7 +359,7 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
 
     base = hashlib.sha1(b"".join(value.detach().cpu().numpy().tobytes()
                                  for value in default_model.module.state_dict().values()))
-    base = base.hexdigest()[:10]
+    base = f"{base.hexdigest()[:10]}-{_code_digest()}"
     if demo:
         evaluate("default (shipped demo classifier)", default_model, 10)
     for n in sizes:
@@ -366,8 +379,8 @@ def classification(default_model, sizes, test_per_group, n_neurons, n_frames, st
         if config.fits_whole_recordings(n):
             head += ", fitted to whole recordings"
         label = f"fine-tuned from default (encoder frozen, {head})"
-        # every setting that changes the model is in the name, the base weights by a digest of
-        # their values, so that a rerun never picks up a model another run saved
+        # every setting that changes the model is in the name, the base weights and the code by
+        # digests, so that a rerun never picks up a model another run (or version) saved
         name = (f"classifier-{base}-{n}-draw{repeat}-{n_neurons}x{n_frames}-{steps}steps-"
                 f"{recording_pooling}" + ("-statistics" if activity_statistics else "")
                 + ("-spread" if config.head_reads_spread else "")
