@@ -82,6 +82,22 @@ def test_pretrain_errors_of_loading_workers_are_one_line(tmp_path, capsys):
         "(frames per second)\n"
 
 
+def test_pretrain_errors_of_loading_workers_keep_the_message_of_the_package_errors(
+    tmp_path, capsys
+):
+    # the worker's traceback names a ReaderError "napari_neurt.io._common.ReaderError: ..."
+    plane = tmp_path / "plane0"
+    plane.mkdir()
+    np.save(plane / "F.npy", np.zeros(96, np.float32))  # not (ROIs, frames): a ReaderError
+    np.save(plane / "stat.npy", np.array([{"ypix": [1], "xpix": [1]}], dtype=object))
+    np.save(plane / "ops.npy", np.array({"fs": 10.0, "Ly": 8, "Lx": 8}, dtype=object))
+    args = ["pretrain", str(plane), "--out", str(tmp_path / "run"), "--shape", json.dumps(SHAPE)]
+    assert main([*args, "--steps", "1", "--device", "cpu", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"neurt pretrain: error: {plane / 'F.npy'} should be (ROIs, frames); it has " \
+        "shape (96,)\n"
+
+
 def test_pretrain_log_every_0_prints_the_last_step_only(tmp_path, capsys):
     path = write_recording(tmp_path / "r0.npz")
     args = ["pretrain", str(path), "--out", str(tmp_path / "run"), "--shape", json.dumps(SHAPE)]

@@ -616,8 +616,14 @@ def _without_worker_traceback(error: Exception) -> str:
     text = str(error)
     if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
         return text
-    last = f"\n{type(error).__name__}: "
-    return text[text.rfind(last) + len(last) :].strip() if last in text else text.splitlines()[0]
+    kind = type(error)
+    # the traceback names the error with its module unless it is a builtin (ReaderError is
+    # "napari_neurt.io._common.ReaderError: ...")
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        last = f"\n{name}: "
+        if last in text:
+            return text[text.rfind(last) + len(last) :].strip()
+    return text.splitlines()[0]
 
 
 if __name__ == "__main__":
