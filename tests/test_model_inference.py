@@ -251,6 +251,21 @@ def test_classify_without_recording_head_uses_session_rule():
     np.testing.assert_allclose(result.temporal_attention.mean(1), 1 / L, rtol=0.3)
 
 
+def test_verdict_of_a_model_without_class_names():
+    # a checkpoint may name no classes: the panel said "P(class 1) = ..." before the verdict line
+    from napari_neurt.model.inference import verdict
+
+    model = small_model(n_classes=2)
+    model.class_names = ()
+    result = model.classify(random_tokens(4, 2 * L + 3), batch_size=5)
+    probability = result.recording_class_probability[1]
+    assert verdict(result.class_names, result.recording_class_probability) == (
+        f"P(class 1) = {probability:.3f}"
+    )
+    assert verdict((), [0.2, 0.5, 0.3]) == "class 1 (P(class 0) = 0.200, P(class 1) = 0.500, " \
+        "P(class 2) = 0.300)"
+
+
 def test_classify_with_recording_head():
     model = small_model(n_classes=2, mil_hidden=8)
     tokens = random_tokens(6, L + 5)

@@ -108,7 +108,10 @@ class ClassificationResult:
 
 def verdict(class_names: Sequence[str], probabilities: Sequence[float]) -> str:
     """A recording's verdict in words: P(class 1) with two classes, else every class's
-    probability after the most probable class (P(class 1) alone says nothing of the others)."""
+    probability after the most probable class (P(class 1) alone says nothing of the others).
+    A model without class names (a checkpoint may have none) names them "class <index>"."""
+    if len(class_names) != len(probabilities):
+        class_names = tuple(f"class {k}" for k in range(len(probabilities)))
     if len(class_names) <= 2:
         return f"P({class_names[1]}) = {float(probabilities[1]):.3f}"
     pairs = zip(class_names, probabilities, strict=True)
