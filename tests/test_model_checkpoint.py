@@ -109,6 +109,18 @@ def test_a_damaged_config_is_one_clear_value_error(tmp_path, damage, message):
         read_checkpoint(folder)
 
 
+@pytest.mark.parametrize("rate", [-20.0, 0.0, float("nan"), float("inf")])
+def test_a_frame_rate_the_reader_refuses_is_not_written(tmp_path, rate):
+    from napari_neurt.model import save_checkpoint
+    from napari_neurt.training.pretrain import PretrainConfig
+
+    with pytest.raises(ValueError, match="frame_rate_hz must be a positive number"):
+        save_checkpoint(tmp_path / "ckpt", small_model().module, frame_rate_hz=rate)
+    assert not (tmp_path / "ckpt").exists()
+    with pytest.raises(ValueError, match="frame_rate_hz must be a positive number"):
+        PretrainConfig(frame_rate_hz=rate)  # before training, not at its first save
+
+
 def test_checkpoint_with_extra_or_missing_tensors(tmp_path):
     folder = small_model().save(tmp_path / "ckpt")
     tensors = load_file(str(folder / WEIGHTS_NAME))

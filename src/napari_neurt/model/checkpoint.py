@@ -75,6 +75,8 @@ def save_checkpoint(
         raise ValueError(
             f"the model has {config.n_classes} classes but {len(class_names)} class names"
         )
+    if frame_rate_hz is not None and not 0 < frame_rate_hz < math.inf:  # read_checkpoint's rule
+        raise ValueError(f"frame_rate_hz must be a positive number or None; got {frame_rate_hz!r}")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})

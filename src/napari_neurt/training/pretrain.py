@@ -84,6 +84,11 @@ class PretrainConfig:
             raise ValueError("steps and batch_size must be at least 1")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a share of the steps in [0, 1); got {self.warmup}")
+        if self.frame_rate_hz is not None and not 0 < self.frame_rate_hz < math.inf:
+            # refused before training: a checkpoint of it could not be read
+            raise ValueError(
+                f"frame_rate_hz must be a positive number of Hz or None; got {self.frame_rate_hz}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
