@@ -289,3 +289,19 @@ def test_local_convolution_sees_the_shape_around_each_step_only():
 def test_local_kernel_is_odd_and_needs_interpolation(overrides):
     with pytest.raises(ValueError, match="local_kernel"):
         NeurtConfig(**SMALL, **overrides)
+
+
+def test_config_takes_numpy_scalars_and_stores_python_ones():
+    # numpy's bools as well as its integers (a flag computed with numpy): in memory they
+    # worked, and a checkpoint of the config is JSON
+    import json
+
+    import numpy as np
+
+    config = NeurtConfig(
+        seq_len=np.int64(16), n_embd=8, n_head=2, n_layer=1, n_ff=16, norm_eps=np.float32(1e-6),
+        interpolate=np.True_, stats_spread=np.False_,
+    )
+    assert config.interpolate is True and config.stats_spread is False
+    assert type(config.seq_len) is int and type(config.norm_eps) is float
+    assert json.loads(json.dumps(config.to_dict()))["interpolate"] is True

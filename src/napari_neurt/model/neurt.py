@@ -51,6 +51,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +114,9 @@ class NeurtConfig:
         # value of the wrong type fails here, by name, rather than deep in torch or at inference
         for name, kind in _FIELD_TYPES.items():
             value = getattr(self, name)
+            if kind is bool and isinstance(value, np.bool_):  # numpy's bools, stored as bool
+                value = bool(value)
+                setattr(self, name, value)
             wrong_bool = isinstance(value, bool) != (kind is bool)
             if wrong_bool or not isinstance(value, kind):
                 raise ValueError(
