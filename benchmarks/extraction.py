@@ -60,7 +60,8 @@ def make_inputs(folder: Path, frames: int, size: int, n_rois: int, seed: int = 0
         for _ in range(frames):
             yield rng.integers(0, 4096, (size, size), dtype=np.uint16)
 
-    tifffile.imwrite(movie_path, frames_(), shape=(frames, size, size), dtype=np.uint16, bigtiff=True)
+    tifffile.imwrite(movie_path, frames_(), shape=(frames, size, size), dtype=np.uint16,
+                     bigtiff=True, photometric="minisblack")  # frames, never RGB planes
     return movie_path, labels_path
 
 
