@@ -177,18 +177,25 @@ def test_calibrate_box_calibrates_residual_models(panel, qtbot, tmp_path):
     assert "calibrated" not in widget.status.text()
 
 
-def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
-    viewer, widget = panel
+def long_reconstruction(qtbot, viewer, widget):
+    """Extract, then start a reconstruction of many small steps and wait for its third step:
+    (the job, the layers before it, the scores layer)."""
     widget.extract()
     wait_idle(qtbot, widget)
     before = layer_state(viewer)
     scores = viewer.layers["two-photon ROIs (simulated) scores"]
-    features_before = scores.features.copy()
     widget.batch_size = 1  # many small steps
     widget.folds.setValue(50)
     job = widget.reconstruct()
     qtbot.waitUntil(lambda: job.last_progress is not None and job.last_progress.done > 2,
                     timeout=TIMEOUT_MS)
+    return job, before, scores
+
+
+def test_cancel_stops_within_a_second_and_adds_nothing(panel, qtbot):
+    viewer, widget = panel
+    job, before, scores = long_reconstruction(qtbot, viewer, widget)
+    features_before = scores.features.copy()
     started = time.perf_counter()
     qtbot.mouseClick(widget.cancel_button, LEFT)
     wait_idle(qtbot, widget, timeout=5000)
@@ -204,15 +211,7 @@ def test_the_activity_docks_cancel_button_cancels(panel, qtbot):
     from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 
     viewer, widget = panel
-    widget.extract()
-    wait_idle(qtbot, widget)
-    before = layer_state(viewer)
-    scores = viewer.layers["two-photon ROIs (simulated) scores"]
-    widget.batch_size = 1  # many small steps
-    widget.folds.setValue(50)
-    job = widget.reconstruct()
-    qtbot.waitUntil(lambda: job.last_progress is not None and job.last_progress.done > 2,
-                    timeout=TIMEOUT_MS)
+    job, before, scores = long_reconstruction(qtbot, viewer, widget)
     bar = next(b for b in viewer.window._qt_window.findChildren(QtLabeledProgressBar)
                if b.progress is job._bar)
     qtbot.mouseClick(bar.cancel_button, LEFT)  # napari's own Cancel, next to its progress bar
