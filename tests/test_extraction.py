@@ -209,16 +209,16 @@ def test_dff_stays_finite_for_non_positive_baselines():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(window_s=0), "window_s"),  # was a baseline of the trace itself: dF/F all 0
-        (dict(window_s=-60), "window_s"),
-        (dict(window_s=np.inf), "window_s"),  # was a raw OverflowError
-        (dict(window_s=np.nan), "window_s"),
-        (dict(frame_rate=np.inf), "frame_rate"),
-        (dict(frame_rate=0), "frame_rate"),
+        ({"window_s": 0}, "window_s"),  # was a baseline of the trace itself: dF/F all 0
+        ({"window_s": -60}, "window_s"),
+        ({"window_s": np.inf}, "window_s"),  # was a raw OverflowError
+        ({"window_s": np.nan}, "window_s"),
+        ({"frame_rate": np.inf}, "frame_rate"),
+        ({"frame_rate": 0}, "frame_rate"),
     ],
 )
 def test_dff_refuses_a_window_or_rate_it_cannot_use(options, message):
-    arguments = dict(frame_rate=10.0) | options
+    arguments = {"frame_rate": 10.0} | options
     with pytest.raises(ValueError, match=message):
         delta_f_over_f(np.ones((1, 20), np.float32), **arguments)
 
