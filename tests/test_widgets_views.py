@@ -70,6 +70,21 @@ def test_scripted_use_puts_recording_scores_and_docks_in_the_viewer(make_napari_
         add_recording(viewer, sim.recording(), analysis=out)
 
 
+def test_a_second_recording_of_the_same_name_gets_its_own_legend(make_napari_viewer, result):
+    # napari names the second ROI layer "cells [1]": the panel must show its scores, not the
+    # first layer's legend beside the second layer's colours
+    sim, out = result
+    viewer = make_napari_viewer()
+    add_recording(viewer, analysis=out, name="cells", colour_by="class_probability")
+    roi = add_recording(viewer, analysis=analysis.Analysis(sim.recording()), name="cells",
+                        cmap="magma")
+    scores = viewer.layers.selection.active
+    panel = dock(viewer, AnalysisWidget)
+    assert roi.name == "cells [1]" and panel.rois_box.currentText() == roi.name
+    assert panel.legend.info["cmap"] == "magma"
+    assert panel.legend.info["limits"] == scores.metadata[SCORES_KEY]["limits"]
+
+
 def test_screenshot_shows_the_coloured_labels(make_napari_viewer, result):
     sim, out = result
     viewer = make_napari_viewer(show=True)

@@ -127,7 +127,7 @@ def add_recording(
         ensure_trace_dock(viewer)
     if show_panel:
         panel = ensure_analysis_dock(viewer)
-        panel.rois_box.setCurrentText(name)
+        panel.rois_box.setCurrentText(labels_layer.name)  # napari renames a taken name
     refresh_plots(viewer)
     return labels_layer
 
