@@ -199,6 +199,29 @@ def test_selection_redraws_10000_frame_traces_without_a_full_redraw(make_napari_
     np.testing.assert_array_equal(plot.trace_data[1], out.recording.traces[7])
 
 
+def test_shading_and_attention_strip_are_centred_on_their_frames(make_napari_viewer):
+    """Frame i is the sample drawn at i / rate: what is shaded for it (hidden, marked) and its
+    column of the attention strip are centred there, as a click there selects frame i."""
+    viewer = make_napari_viewer()
+    out = long_analysis(n_neurons=6, n_frames=200)  # frames 0 and 100 hidden
+    add_recording(viewer, analysis=out, name="short", show_panel=False)
+    plot = dock(viewer, TracePlotWidget)
+    rate = out.recording.frame_rate
+    plot.mark_frames(10, 20)
+    plot.draw()
+    spans = [p.vertices[:, 0] for p in plot.hidden_spans.get_paths()]
+    ends = [end * rate for x in spans for end in (x.min(), x.max())]
+    assert ends == pytest.approx([-0.5, 0.5, 99.5, 100.5])
+    (marked,) = [p.vertices[:, 0] for p in plot.marked_spans.get_paths()]
+    assert (marked.min() * rate, marked.max() * rate) == pytest.approx((9.5, 20.5))
+    inside = 0.01 / rate  # a drag across the shade, just inside it, marks what it shades
+    plot._on_span(marked.min() + inside, marked.max() - inside)
+    assert plot.marks.text == "10-20"
+    left, right = plot.strip_image.get_extent()[:2]
+    column = (right - left) / out.recording.n_frames
+    assert left + 100.5 * column == pytest.approx(100 / rate)  # the middle of frame 100's column
+
+
 def attention_dock(make_napari_viewer, result):
     """A viewer with the result's recording and movie, and the attention map docked."""
     sim, out = result

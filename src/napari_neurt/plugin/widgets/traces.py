@@ -502,8 +502,8 @@ class TracePlotWidget(PlotWidget):
         edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
         starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         rate = recording.frame_rate
-        self.marked_spans = self.axes.broken_barh(
-            [(a / rate, (b - a) / rate) for a, b in zip(starts, stops)], (0, 1),
+        self.marked_spans = self.axes.broken_barh(  # frame i is drawn at i / rate: centred on it
+            [((a - 0.5) / rate, (b - a) / rate) for a, b in zip(starts, stops)], (0, 1),
             transform=self.axes.get_xaxis_transform(), facecolor=MARK_COLOUR, alpha=0.25,
             edgecolor="none",
         )
@@ -691,7 +691,7 @@ class TracePlotWidget(PlotWidget):
         if not runs:
             return
         rate = recording.frame_rate
-        ranges = [(a / rate, (b - a + 1) / rate) for a, b in runs]
+        ranges = [((a - 0.5) / rate, (b - a + 1) / rate) for a, b in runs]  # centred on frames
         self.hidden_spans = self.axes.broken_barh(
             ranges, (0, 1), transform=self.axes.get_xaxis_transform(),
             facecolor="#888888", alpha=0.3, edgecolor="none", label="hidden frames",
@@ -716,7 +716,9 @@ class TracePlotWidget(PlotWidget):
                 attention, np.linspace(0, len(attention), points + 1).astype(np.int64)[:-1]
             )
         self.strip_image.set_data(attention[None, :])
-        self.strip_image.set_extent((0, recording.duration_s, 0, 1))
+        # each frame's column centred on its sample, i / rate, as the trace draws it
+        half = 0.5 / recording.frame_rate
+        self.strip_image.set_extent((-half, recording.duration_s - half, 0, 1))
         finite = attention[np.isfinite(attention)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         self.strip_image.set_clim(low, high if high > low else low + 1e-9)
