@@ -41,7 +41,8 @@ class AttentionMapWidget(PlotWidget):
         self.window: tuple[int, int, int] | None = None  # (neuron id, start, width)
         self._shown_for: tuple | None = None  # (recording id, model, neuron) of the maps shown
         self._pending = False
-        self._tokens: dict = {}
+        self._tokens: dict = {}  # (recording id, model) -> (recording, its tokens)
+        self._shown_recording = None
         self.closed = False  # its dock was closed (napari keeps the widget, unparented)
 
         bar = QWidget()
@@ -158,11 +159,14 @@ class AttentionMapWidget(PlotWidget):
             if shown and self.maps is not None:
                 return None  # already shown
             key = (id(recording), source)
-            tokens = tokens_cache.get(key)
-            if tokens is None:
+            kept = tokens_cache.get(key)
+            if kept is not None:
+                tokens = kept[1]
+            else:
                 tokens = model.tokens_for(recording)
                 tokens_cache.clear()
-                tokens_cache[key] = tokens
+                # the recording is kept with its tokens: its id cannot go to a new one meanwhile
+                tokens_cache[key] = (recording, tokens)
             yield Progress(1, 2, "attention: computing")
             maps = model.attention_maps(tokens.tokens[row], start=start)
             return maps, (neuron, start, width), for_what
@@ -180,6 +184,7 @@ class AttentionMapWidget(PlotWidget):
         if isinstance(request, str) or for_what != (id(request[0]), request[3], request[2]):
             return  # the selection moved on while it was computed
         self.maps, self.window, self._shown_for = maps, window, for_what
+        self._shown_recording = request[0]  # keeps the id in _shown_for its own
         n_layer, n_head = self.maps.shape[:2]
         self.layer_spin.setRange(1, n_layer)
         self.head_spin.setRange(1, n_head)
