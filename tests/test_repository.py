@@ -1,6 +1,7 @@
 """The repository keeps its promises: the README's test command is what CI runs, and the core
 never imports Qt or napari."""
 
+import os
 import re
 import subprocess
 import sys
@@ -31,3 +32,22 @@ def test_core_modules_import_neither_qt_nor_napari():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_demo_without_a_qt_binding_says_how_to_install_one():
+    """`pip install napari-neurt` brings napari but no Qt binding: `neurt demo` then says what to
+    install, instead of qtpy's bare "No Qt bindings could be found"."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class NoQt(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'PyQt6', 'PyQt5', 'PySide6', 'PySide2'}:\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, NoQt())\n"
+        "from napari_neurt.cli import main\n"
+        "sys.exit(main(['demo', '--screenshot', 'unused.png']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "QT_API"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert 'pip install "napari[pyqt6]"' in result.stderr, result.stderr

@@ -105,8 +105,23 @@ def demo_models(model: str | None = None) -> DemoModels:
     )
 
 
+def _require_napari_and_qt() -> None:
+    """napari and a Qt binding, or a RuntimeError that says how to install them: the package
+    brings napari but no Qt binding (the user picks one), so `pip install napari-neurt` alone
+    gives a napari that cannot open a window."""
+    try:
+        import napari  # noqa: F401
+        import qtpy  # noqa: F401  (raises QtBindingsNotFoundError, an ImportError, without one)
+    except ImportError as error:
+        raise RuntimeError(
+            f"the demo needs napari with a Qt binding ({error}): install them with "
+            '`pip install "napari[pyqt6]"` (or PySide6, or conda\'s pyqt) in this environment'
+        ) from error
+
+
 def run_demo(screenshot: str | None = None, seed: int = 0, model: str | None = None) -> int:
     """Open napari with the demo; with `screenshot`, save the whole window to that PNG and exit."""
+    _require_napari_and_qt()
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
