@@ -299,3 +299,11 @@ def test_import_weights_refuses_a_code_running_pickle(tmp_path, capsys):
     assert main(["import-weights", str(tmp_path / "evil.pth")]) == 2
     assert "refused to load" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "evil.neurt").exists()
+
+
+def test_import_weights_refuses_to_write_over_a_file(tmp_path, capsys):
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"weights")
+    assert main(["import-weights", str(pth), "-o", str(pth)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert pth.read_bytes() == b"weights"

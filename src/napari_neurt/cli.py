@@ -261,8 +261,10 @@ def _run_import_weights(args: argparse.Namespace) -> int:
 
     from .model import read_published, save_checkpoint
 
-    checkpoint = read_published(args.pth)
     out = Path(args.out) if args.out else Path(args.pth).with_suffix(".neurt")
+    if out.exists() and not out.is_dir():  # the .pth itself, or any other file
+        raise ValueError(f"{out} is a file; name a folder for the checkpoint")
+    checkpoint = read_published(args.pth)
     provenance = dict(checkpoint.provenance)
     provenance["imported_from_sha256"] = provenance.pop("weights_sha256")
     provenance.pop("path", None)
