@@ -307,3 +307,10 @@ def test_import_weights_refuses_to_write_over_a_file(tmp_path, capsys):
     assert main(["import-weights", str(pth), "-o", str(pth)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert pth.read_bytes() == b"weights"
+
+
+def test_reconstruct_refuses_spans_of_no_frame_in_one_line(tmp_path, checkpoint, capsys):
+    path = write_recordings(tmp_path, 1)[0]
+    assert main(["reconstruct", str(path), "--model", str(checkpoint), "--max-span", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "max_span must be at least 1 frame; got 0" in err and "OverflowError" not in err

@@ -329,6 +329,8 @@ def span_mask(
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1); got {ratio}")
+    if max_span < 1:
+        raise ValueError(f"max_span must be at least 1 frame; got {max_span}")
     rng = np.random.default_rng(seed)
     lengths = np.arange(1, max_span + 1)
     probabilities = p * (1 - p) ** (lengths - 1)
