@@ -314,3 +314,13 @@ def test_reconstruct_refuses_spans_of_no_frame_in_one_line(tmp_path, checkpoint,
     assert main(["reconstruct", str(path), "--model", str(checkpoint), "--max-span", "0"]) == 1
     err = capsys.readouterr().err
     assert "max_span must be at least 1 frame; got 0" in err and "OverflowError" not in err
+
+
+def test_classify_with_a_reconstruction_model_is_refused_first(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=1, n_ff=32)
+    folder = NeurtModel(Neurt(config), device="cpu").save(tmp_path / "recon")
+    paths = write_recordings(tmp_path, 2)
+    assert main(["classify", *map(str, paths), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("has no classifier") == 1 and "[1/2]" not in err

@@ -154,6 +154,11 @@ def _run_model_task(args: argparse.Namespace) -> int:
         print(f"{prefix}no recordings for this process", file=sys.stderr)
         return 0
     model = load_model(args.model, device=device)
+    if args.task == "classify" and model.module.time_pool is None:  # before reading any recording
+        raise ValueError(
+            f"--model {args.model} has no classifier (it was trained for reconstruction only); "
+            "give a classifier, e.g. 'default', 'neurt-5xfad' or a fine-tuned checkpoint"
+        )
     failed = 0
     for number, source in enumerate(mine, 1):
         label = f"{prefix}[{number}/{len(mine)}] {source}"
