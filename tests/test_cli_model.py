@@ -324,3 +324,23 @@ def test_classify_with_a_reconstruction_model_is_refused_first(tmp_path, capsys)
     assert main(["classify", *map(str, paths), "--model", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("has no classifier") == 1 and "[1/2]" not in err
+
+
+def test_ctrl_c_while_writing_leaves_no_file_and_no_traceback(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    path = write_recordings(tmp_path, 1)[0]
+
+    def interrupted(file, **arrays):
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["reconstruct", str(path), "--model", str(checkpoint), "--out", "out"])
+    except KeyboardInterrupt:
+        code = None
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]

@@ -615,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as error:  # bad input: one clear line, no traceback
         print(f"neurt {args.command}: error: {_without_worker_traceback(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: files are written atomically, so none is left half done
+        print(f"\nneurt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _without_worker_traceback(error: Exception) -> str:
