@@ -344,3 +344,23 @@ def test_ctrl_c_while_writing_leaves_no_file_and_no_traceback(
     assert code == 130
     assert "interrupted" in capsys.readouterr().err
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]
+
+
+def test_a_failed_table_leaves_the_earlier_results_pair_as_it_was(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    path = write_recordings(tmp_path, 1)[0]
+    run = ["reconstruct", str(path), "--model", str(checkpoint), "--csv"]
+    assert main([*run, "--seed", "1"]) == 0
+    results = results_path(path, "reconstruct")
+    before = results.read_bytes(), results.with_suffix(".csv").read_bytes()
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv, "writer", failing)
+    assert main([*run, "--seed", "2"]) == 1
+    assert (results.read_bytes(), results.with_suffix(".csv").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, results.name, results.with_suffix(".csv").name]
+    )
