@@ -307,6 +307,8 @@ def test_import_weights_refuses_to_write_over_a_file(tmp_path, capsys):
     assert main(["import-weights", str(pth), "-o", str(pth)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert pth.read_bytes() == b"weights"
+    assert main(["import-weights", str(tmp_path)]) == 2  # a folder given for the .pth
+    assert "is a folder; give the published .pth" in capsys.readouterr().err
 
 
 def test_reconstruct_refuses_spans_of_no_frame_in_one_line(tmp_path, checkpoint, capsys):

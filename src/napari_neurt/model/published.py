@@ -230,6 +230,8 @@ def read_published(path: str | os.PathLike) -> Checkpoint:
 
 
 def _load_plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the published .pth file of the weights")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
