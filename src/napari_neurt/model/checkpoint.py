@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,20 @@ class Checkpoint:
         return module.eval()
 
 
+def check_frame_rate(frame_rate_hz: Any, where: str | os.PathLike = "") -> None:
+    """Refuse a checkpoint's frame rate unless it is None (unknown) or a positive, finite number
+    of Hz (a bool is no number); `where` names the file it came from."""
+    if frame_rate_hz is None:
+        return
+    if isinstance(frame_rate_hz, bool) or not isinstance(frame_rate_hz, numbers.Real) or not (
+        0 < frame_rate_hz < math.inf
+    ):
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}frame_rate_hz must be a positive number of Hz or null; got {frame_rate_hz!r}"
+        )
+
+
 def save_checkpoint(
     folder: str | os.PathLike,
     module: Neurt,
@@ -75,8 +90,7 @@ def save_checkpoint(
         raise ValueError(
             f"the model has {config.n_classes} classes but {len(class_names)} class names"
         )
-    if frame_rate_hz is not None and not 0 < frame_rate_hz < math.inf:  # read_checkpoint's rule
-        raise ValueError(f"frame_rate_hz must be a positive number or None; got {frame_rate_hz!r}")
+    check_frame_rate(frame_rate_hz)  # what read_checkpoint would refuse is not written
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -141,13 +155,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"of {config.n_classes}"
         )
     frame_rate_hz = document.get("frame_rate_hz")
-    if frame_rate_hz is not None and not (
-        isinstance(frame_rate_hz, (int, float)) and not isinstance(frame_rate_hz, bool)
-        and math.isfinite(frame_rate_hz) and frame_rate_hz > 0
-    ):
-        raise ValueError(
-            f"{where}: frame_rate_hz must be a positive number or null; got {frame_rate_hz!r}"
-        )
+    check_frame_rate(frame_rate_hz, where)
     for section in ("tokens", "provenance"):
         if not isinstance(document.get(section) or {}, dict):
             raise ValueError(  # noqa: TRY004 - a damaged file, as every check of it here

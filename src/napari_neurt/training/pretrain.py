@@ -26,7 +26,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..model.checkpoint import WEIGHTS_NAME, read_checkpoint, save_checkpoint, sha256_of
+from ..model.checkpoint import (
+    WEIGHTS_NAME,
+    check_frame_rate,
+    read_checkpoint,
+    save_checkpoint,
+    sha256_of,
+)
 from ..model.neurt import Neurt, NeurtConfig
 from ..progress import Steps, run_steps
 from .data import RecordingSource, WindowStream
@@ -84,11 +90,7 @@ class PretrainConfig:
             raise ValueError("steps and batch_size must be at least 1")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a share of the steps in [0, 1); got {self.warmup}")
-        if self.frame_rate_hz is not None and not 0 < self.frame_rate_hz < math.inf:
-            # refused before training: a checkpoint of it could not be read
-            raise ValueError(
-                f"frame_rate_hz must be a positive number of Hz or None; got {self.frame_rate_hz}"
-            )
+        check_frame_rate(self.frame_rate_hz)  # before training, not at its first save
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
