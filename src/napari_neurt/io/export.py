@@ -68,17 +68,22 @@ def _is_dff(trace_kind: object) -> bool:
 def csv_paths(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
     """The files `write_csv` writes for `analysis` at `path`, in order."""
     path = Path(path)
-    stem = path.with_suffix("")
-    paths = [path, stem.with_name(stem.name + ".traces.csv")]
+    paths = [path, _part(path, "traces.csv")]
     reconstruction = analysis.reconstruction
     if reconstruction is not None:
-        paths.append(stem.with_name(stem.name + ".reconstruction.csv"))
+        paths.append(_part(path, "reconstruction.csv"))
         if reconstruction.imputed is not None:
-            paths.append(stem.with_name(stem.name + ".imputed.csv"))
+            paths.append(_part(path, "imputed.csv"))
     if analysis.classification is not None:
-        paths.append(stem.with_name(stem.name + ".attention.csv"))
-    paths.append(stem.with_name(stem.name + ".provenance.json"))
+        paths.append(_part(path, "attention.csv"))
+    paths.append(_part(path, "provenance.json"))
     return paths
+
+
+def _part(path: Path, part: str) -> Path:
+    """The file of `part` beside the neuron table `path`: ``<stem>.<part>``."""
+    stem = path.with_suffix("")
+    return stem.with_name(f"{stem.name}.{part}")
 
 
 def _write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -141,9 +146,8 @@ def write_csv(path: str | os.PathLike, analysis: Analysis) -> list[Path]:
         next(it).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     # tables of an earlier export to this name that this one has no results for would pass for
     # this one's (an old reconstruction beside new traces): they go
-    stem = paths[0].with_suffix("")
     for part in CSV_PARTS:
-        stale = stem.with_name(f"{stem.name}.{part}.csv")
+        stale = _part(paths[0], f"{part}.csv")
         if stale not in paths:
             stale.unlink(missing_ok=True)
     return paths
