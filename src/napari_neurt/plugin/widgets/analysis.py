@@ -64,7 +64,7 @@ from ..scores import (
     scores_layer_of,
 )
 from ..workers import Job
-from .base import unwrap
+from .base import fill_model_box, unwrap
 from .legend import ScoresLegend
 from .marks import marked_frames
 
@@ -418,18 +418,9 @@ class AnalysisWidget(QWidget):
 
     # -- model picker ------------------------------------------------------------------------------
     def _fill_models(self) -> None:
-        try:
-            current = self.model_box.currentData()
-        except RuntimeError:  # Qt deleted this panel (its viewer was closed)
+        if not fill_model_box(self.model_box, models.model_choices()):  # Qt deleted this panel
             models.registry.changed.disconnect(self._fill_models)
             return
-        self.model_box.blockSignals(True)
-        self.model_box.clear()
-        for choice in models.model_choices():
-            self.model_box.addItem(choice.label, choice.source)
-        index = self.model_box.findData(current) if current is not None else 0
-        self.model_box.setCurrentIndex(max(index, 0))
-        self.model_box.blockSignals(False)
         self._show_checkpoint_row()
 
     def _show_checkpoint_row(self, *args) -> None:

@@ -29,6 +29,24 @@ def unwrap(viewer):
     return getattr(viewer, "__wrapped__", viewer)
 
 
+def fill_model_box(box, choices, default: str | None = None) -> bool:
+    """Fill the combo `box` with model `choices` (label, source), keeping the source chosen
+    before (else `default`, else the first). False, changing nothing, when Qt has deleted the
+    box (its panel's viewer was closed, the panel still referenced)."""
+    try:
+        current = box.currentData()
+    except RuntimeError:
+        return False
+    box.blockSignals(True)
+    box.clear()
+    for choice in choices:
+        box.addItem(choice.label, choice.source)
+    wanted = current if current is not None else default
+    box.setCurrentIndex(max(box.findData(wanted), 0) if wanted is not None else 0)
+    box.blockSignals(False)
+    return True
+
+
 @dataclass(frozen=True)
 class Margins:
     """Fixed space around a figure's grid of axes, in points (they do not grow with the canvas)."""

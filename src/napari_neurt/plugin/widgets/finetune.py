@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
 from .. import models
 from ..workers import Job
 from .analysis import ProgressBar, _row
-from .base import PlotWidget, unwrap
+from .base import PlotWidget, fill_model_box, unwrap
 
 if TYPE_CHECKING:
     import napari
@@ -244,20 +244,10 @@ class FineTuneWidget(QWidget):
 
     # -- pickers -----------------------------------------------------------------------------------
     def _fill_models(self) -> None:
-        try:
-            current = self.base_box.currentData()
-        except RuntimeError:  # Qt deleted this panel (its viewer was closed)
+        # not neurt-5xfad: a classifier already; fine-tuning starts from an encoder
+        choices = [c for c in models.model_choices() if c.source != "neurt-5xfad"]
+        if not fill_model_box(self.base_box, choices, "neurt-microns"):  # Qt deleted this panel
             models.registry.changed.disconnect(self._fill_models)
-            return
-        self.base_box.blockSignals(True)
-        self.base_box.clear()
-        for choice in models.model_choices():
-            if choice.source == "neurt-5xfad":
-                continue  # a classifier already; fine-tuning starts from an encoder
-            self.base_box.addItem(choice.label, choice.source)
-        index = self.base_box.findData(current if current is not None else "neurt-microns")
-        self.base_box.setCurrentIndex(max(index, 0))
-        self.base_box.blockSignals(False)
 
     def _show_base_edit(self, *args) -> None:
         self.base_edit.setVisible(self.base_box.currentData() == models.CHECKPOINT)
