@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QWidget
 
 from ...progress import Progress
@@ -78,15 +78,13 @@ class AttentionMapWidget(PlotWidget):
         self._follow_active_layer()
 
     # -- wiring ------------------------------------------------------------------------------------
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange:  # docked, or its dock closed
-            self.closed = self.parent() is None
-            if self.closed:  # no maps computed unseen
-                self.timer.stop()
-            else:
-                self._follow_active_layer()
-                self._schedule()
-        return super().event(event)
+    def on_docked(self, docked: bool) -> None:
+        self.closed = not docked
+        if self.closed:  # no maps computed unseen
+            self.timer.stop()
+        else:
+            self._follow_active_layer()
+            self._schedule()
 
     def _follow_active_layer(self, event=None) -> None:
         candidates = [self.viewer.layers.selection.active, *reversed(self.viewer.layers)]

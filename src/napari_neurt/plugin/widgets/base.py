@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
@@ -174,6 +175,15 @@ class PlotWidget(QWidget):
 
     def on_theme(self) -> None:
         """Recolour what the subclass drew in theme colours (legends, texts)."""
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            self.on_docked(self.parent() is not None)
+        return super().event(event)
+
+    def on_docked(self, docked: bool) -> None:
+        """The widget was docked (True), or its dock was closed (False): napari keeps a closed
+        dock's widget, unparented, so a subclass that follows the viewer stops here."""
 
     def draw(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.transforms import offset_copy
 from matplotlib.widgets import SpanSelector
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..scores import analysis_of, recording_of
@@ -255,13 +255,11 @@ class TracePlotWidget(PlotWidget):
             self._disconnect(self.labels_layer)
             self.labels_layer = None
 
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange:  # docked, or its dock closed
-            if self.parent() is None:
-                self.detach()
-            else:
-                self.attach()
-        return super().event(event)
+    def on_docked(self, docked: bool) -> None:
+        if docked:
+            self.attach()
+        else:
+            self.detach()
 
     def make_axes(self):
         axes, strip = self.figure.subplots(2, 1, sharex=True, height_ratios=(5, 1))
