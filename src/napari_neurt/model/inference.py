@@ -60,6 +60,10 @@ TAPER_FLOOR = 1e-3  # keeps every frame's weight positive, also at the very edge
 CALIBRATION_REDRAWS = 32  # shifts tried for a row whose first one finds no step to hide
 
 
+# a recording this far (as a share) from a model's training frame rate is warned about
+FRAME_RATE_TOLERANCE = 0.1
+
+
 @dataclass
 class ClassificationResult:
     """What `NeurtModel.classify` says about one recording.
@@ -330,7 +334,9 @@ class NeurtModel:
                 delta = float(self.token_settings["delta_um"])
             elif not recording.pixel_size_um and self.token_settings.get("delta_px"):
                 delta = float(self.token_settings["delta_px"])
-        if self.frame_rate_hz and abs(recording.frame_rate / self.frame_rate_hz - 1) > 0.1:
+        if self.frame_rate_hz and (
+            abs(recording.frame_rate / self.frame_rate_hz - 1) > FRAME_RATE_TOLERANCE
+        ):
             warnings.warn(
                 f"{recording.source or 'the recording'} is at {recording.frame_rate:g} Hz; "
                 f"this model was trained at {self.frame_rate_hz:g} Hz, so its time scale differs",

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 from ..io.atomic import atomic_path
 from ..io.suite2p import is_suite2p_folder
 from ..model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
-from ..model.inference import NeurtModel
+from ..model.inference import FRAME_RATE_TOLERANCE, NeurtModel
 from ..model.neurt import Neurt, check_recording_pooling, own_global_rng
 from ..model.tokens import ACTIVITY_STATISTICS, NeighborhoodTokens, head_statistics
 from ..progress import Steps, run_steps
@@ -1086,12 +1086,13 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
 def cohort_frame_rate(rates: Sequence[float], fallback: float | None) -> float | None:
     """The frame rate a classifier trained on recordings of `rates` records (the one its
     per-frame activity statistics were counted at, which `NeurtModel` warns about on other
-    recordings): their median where they agree within 10 %, `fallback` (the starting model's)
-    where none was read, and none (with a warning) where they disagree."""
+    recordings): their median where they agree within `FRAME_RATE_TOLERANCE` (the share beyond
+    which the model warns), `fallback` (the starting model's) where none was read, and none
+    (with a warning) where they disagree."""
     if not len(rates):
         return fallback
     middle = float(np.median(rates))
-    if max(abs(rate / middle - 1) for rate in rates) <= 0.1:
+    if max(abs(rate / middle - 1) for rate in rates) <= FRAME_RATE_TOLERANCE:
         return middle
     warnings.warn(
         f"the training recordings were taken at {min(rates):g} to {max(rates):g} Hz; the "
