@@ -121,12 +121,50 @@ def test_a_frame_rate_the_reader_refuses_is_not_written(tmp_path, rate):
         PretrainConfig(frame_rate_hz=rate)  # before training, not at its first save
 
 
+def test_weights_of_another_write_are_refused_and_a_torn_read_is_read_again(
+    tmp_path, monkeypatch
+):
+    from napari_neurt.model import checkpoint
+
+    first = small_model().save(tmp_path / "first")
+    torch.manual_seed(1)
+    second = NeurtModel(Neurt(small_model().config), device="cpu").save(tmp_path / "second")
+    document = json.loads((first / CONFIG_NAME).read_text())
+    assert document["weights_sha256"] == checkpoint.sha256_of(first / WEIGHTS_NAME)
+
+    # a reader that opened the config just before a writer renamed new weights into place
+    # sees the two files of two writes; until the writer's config follows, that is refused
+    shutil.copyfile(second / WEIGHTS_NAME, first / WEIGHTS_NAME)
+    monkeypatch.setattr(checkpoint.time, "sleep", lambda seconds: None)
+    with pytest.raises(ValueError, match="is not the file config.json was written with"):
+        read_checkpoint(first)
+
+    # once the config has followed (here on the second read), the checkpoint reads whole
+    reads = []
+    real_read_pair = checkpoint._read_pair
+
+    def writer_finishes_after_the_first_read(folder):
+        pair = real_read_pair(folder)
+        if not reads:
+            shutil.copyfile(second / CONFIG_NAME, first / CONFIG_NAME)
+        reads.append(folder)
+        return pair
+
+    monkeypatch.setattr(checkpoint, "_read_pair", writer_finishes_after_the_first_read)
+    loaded = read_checkpoint(first)
+    assert len(reads) == 2
+    assert loaded.provenance["weights_sha256"] == checkpoint.sha256_of(second / WEIGHTS_NAME)
+
+
 def test_checkpoint_with_extra_or_missing_tensors(tmp_path):
     folder = small_model().save(tmp_path / "ckpt")
     tensors = load_file(str(folder / WEIGHTS_NAME))
     tensors["time_pool.query"] = torch.zeros(8)
     del tensors["recon_head.bias"]
     save_file(tensors, str(folder / WEIGHTS_NAME))
+    document = json.loads((folder / CONFIG_NAME).read_text())
+    del document["weights_sha256"]  # weights put there by hand, under a config without digest
+    (folder / CONFIG_NAME).write_text(json.dumps(document))
     with pytest.raises(ValueError, match="missing tensors: recon_head.bias") as error:
         read_checkpoint(folder)
     assert "no place for: time_pool.query" in str(error.value)

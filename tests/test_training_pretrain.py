@@ -210,18 +210,19 @@ def test_pretraining_can_start_from_a_classifier(tmp_path):
 def test_a_save_cut_short_is_found_on_resume_not_mixed(tmp_path, monkeypatch):
     """Weights, config and optimiser state are three files: a crash between them must not
     resume newer weights with an older optimiser (or the other way round)."""
+    from napari_neurt.io import atomic
     from napari_neurt.model import checkpoint
     from napari_neurt.training import engine
 
     pretrain([sine_recording(0)], tmp_path, config(steps=2, save_every=2), model=TINY)
-    write_config = checkpoint.atomic_path
+    rename = atomic.os.replace
 
-    def fail_on_config(path):  # the next save dies after writing the new weights
-        if Path(path).name == checkpoint.CONFIG_NAME:
+    def fail_on_config(source, target):  # the next save dies between its two renames
+        if Path(target).name == checkpoint.CONFIG_NAME:
             raise OSError("disk full")
-        return write_config(path)
+        return rename(source, target)
 
-    monkeypatch.setattr(checkpoint, "atomic_path", fail_on_config)
+    monkeypatch.setattr(atomic.os, "replace", fail_on_config)
     with pytest.raises(OSError, match="disk full"):
         pretrain([sine_recording(0)], tmp_path, config(steps=4, save_every=2), model=TINY)
     monkeypatch.undo()

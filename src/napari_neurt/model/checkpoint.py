@@ -7,7 +7,8 @@
      "class_names": ["wild type", "5xFAD"],
      "tokens": {...how tokens were built for training...},
      "frame_rate_hz": 20.0 or null (not known),
-     "provenance": {...where the weights come from...}}
+     "provenance": {...where the weights come from...},
+     "weights_sha256": "..." (of model.safetensors as written with this config; older: absent)}
 
 Loading checks that the config and the tensors agree and names every difference.
 """
@@ -19,21 +20,27 @@ import json
 import math
 import numbers
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_files
 from .neurt import Neurt, NeurtConfig, own_global_rng
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "napari-neurt checkpoint"
 FORMAT_VERSION = 1
+READ_ATTEMPTS = 3  # a read caught between a writer's renames is tried again
+
+
+class MixedCheckpointError(ValueError):
+    """A checkpoint folder whose weights are not those its config was written with."""
 
 
 @dataclass
@@ -92,19 +99,21 @@ def save_checkpoint(
         )
     check_frame_rate(frame_rate_hz)  # what read_checkpoint would refuse is not written
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": config.to_dict(),
-        "class_names": list(class_names),
-        "tokens": dict(tokens or {}),
-        "frame_rate_hz": None if frame_rate_hz is None else float(frame_rate_hz),
-        "provenance": dict(provenance or {}),
-    }
-    with atomic_path(folder / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    with atomic_files([folder / WEIGHTS_NAME, folder / CONFIG_NAME]) as (weights, config_file):
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "class_names": list(class_names),
+            "tokens": dict(tokens or {}),
+            "frame_rate_hz": None if frame_rate_hz is None else float(frame_rate_hz),
+            "provenance": dict(provenance or {}),
+            # the two files are renamed into place one after the other: a reader between the
+            # renames sees one write's config with another's weights, and tells by this digest
+            "weights_sha256": sha256_of(weights),
+        }
+        config_file.write_text(json.dumps(document, indent=2) + "\n")
     return folder
 
 
@@ -123,10 +132,37 @@ def checkpoint_folder(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint folder (or its config.json / model.safetensors) and check it."""
     folder = checkpoint_folder(path)
+    for attempt in range(READ_ATTEMPTS):
+        document, data = _read_pair(folder)
+        digest = hashlib.sha256(data).hexdigest()
+        written = document.get("weights_sha256") if isinstance(document, dict) else None
+        if written is None or written == digest:
+            break
+        if attempt + 1 < READ_ATTEMPTS:  # caught between a writer's two renames: read again
+            time.sleep(0.05 * (attempt + 1))
+    else:
+        raise MixedCheckpointError(
+            f"{folder}: {WEIGHTS_NAME} is not the file {CONFIG_NAME} was written with (the "
+            "folder is being written, or a save into it was interrupted between its two "
+            "files); read it again once the write has ended, or save the model again"
+        )
+    return _checked(folder, document, data, digest)
+
+
+def _read_pair(folder: Path) -> tuple[Any, bytes]:
+    """config.json (parsed) and the bytes of model.safetensors, read in that order."""
     try:
         document = json.loads((folder / CONFIG_NAME).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {error}") from None
+    try:
+        return document, (folder / WEIGHTS_NAME).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{folder / WEIGHTS_NAME} could not be read: {error}") from None
+
+
+def _checked(folder: Path, document: Any, data: bytes, digest: str) -> Checkpoint:
+    """The checkpoint of a config document and weights bytes, after checking that they agree."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG_NAME} is not a napari-neurt checkpoint config")
     where = folder / CONFIG_NAME
@@ -163,15 +199,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             )
     weights = folder / WEIGHTS_NAME
     try:
-        state_dict = load_file(str(weights))
-    except (SafetensorError, OSError) as error:
+        state_dict = load(data)
+    except SafetensorError as error:
         raise ValueError(f"{weights} is not a readable safetensors file: {error}") from None
     if config.mil_hidden and config.recording_pooling == "evidence":
         # written before evidence heads had a scale: their pooled evidence counted once
         state_dict.setdefault("recording_head.evidence_scale", torch.ones(config.n_classes - 1))
     check_state_dict(config, state_dict, where=str(folder))
     provenance = dict(document.get("provenance") or {})
-    provenance.update(path=str(folder), weights_sha256=sha256_of(weights))
+    provenance.update(path=str(folder), weights_sha256=digest)
     return Checkpoint(
         config=config,
         state_dict=state_dict,

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..model.checkpoint import (
     WEIGHTS_NAME,
+    MixedCheckpointError,
     check_frame_rate,
     read_checkpoint,
     save_checkpoint,
@@ -314,7 +315,14 @@ def _resumed(folder: Path, config: PretrainConfig, model: ModelSpec) -> Starting
             "run's settings, or train into a new folder, or start this one over with "
             "resume=False (--no-resume)"
         )
-    checkpoint = read_checkpoint(folder)
+    try:
+        checkpoint = read_checkpoint(folder)
+    except MixedCheckpointError:
+        raise ValueError(
+            f"{folder}: its weights and config are of two saves; the run was interrupted "
+            "while saving. Train into a new folder, or pass resume=False (--no-resume) to start "
+            "this one over"
+        ) from None
     if isinstance(model, NeurtConfig) and model != checkpoint.config:
         raise ValueError(
             f"{folder} holds a run of another network shape ({checkpoint.config}); resume it "
