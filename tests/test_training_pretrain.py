@@ -151,6 +151,31 @@ def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path, workers):
     assert [s for s, _ in second.history] == list(range(1, 13))
 
 
+def test_a_resumed_run_extended_to_more_steps_follows_its_own_schedule_from_its_first_step(
+    tmp_path, monkeypatch
+):
+    """Resuming with a larger `steps` (docs: "to extend it") steps with the new schedule's rate
+    from the first resumed step; the optimiser's rate saved by the finished run (the old
+    schedule's end, 0) was used for that step."""
+    from napari_neurt.training.engine import WarmupCosine
+    from napari_neurt.training.pretrain import ReconstructionTrainer
+
+    sources = [sine_recording(0)]
+    pretrain(sources, tmp_path, config(steps=10), model=TINY)
+    used = []
+    step = ReconstructionTrainer.train_step
+
+    def recording_rates(self, batch):
+        used.append(self.optimizer.param_groups[0]["lr"])
+        return step(self, batch)
+
+    monkeypatch.setattr(ReconstructionTrainer, "train_step", recording_rates)
+    settings = config(steps=20)
+    pretrain(sources, tmp_path, settings, model=TINY)
+    schedule = WarmupCosine(20, 4)  # ceil(warmup 0.2 x 20 steps)
+    assert used == pytest.approx([settings.lr * schedule(k) for k in range(10, 20)])
+
+
 def test_stop_ends_within_a_step_with_a_loadable_checkpoint(tmp_path):
     stop = threading.Event()
     seen = []

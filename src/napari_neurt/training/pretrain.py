@@ -171,6 +171,15 @@ class ReconstructionTrainer:
 
     def load_state(self, folder: Path) -> None:
         document = load_training_state(folder, self.optimizer, self.scheduler)
+        # the saved rates follow the saved run's schedule; a run resumed with other `steps`
+        # follows its own from its first step (with the same steps, the same rates)
+        for group, base, factor in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         self.step = int(document["step"])
         self.history = [(int(s), float(v)) for s, v in document.get("history", [])]
 
