@@ -9,7 +9,9 @@ Two regimes, mixed within every batch (each window follows one of them):
   hidden steps.
 - ``"own"``, long gaps in the neuron's own trace: only feature 0 is hidden (set to 0), in spans of
   1 to ``own_max_span = 64`` steps (uniform), ``round(own_ratio * T)`` steps per window, while
-  the neighbourhood features stay visible. The loss is on feature 0 of the hidden steps.
+  the neighbourhood features stay visible. The loss is on feature 0 of the hidden steps. A span
+  is cut to the steps still to hide, so no gap is longer than ``round(own_ratio * T)`` (51 steps
+  in windows of 256: the 64 are reached only in windows of 320 steps or more).
 
 Zeroing goes through `napari_neurt.model.inference.hide_steps`, the function that
 ``NeurtModel.reconstruct(tokens, hide, channels="all" | "own")`` uses, so that training and
