@@ -465,7 +465,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="learning rate of the encoder's top block, lower blocks decayed as published; "
-        "default 0: the encoder stays frozen (the published recipe: 1e-4)",
+        "default 0: the encoder stays frozen (the earlier default: 1e-4)",
     )
     p.add_argument(
         "--head-lr", type=float, default=3e-3, help="learning rate of the heads (3e-3)"

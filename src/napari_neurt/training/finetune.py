@@ -104,8 +104,8 @@ class FinetuneConfig:
 
     # The defaults are the recipe chosen on simulated tuning cohorts and measured in the quality
     # report: the encoder frozen (lr 0: its reconstructions stay those validated, and steps are
-    # about 3x faster), the heads at 3e-3, up to 1200 steps of 4 bags of 32 neurons. The
-    # published recipe trains the encoder too: lr 1e-4, head_lr 1e-3, bags of 16, 2000 steps.
+    # about 3x faster), the heads at 3e-3, up to 1200 steps of 4 bags of 32 neurons. The earlier
+    # defaults trained the encoder too: lr 1e-4, head_lr 1e-3, bags of 16, 2000 steps.
     steps: int = 1200  # most optimiser steps per training; early stopping may end it sooner
     bags_per_step: int = 4  # bags (each from one recording) per step
     bag_size: int = 32  # neurons per bag, all over the same window

@@ -175,7 +175,7 @@ class FineTuneWidget(QWidget):
             "learning rate of the encoder's top block (lower blocks decayed as published). 0 "
             "keeps the pretrained encoder frozen and trains the classifier heads only: the "
             "recipe measured in the quality report, and the model's reconstructions stay as "
-            "they were. The published recipe trains the encoder too (1e-4)"
+            "they were. Above 0 (for example 1e-4, the earlier default) the encoder learns too"
         )
         form.addRow("Steps", _row(self.steps_spin, QLabel("encoder lr"), self.lr_spin))
         self.evaluation_box = QComboBox()
