@@ -313,3 +313,37 @@ def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path, torchrun):
     np.testing.assert_array_equal(flat(saved.module).numpy(), rank0)
     state = json.loads((out / "training_state.json").read_text())
     assert state["step"] == 6
+
+
+def test_ddp_pretraining_from_a_classifier(tmp_path, torchrun):
+    """The default weights carry a classifier, whose heads get no gradient from reconstruction:
+    DDP (one process per GPU) failed at the second step with "Expected to have finished
+    reduction in the prior iteration" unless told that some parameters go unused."""
+    from dataclasses import replace
+
+    from napari_neurt.model import NeurtModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = Neurt(replace(TINY, n_classes=2, mil_hidden=8))
+    NeurtModel(network, class_names=("a", "b"), device="cpu").save(tmp_path / "classifier")
+    paths = []
+    for k in range(2):
+        recording = sine_recording(k)
+        paths.append(tmp_path / f"rec{k}.npz")
+        np.savez(paths[-1], traces=recording.traces, centroids=recording.centroids)
+    train = {"steps": 3, "batch_size": 4, "lr": 3e-3, "save_every": 0, "device": "cpu"}
+    script = tmp_path / "train.py"
+    start = f"model = {str(tmp_path / 'classifier')!r}"
+    script.write_text(
+        DDP_SCRIPT.replace("model = NeurtConfig(**{config})", start).format(train=repr(train))
+    )
+    out = tmp_path / "run"
+    done = torchrun(script, out, *paths, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(out / "rank0.npy"), np.load(out / "rank1.npy"))
+    trained = load_model(out, device="cpu").module
+    for name in ("time_pool", "recording_head"):  # untouched, as by a single process
+        for before, after in zip(getattr(network, name).parameters(),
+                                 getattr(trained, name).parameters(), strict=True):
+            torch.testing.assert_close(before, after, rtol=0, atol=0)

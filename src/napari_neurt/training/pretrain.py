@@ -128,7 +128,10 @@ class ReconstructionTrainer:
         self.config = config
         self.context = context
         self.module = module.to(context.device).train()
-        self.model = context.wrap(self.module)
+        # a classifier's heads (pretraining from one, e.g. the default weights) take no part in
+        # reconstruction: DDP, told so, stops waiting for their gradients (which stay None)
+        heads = module.time_pool is not None or module.recording_head is not None
+        self.model = context.wrap(self.module, find_unused_parameters=heads)
         self.optimizer = torch.optim.AdamW(
             decay_groups(self.module.parameters(), config.weight_decay), lr=config.lr
         )
