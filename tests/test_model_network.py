@@ -305,3 +305,23 @@ def test_config_takes_numpy_scalars_and_stores_python_ones():
     assert config.interpolate is True and config.stats_spread is False
     assert type(config.seq_len) is int and type(config.norm_eps) is float
     assert json.loads(json.dumps(config.to_dict()))["interpolate"] is True
+
+
+def test_a_seeded_build_leaves_the_gpu_generators_alone(monkeypatch):
+    """`own_global_rng(seed)` restores only the CPU generator (fork_rng(devices=[])), so it must
+    seed only that one: torch.manual_seed also reseeds every CUDA and MPS generator, which on a
+    GPU machine stayed reseeded after each seeded build (every fine-tune fold, every pretrain)."""
+    from napari_neurt.model.neurt import own_global_rng
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append("cuda"))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: reseeded.append("mps"))
+    config = NeurtConfig(seq_len=8, n_embd=8, n_head=2, n_layer=1, n_ff=8)
+    with own_global_rng(3):
+        built = Neurt(config)
+    assert reseeded == []
+    with torch.random.fork_rng(devices=[]):  # the same weights as a torch.manual_seed(3) build
+        torch.manual_seed(3)
+        expected = Neurt(config)
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(built.state_dict()[name], value, rtol=0, atol=0)

@@ -70,7 +70,9 @@ def own_global_rng(seed: int | None = None) -> Iterator[None]:
     package's threads, seeded with `seed` when given, and left as it was afterwards."""
     with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         if seed is not None:
-            torch.manual_seed(seed)
+            # the CPU generator alone, the one fork_rng restores: torch.manual_seed would also
+            # reseed every CUDA (and MPS) generator, and leave them reseeded
+            torch.default_generator.manual_seed(seed)
         yield
 
 
