@@ -366,3 +366,24 @@ def test_a_failed_table_leaves_the_earlier_results_pair_as_it_was(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [path.name, results.name, results.with_suffix(".csv").name]
     )
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_under_torchrun_each_process_takes_its_own_gpu(tmp_path, monkeypatch, capsys, device):
+    """`torchrun ... neurt classify --device cuda` put every process on GPU 0, while
+    `neurt pretrain --device cuda` gives each its own (LOCAL_RANK), as the docs say both do."""
+    from napari_neurt import model
+
+    asked = []
+
+    def load(source, device="auto"):
+        asked.append(device)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(model, "load_model", load)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    (path,) = write_recordings(tmp_path, 1)
+    assert main(["classify", str(path), "--device", device]) == 2
+    assert asked == ["cuda:1"]

@@ -144,7 +144,9 @@ def _run_model_task(args: argparse.Namespace) -> int:
     from .model.inference import verdict
 
     device = args.device
-    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+    # under torchrun, one GPU per process: "cuda" as for pretrain and finetune, not all on GPU 0
+    if (device.strip().lower() in ("auto", "cuda") and "LOCAL_RANK" in os.environ
+            and torch.cuda.is_available()):
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     batch.check_results_paths(args.recordings, args.task, args.out)  # all ranks' files
     mine = batch.shard(args.recordings)
