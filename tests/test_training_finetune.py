@@ -767,3 +767,32 @@ def test_map_to_main_shares_the_items_out_and_gathers_them_in_order(tmp_path, to
     assert (tmp_path / "rank1.txt").read_text() == "None"
     for i, result in enumerate(results):  # item i on rank i % 2, in its own shape
         np.testing.assert_array_equal(result, np.full((i + 1, 2), 10.0 * i + i % 2))
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_false_also_holds_for_the_report_and_the_whole_recording_fit(
+    tmp_path, monkeypatch, bf16
+):
+    """On CUDA a NeurtModel runs under bf16 autocast; `FinetuneConfig(bf16=False)` trained in
+    float32 but then classified the held-out animals (and fitted the recording term) in bf16."""
+    import importlib
+
+    from napari_neurt.model import NeurtModel
+
+    finetune_module = importlib.import_module("napari_neurt.training.finetune")
+
+    class OnCuda(NeurtModel):  # what NeurtModel sets on a CUDA device
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.bf16 = True
+
+        def classify(self, *args, **kwargs):
+            used.append(self.bf16)
+            return super().classify(*args, **kwargs)
+
+    used = []
+    monkeypatch.setattr(finetune_module, "NeurtModel", OnCuda)
+    config = fast(steps=4, eval_every=2, bf16=bf16, whole_recording_fit=True)
+    result = finetune(toy_cohort(per_class=3), tmp_path / "out", config, base=TINY)
+    assert used and set(used) == {bf16}  # held-out animals and the whole-recording fit
+    assert result.model.bf16 is bf16

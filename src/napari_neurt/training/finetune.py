@@ -1147,6 +1147,7 @@ def _iter_finetune(items, out_dir, config, start, class_names, read_options, sho
             frame_rate_hz=frame_rate,
             device=device,
         )
+        model.bf16 = model.bf16 and config.bf16  # held-out animals, whole-recording fit: as trained
         fitting = split.train + split.validation
         fewest = min(len({i.animal for i in items if i.animal in fitting and i.label == name})
                      for name in class_names)
