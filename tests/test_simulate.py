@@ -122,6 +122,18 @@ def test_bad_arguments_are_explained():
     assert simulate.get_indicator("gcamp6s") is simulate.INDICATORS["GCaMP6s"]
 
 
+@pytest.mark.parametrize("frame_rate", [0.0, -30.0, float("nan"), float("inf")])
+def test_a_frame_rate_that_is_not_a_positive_number_is_explained(frame_rate):
+    # it used to give a ZeroDivisionError (two_photon), a kernel of zeros (calcium_kernel) or a
+    # constant negative "ΔF/F" (spikes_to_dff at -1 Hz)
+    with pytest.raises(ValueError, match="frame_rate must be a positive"):
+        simulate.two_photon(shape=(32, 32), n_cells=3, n_frames=5, frame_rate=frame_rate)
+    with pytest.raises(ValueError, match="frame_rate must be a positive"):
+        simulate.calcium_kernel("GCaMP6f", frame_rate)
+    with pytest.raises(ValueError, match="frame_rate must be a positive"):
+        simulate.spikes_to_dff(np.ones((2, 5)), "GCaMP6f", frame_rate)
+
+
 # -- calcium kinetics ------------------------------------------------------------------------------
 
 

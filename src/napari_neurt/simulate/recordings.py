@@ -232,6 +232,8 @@ def generate(
         raise ValueError(
             f"need at least one cell, frame and pixel; got {n_cells}, {n_frames}, {shape}"
         )
+    if not (np.isfinite(frame_rate) and frame_rate > 0):
+        raise ValueError(f"frame_rate must be a positive number of Hz; got {frame_rate}")
     um = imaging.pixel_size_um
     anatomy_seed, activity_seed, tissue_seed, noise_seed = np.random.SeedSequence(seed).spawn(4)
     anatomy_rng = np.random.default_rng(anatomy_seed)
