@@ -167,6 +167,23 @@ def test_bad_population_arguments_are_explained():
         simulate.population(n_neurons=5, n_frames=10, frame_rate=0)
     with pytest.raises(ValueError, match="cells"):
         simulate.population(n_neurons=100, n_frames=10, field_um=30)
+    with pytest.raises(ValueError, match="need a neuron"):  # was numpy's "negative dimensions"
+        simulate.population(n_neurons=-1, n_frames=10)
+
+
+@pytest.mark.parametrize(
+    ("n_neurons", "n_frames", "name"),
+    [
+        ((10, 5), 100, "n_neurons"),
+        (10, (0, 50), "n_frames"),
+        (0, 100, "n_neurons"),
+        (10, -3, "n_frames"),
+    ],
+)
+def test_bad_training_recording_sizes_are_explained(n_neurons, n_frames, name):
+    # a reversed range failed in numpy ("low >= high") once the first recording was drawn
+    with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+        next(simulate.training_recordings(1, n_neurons=n_neurons, n_frames=n_frames))
 
 
 # -- conditions -----------------------------------------------------------------------------------

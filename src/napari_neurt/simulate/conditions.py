@@ -148,6 +148,8 @@ def training_recordings(
     """
     if not 0.0 <= denoised_share <= 1.0:
         raise ValueError(f"denoised_share is a probability in [0, 1]; got {denoised_share}")
+    _check_size("n_neurons", n_neurons)
+    _check_size("n_frames", n_frames)
     stream = np.random.SeedSequence(seed)
     k = 0
     while n is None or k < n:
@@ -184,6 +186,15 @@ def denoised(recording: Recording) -> Recording:
         source=f"{recording.source}, denoised (true ΔF/F)",
         metadata={**recording.metadata, "trace_kind": "denoised"},
     )
+
+
+def _check_size(name: str, value: int | tuple[int, int]) -> None:
+    """A size is a number or an inclusive (low, high) range, with 1 <= low <= high."""
+    low, high = (value, value) if np.ndim(value) == 0 else value
+    if not 1 <= low <= high:
+        raise ValueError(
+            f"{name} must be at least 1, or a range (low, high) with 1 <= low <= high; got {value}"
+        )
 
 
 def _draw(value: int | tuple[int, int], rng: np.random.Generator) -> int:

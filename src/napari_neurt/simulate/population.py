@@ -217,6 +217,8 @@ def population(
     indicator = get_indicator(indicator)
     activity = Activity() if activity is None else activity
     anatomy_seed, activity_seed, noise_seed, dropped_seed = np.random.SeedSequence(seed).spawn(4)
+    if positions_um is None and not n_neurons >= 1:  # a negative number failed in numpy
+        raise ValueError(f"need a neuron; got n_neurons={n_neurons}")
     if positions_um is None:
         field_um = _field_um(field_um, n_neurons, imaging.cells_per_mm2)
         positions_um = place_neurons(
