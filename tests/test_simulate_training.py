@@ -306,6 +306,16 @@ def test_ad_like_animals_are_less_synchronous_on_average(animals):
         assert np.mean(by_group["AD-like"]) < 0.7 * np.mean(by_group["wild type"]), truth
 
 
+@pytest.mark.parametrize(
+    "options", [{"effect": float("nan")}, {"effect": -1.0}, {"n_neurons": 0}, {"n_per_group": 0}]
+)
+def test_bad_cohort_arguments_are_explained(options):
+    # effect=NaN failed in numpy ("lam value too large"); n_neurons=0 gave animals of 1 neuron
+    arguments = {"n_per_group": 1, "n_neurons": 5, "n_frames": 20, **options}
+    with pytest.raises(ValueError, match="need n_per_group >= 1, n_neurons >= 1 and effect >= 0"):
+        simulate.cohort(arguments.pop("n_per_group"), **arguments)
+
+
 def test_write_cohort_round_trips_through_read_recording(animals, tmp_path):
     manifest = simulate.write_cohort(tmp_path / "cohort", animals[:4])
     assert manifest == tmp_path / "cohort" / "manifest.csv"

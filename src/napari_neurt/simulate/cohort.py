@@ -169,8 +169,12 @@ def cohort(
         balanced). Each recording's ``metadata`` also holds "animal", "group", "affected" and
         "plaques".
     """
-    if n_per_group < 1 or effect < 0:
-        raise ValueError(f"need n_per_group >= 1 and effect >= 0; got {n_per_group}, {effect}")
+    # `not effect >= 0` also catches NaN, which failed later in numpy ("lam value too large")
+    if n_per_group < 1 or n_neurons < 1 or not effect >= 0:
+        raise ValueError(
+            "need n_per_group >= 1, n_neurons >= 1 and effect >= 0; "
+            f"got {n_per_group}, {n_neurons}, {effect}"
+        )
     condition = COHORT_CONDITION if condition is None else condition
     root = np.random.SeedSequence(seed)
     streams = [
