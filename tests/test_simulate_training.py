@@ -89,6 +89,18 @@ def test_population_layout_and_truth():
     assert 6 < np.median(truth["snr"]) < 12
 
 
+def test_select_picks_the_per_neuron_truth_as_the_population_docstring_says():
+    recording = simulate.population(n_neurons=20, n_frames=50, seed=2)
+    which = np.array([3, 0, 7])
+    picked = recording.select(which)
+    for name in ("spikes", "dff", "ensembles", "snr"):
+        np.testing.assert_array_equal(picked.metadata[name], recording.metadata[name][which])
+    np.testing.assert_array_equal(picked.metadata["drift"], recording.metadata["drift"])
+    doc = " ".join(simulate.population.__doc__.split())
+    assert "`Recording.select` picks the per-neuron ones" in doc
+    assert "keeps these whole: index them" not in doc  # what it said before, wrongly
+
+
 def test_population_of_500_neurons_by_6000_frames_is_fast():
     simulate.population(n_neurons=50, n_frames=100)  # warm-up
     start = time.perf_counter()

@@ -212,7 +212,8 @@ def population(
         (T,)), "snr" (float32 (N,): peak ΔF/F of one spike over the noise of the resting trace,
         per frame), "dropped_frames" (int64 indices, ascending) and "dropped_frame_kinds" (their
         kinds), besides "kind", "indicator", "seed" and every setting in "params".
-        `Recording.select` keeps these whole: index them with the selection if needed.
+        `Recording.select` picks the per-neuron ones ("spikes", "dff", "ensembles", "snr") with
+        the neurons and keeps the per-frame ones whole.
     """
     indicator = get_indicator(indicator)
     activity = Activity() if activity is None else activity
