@@ -20,8 +20,8 @@ class Activity:
     private or shared, is a burst of ``1 + Poisson(mean - 1)`` spikes, delayed by exponentially
     distributed latencies. With `coupling` below 1, some of a member's ensemble bursts lose their
     ensemble's timing and fall at random times instead: the same spikes, less synchrony. The
-    defaults describe an active population: about 3 spikes per second per neuron on average, two
-    thirds of the neurons in an ensemble.
+    defaults describe an active population: about 3 spikes per second per neuron on average,
+    about 60 % of the neurons in an ensemble.
 
     Attributes
     ----------

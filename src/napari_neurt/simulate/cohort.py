@@ -23,7 +23,9 @@ GROUPS = (WILD_TYPE, AD_LIKE)
 # The default cohort's population fires sparsely, as cortical L2/3 does (below 1 spike/s on
 # average, with a wide spread of rates), so that hyperactive neurons stand out; its ensembles are
 # few and broad (about three per 300 neurons), so that the mean pairwise correlation is a
-# meaningful, if noisy, measure of synchrony (about 0.04 in wild-type traces).
+# meaningful, if noisy, measure of synchrony (about 0.07 in wild-type traces at 300 neurons x
+# 3000 frames, about half of it from the drift and bleaching all neurons share: 0.04 with the
+# drift divided out).
 COHORT_CONDITION = Condition(
     activity=Activity(
         rate_hz=0.3,
@@ -138,8 +140,8 @@ def cohort(
     - affected neurons: those within ``hyperactive_radius_um`` of a plaque's edge (with the
       defaults a quarter of the neurons on average, from 5 to 45 % in an animal; Busche et al.
       2008 found 21 % hyperactive); their private event rate is multiplied by
-      ``1 + effect * (rate_gain - 1)`` (3 at ``effect=1``: about 2.8 times the spikes of the
-      unaffected neurons, ensemble events included);
+      ``1 + effect * (rate_gain - 1)`` (3 at ``effect=1``: about 2.6 times the spikes of the
+      unaffected neurons, ensemble events included, from 2 to 3 in an animal);
     - lower synchrony, in every neuron: the ensemble coupling is multiplied by
       ``1 - effect * coupling_loss`` (0.65 at ``effect=1``): a further 35 % of ensemble
       bursts fall at random times; the spike count is unchanged.
