@@ -32,6 +32,10 @@ by hand from these tables.
    example) and simulated held-out recordings (`simulate.training_recordings`, seed
    `SIM_SEED`, never used for training or tuning), each as raw fluorescence and as denoised
    traces (`simulate.denoised`, the true ΔF/F, like CaImAn's C).
+   `--hide-draws K` also reconstructs the real recordings over K further draws of hidden steps
+   (seeds `HIDE_SEED + 100 k + regime index`, k = 1..K; no adaptation) and prints each
+   method's mean and s.d. over them, and the calibrated row's margin over linear and PCHIP
+   interpolation in the same draw: how much of a difference in the main table is the draw.
 2. Classification, wild type vs AD-like, on a simulated held-out cohort (seed `TEST_COHORT_SEED`):
    accuracy and AUC over animals for 4, 8 and 16 training animals per class (training cohorts
    with seeds `TRAIN_COHORT_SEED + n`, or `+ 1000 * repeat` for further draws), fine-tuned
@@ -279,6 +283,66 @@ def format_reconstruction(rows, recordings) -> str:
     return "\n".join(lines)
 
 
+# --- the spread over draws of hidden steps ------------------------------------------------------
+DRAW_METHODS = ("default", "default, calibrated", "linear interpolation", "pchip interpolation",
+                "kriging (own autocovariance)")
+
+
+def draws_table(recordings, model, draws: int):
+    """R^2 over further draws of hidden steps: {(recording, regime): {method: [r2 per draw]}}.
+
+    Draw k (1..draws) hides the steps of seed HIDE_SEED + 100 k + regime index; draw 0, the one
+    of the main table, is left out. Rows: `DRAW_METHODS` (no adaptation: its cost times `draws`).
+    """
+    table = {}
+    for name, tokens in recordings:
+        for r_index, (regime, (channels, _)) in enumerate(REGIMES.items()):
+            t0 = time.monotonic()
+            cell = table.setdefault((name, regime), {m: [] for m in DRAW_METHODS})
+            for k in range(1, draws + 1):
+                hidden = hide_mask(*tokens.shape[:2], regime, HIDE_SEED + 100 * k + r_index)
+                truth = tokens[..., 0][hidden]
+                own = tokens[..., 0]
+                calibration = model.calibrate(tokens, hidden, channels=channels)
+                estimates = {
+                    "default": model.reconstruct(tokens, hidden, channels=channels)[..., 0],
+                    "default, calibrated": model.reconstruct(
+                        tokens, hidden, channels=channels, calibration=calibration)[..., 0],
+                    "linear interpolation": interpolate(own, hidden, "linear"),
+                    "pchip interpolation": interpolate(own, hidden, "pchip"),
+                    "kriging (own autocovariance)": kriging_fill(own, hidden),
+                }
+                for method, estimate in estimates.items():
+                    cell[method].append(r2(truth, estimate[hidden]))
+            print(f"  draws {name} {regime}: {time.monotonic() - t0:.0f} s", file=sys.stderr,
+                  flush=True)
+    return table
+
+
+def format_draws(table, draws: int) -> str:
+    """Mean (s.d.) of every method over the draws, and the calibrated row's paired margins."""
+    lines = [f"\nOver {draws} further draws of hidden steps (the main table's draw left out): "
+             "mean R^2 (s.d.); margin = calibrated minus the interpolation in the same draw, "
+             "mean (s.d.), and in how many draws it is above 0.\n",
+             "| recording | regime | " + " | ".join(DRAW_METHODS)
+             + " | margin over the better of linear and PCHIP | over PCHIP | over linear |",
+             "| --- | --- |" + " ---: |" * (len(DRAW_METHODS) + 3)]
+    for (name, regime), cell in table.items():
+        values = {m: np.array(v) for m, v in cell.items()}
+        calibrated = values["default, calibrated"]
+        linear, pchip = values["linear interpolation"], values["pchip interpolation"]
+
+        def margin(reference):
+            d = calibrated - reference
+            return f"{d.mean():+.4f} ({d.std(ddof=1):.4f}) {int((d > 0).sum())}/{len(d)}"
+
+        lines.append(f"| {name} | {regime} | "
+                     + " | ".join(f"{v.mean():.3f} ({v.std(ddof=1):.3f})" for v in values.values())
+                     + f" | {margin(np.maximum(linear, pchip))} | {margin(pchip)} | "
+                       f"{margin(linear)} |")
+    return "\n".join(lines)
+
+
 # --- classification -----------------------------------------------------------------------------
 def summary_statistics(recording) -> np.ndarray:
     """[mean event rate (events/s), mean pairwise correlation] of a recording's traces."""
@@ -452,6 +516,9 @@ def main(argv=None) -> None:
                         help="FinetuneConfig.recording_pooling (default: evidence)")
     parser.add_argument("--full-lr", type=float, default=1e-4,
                         help="also fine-tune the whole encoder at this top-block lr (0: no)")
+    parser.add_argument("--hide-draws", type=int, default=0,
+                        help="also reconstruct the real recordings over this many further draws "
+                        "of hidden steps and print each method's spread over them (no adapt)")
     parser.add_argument("--skip", default="",
                         help="comma list: recon,classify,demo (demo: the shipped classifier's row)")
     parser.add_argument("--markdown", type=Path, default=None)
@@ -494,6 +561,11 @@ def main(argv=None) -> None:
         out.append("\n### Masked reconstruction, R^2 of the own trace at hidden steps\n")
         out += [f"Left out: {what}." for what in left_out]
         out.append(format_reconstruction(rows, recordings))
+        if args.hide_draws > 0:
+            real_only = [(name, tokens) for name, tokens in recordings if name in real]
+            out.append("\n### The spread over draws of hidden steps (real recordings)\n")
+            out.append(format_draws(draws_table(real_only, model, args.hide_draws),
+                                    args.hide_draws))
     if "classify" not in skip:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         rows, attention, window, n_test = classification(model, sizes, args.test_per_group,

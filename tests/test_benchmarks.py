@@ -49,3 +49,24 @@ def test_tuning_stops_with_a_message_on_a_wrong_data_folder(monkeypatch, tmp_pat
     monkeypatch.setenv("NEURT_TEST_DATA", str(tmp_path))
     with pytest.raises(SystemExit, match="thunder_mouse_2p"):
         tuning.main(["default"])
+
+
+def test_quality_draws_hide_other_steps_and_report_each_method_over_them():
+    quality = benchmark("quality")
+    from napari_neurt import simulate
+    from napari_neurt.model import load_model
+    from napari_neurt.model.tokens import neighborhood_tokens
+
+    rec = next(simulate.training_recordings(1, seed=5, n_neurons=(12, 12), n_frames=(300, 300)))
+    tokens = neighborhood_tokens(rec.traces, rec.centroids, None).tokens
+    first, second = (quality.hide_mask(12, 300, "published", quality.HIDE_SEED + 100 * k)
+                     for k in (1, 2))
+    main = quality.hide_mask(12, 300, "published", quality.HIDE_SEED)
+    assert not np.array_equal(first, main) and not np.array_equal(first, second)
+    table = quality.draws_table([("sim", tokens)], load_model("default", device="cpu"), 2)
+    assert set(table) == {("sim", regime) for regime in quality.REGIMES}
+    for cell in table.values():
+        assert set(cell) == set(quality.DRAW_METHODS)
+        assert all(len(values) == 2 and np.all(np.isfinite(values)) for values in cell.values())
+    text = quality.format_draws(table, 2)
+    assert text.count("| sim |") == 3 and "/2" in text
