@@ -232,10 +232,8 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
             for label, model in models.items():
                 out = model.reconstruct(tokens, hidden, channels=channels)[..., 0]
                 rows.setdefault(label, {})[key] = r2(truth, out[hidden])
-                if label != "default":
-                    continue
-                candidates = {label: model}
-                if adapt_steps and name in adapt_names:
+                candidates = {label: model}  # every candidate calibrated, the default adapted
+                if label == "default" and adapt_steps and name in adapt_names:
                     adapted = model.adapt(tokens, adapt_steps, hide=hidden, channels=channels,
                                           seed=0)
                     out = adapted.reconstruct(tokens, hidden, channels=channels)[..., 0]

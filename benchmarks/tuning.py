@@ -14,7 +14,8 @@ published / gap32 / gap64), on data that quality.py never reports:
   Skipped without NEURT_TEST_DATA.
 
 The hidden steps are drawn with their own seed (777 + regime). Prints every method's R^2
-(`quality.reconstruction_table`: the candidates, interpolation, kriging, ridge) and each candidate's mean
+(`quality.reconstruction_table`: each candidate as trained and calibrated, interpolation,
+kriging, ridge) and each candidate's mean
 margin over the better of linear and PCHIP interpolation (higher is better).
 Candidates are anything `load_model` takes; train one with
 ``python scripts/train_default_weights.py --work runs/k9 --out runs/k9/out --local-kernel 9``.

@@ -70,3 +70,18 @@ def test_quality_draws_hide_other_steps_and_report_each_method_over_them():
         assert all(len(values) == 2 and np.all(np.isfinite(values)) for values in cell.values())
     text = quality.format_draws(table, 2)
     assert text.count("| sim |") == 3 and "/2" in text
+
+
+def test_quality_calibrates_every_candidate_not_only_the_default():
+    quality = benchmark("quality")
+    from napari_neurt import simulate
+    from napari_neurt.model import load_model
+    from napari_neurt.model.tokens import neighborhood_tokens
+
+    rec = next(simulate.training_recordings(1, seed=5, n_neurons=(10, 10), n_frames=(300, 300)))
+    tokens = neighborhood_tokens(rec.traces, rec.centroids, None).tokens
+    model = load_model("default", device="cpu")
+    rows = quality.reconstruction_table([("sim", tokens)], {"default": model, "candidate": model},
+                                        0, set())
+    assert rows["candidate, calibrated"] == rows["default, calibrated"]  # the same weights
+    assert len(rows["candidate, calibrated"]) == len(quality.REGIMES)
