@@ -317,27 +317,30 @@ def draws_table(recordings, model, draws: int):
     return table
 
 
+def _margin(values: np.ndarray, reference: np.ndarray) -> str:
+    """Mean (s.d.) of values - reference over the draws, and in how many draws it is above 0."""
+    d = values - reference
+    return f"{d.mean():+.4f} ({d.std(ddof=1):.4f}) {int((d > 0).sum())}/{len(d)}"
+
+
 def format_draws(table, draws: int) -> str:
     """Mean (s.d.) of every method over the draws, and the calibrated row's paired margins."""
-    lines = [f"\nOver {draws} further draws of hidden steps (the main table's draw left out): "
-             "mean R^2 (s.d.); margin = calibrated minus the interpolation in the same draw, "
-             "mean (s.d.), and in how many draws it is above 0.\n",
-             "| recording | regime | " + " | ".join(DRAW_METHODS)
-             + " | margin over the better of linear and PCHIP | over PCHIP | over linear |",
-             "| --- | --- |" + " ---: |" * (len(DRAW_METHODS) + 3)]
+    lines = [
+        (f"\nOver {draws} further draws of hidden steps (the main table's draw left out): "
+         "mean R^2 (s.d.); margin = calibrated minus the interpolation in the same draw, "
+         "mean (s.d.), and in how many draws it is above 0.\n"),
+        ("| recording | regime | " + " | ".join(DRAW_METHODS)
+         + " | margin over the better of linear and PCHIP | over PCHIP | over linear |"),
+        "| --- | --- |" + " ---: |" * (len(DRAW_METHODS) + 3),
+    ]
     for (name, regime), cell in table.items():
         values = {m: np.array(v) for m, v in cell.items()}
         calibrated = values["default, calibrated"]
         linear, pchip = values["linear interpolation"], values["pchip interpolation"]
-
-        def margin(reference):
-            d = calibrated - reference
-            return f"{d.mean():+.4f} ({d.std(ddof=1):.4f}) {int((d > 0).sum())}/{len(d)}"
-
         lines.append(f"| {name} | {regime} | "
                      + " | ".join(f"{v.mean():.3f} ({v.std(ddof=1):.3f})" for v in values.values())
-                     + f" | {margin(np.maximum(linear, pchip))} | {margin(pchip)} | "
-                       f"{margin(linear)} |")
+                     + f" | {_margin(calibrated, np.maximum(linear, pchip))}"
+                       f" | {_margin(calibrated, pchip)} | {_margin(calibrated, linear)} |")
     return "\n".join(lines)
 
 
