@@ -290,18 +290,25 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path, torchrun):
+def run_ddp_pretraining(tmp_path, torchrun, n_recordings: int, script: str) -> Path:
+    """Run `script` (DDP_SCRIPT, filled in) on two gloo processes over `n_recordings` sine
+    recordings saved as .npz; return its output folder."""
     paths = []
-    for k in range(4):
+    for k in range(n_recordings):
         recording = sine_recording(k)
         paths.append(tmp_path / f"rec{k}.npz")
         np.savez(paths[-1], traces=recording.traces, centroids=recording.centroids)
-    train = {"steps": 6, "batch_size": 4, "lr": 3e-3, "save_every": 3, "device": "cpu"}
-    script = tmp_path / "train.py"
-    script.write_text(DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train)))
+    (tmp_path / "train.py").write_text(script)
     out = tmp_path / "run"
-    done = torchrun(script, out, *paths, timeout=240)
+    done = torchrun(tmp_path / "train.py", out, *paths, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_ddp_with_two_processes_keeps_replicas_identical(tmp_path, torchrun):
+    train = {"steps": 6, "batch_size": 4, "lr": 3e-3, "save_every": 3, "device": "cpu"}
+    script = DDP_SCRIPT.format(config=repr(TINY.to_dict()), train=repr(train))
+    out = run_ddp_pretraining(tmp_path, torchrun, 4, script)
 
     rank0, rank1 = np.load(out / "rank0.npy"), np.load(out / "rank1.npy")
     np.testing.assert_array_equal(rank0, rank1)
@@ -327,20 +334,10 @@ def test_ddp_pretraining_from_a_classifier(tmp_path, torchrun):
         torch.manual_seed(0)
         network = Neurt(replace(TINY, n_classes=2, mil_hidden=8))
     NeurtModel(network, class_names=("a", "b"), device="cpu").save(tmp_path / "classifier")
-    paths = []
-    for k in range(2):
-        recording = sine_recording(k)
-        paths.append(tmp_path / f"rec{k}.npz")
-        np.savez(paths[-1], traces=recording.traces, centroids=recording.centroids)
     train = {"steps": 3, "batch_size": 4, "lr": 3e-3, "save_every": 0, "device": "cpu"}
-    script = tmp_path / "train.py"
     start = f"model = {str(tmp_path / 'classifier')!r}"
-    script.write_text(
-        DDP_SCRIPT.replace("model = NeurtConfig(**{config})", start).format(train=repr(train))
-    )
-    out = tmp_path / "run"
-    done = torchrun(script, out, *paths, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    script = DDP_SCRIPT.replace("model = NeurtConfig(**{config})", start).format(train=repr(train))
+    out = run_ddp_pretraining(tmp_path, torchrun, 2, script)
     np.testing.assert_array_equal(np.load(out / "rank0.npy"), np.load(out / "rank1.npy"))
     trained = load_model(out, device="cpu").module
     for name in ("time_pool", "recording_head"):  # untouched, as by a single process
