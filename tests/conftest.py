@@ -92,3 +92,36 @@ def scanimage_tiff():
         return Path(path)
 
     return write
+
+
+class _LiveTokens:
+    """Counts the recordings whose tokens `training.data` built, and the most alive at once."""
+
+    def __init__(self, monkeypatch):
+        import dataclasses
+        import gc
+        import weakref
+
+        from napari_neurt.training import data
+
+        self.alive, self.built, self.most = {}, 0, 0
+        build = data.neighborhood_tokens
+
+        def counted(*args, **kwargs):
+            made = build(*args, **kwargs)
+            tokens = made.tokens.copy()  # an array of its own, freed when the last user drops it
+            key = id(tokens)
+            self.alive[key] = weakref.ref(tokens, lambda _, key=key: self.alive.pop(key, None))
+            self.built += 1
+            gc.collect()
+            self.most = max(self.most, len(self.alive))
+            return dataclasses.replace(made, tokens=tokens)
+
+        monkeypatch.setattr(data, "neighborhood_tokens", counted)
+
+
+@pytest.fixture
+def live_tokens(monkeypatch) -> _LiveTokens:
+    """How many recordings' tokens the training streams built and kept alive at once: what
+    streaming bounds (counted, rather than the memory measured)."""
+    return _LiveTokens(monkeypatch)

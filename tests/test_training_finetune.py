@@ -276,6 +276,31 @@ def test_sampling_balances_classes_and_animals():
     assert per_animal["calm-0"] == pytest.approx(per_animal["calm-1"])
 
 
+def test_bags_keep_the_tokens_of_at_most_cached_recordings(live_tokens):
+    """Fine-tuning reads a recording when it is drawn and keeps `cached_recordings` of them (the
+    bound docs/finetune.md states), never the whole cohort."""
+    from napari_neurt.training.data import BagStream
+
+    kinds = ("calm", "bursty")
+    sources = [lambda k=k: toy_recording(kinds[k % 2], k, n_frames=40) for k in range(20)]
+    stream = BagStream(
+        sources,
+        [k % 2 for k in range(20)],
+        np.ones(20),
+        window_length=32,
+        bag_size=4,
+        bags_per_step=2,
+        recordings_per_round=2,
+        bags_per_recording=1,
+        cached_recordings=3,
+    )
+    bags = iter(stream)
+    for _ in range(60):
+        next(bags)
+    assert live_tokens.built > 10  # recordings were read again after being dropped
+    assert live_tokens.most <= 3 + 1  # the cached ones, and one read before the oldest goes
+
+
 def test_a_seeded_classifier_does_not_depend_on_models_loaded_meanwhile():
     # a model loaded in another thread (a napari panel) while fine-tuning starts a fold must not
     # take draws from the seeded sequence of the fresh heads

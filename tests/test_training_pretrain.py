@@ -89,6 +89,20 @@ def test_a_stream_with_rounds_of_only_short_recordings_resumes_where_it_was():
     )
 
 
+def test_stream_holds_one_round_of_recordings_however_many_it_streams(live_tokens):
+    """Pretraining streams: recordings are made when their round comes (sources are callables
+    here) and dropped after it, so memory does not grow with the number of recordings."""
+    sources = [lambda k=k: sine_recording(k, n_neurons=4, n_frames=64) for k in range(24)]
+    stream = WindowStream(
+        sources, window_length=32, batch_size=4, windows_per_recording=4, recordings_per_round=3
+    )
+    batches = iter(stream)
+    for _ in range(8 * stream.batches_per_round):  # every recording once
+        next(batches)
+    assert live_tokens.built == 24
+    assert live_tokens.most == 3  # one round's recordings
+
+
 def test_stream_shards_recordings_across_processes():
     sources = [sine_recording(k) for k in range(4)]
     seen = {}
