@@ -142,6 +142,17 @@ def test_pretraining_learns_a_simple_signal(tmp_path):
     assert torch.equal(flat(model.module), flat(result.network))
 
 
+def test_pretraining_takes_the_animals_of_a_simulated_cohort(tmp_path):
+    from napari_neurt import simulate
+    from napari_neurt.training.data import describe_source, load_recording
+
+    animals = simulate.cohort(1, seed=3, n_neurons=12, n_frames=300)
+    assert load_recording(animals[0]) is animals[0].recording
+    assert describe_source(animals[0]) == animals[0].animal
+    result = pretrain(animals, tmp_path, config(steps=2, batch_size=4), model=TINY)
+    assert result.step == 2
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resuming_continues_exactly_as_an_uninterrupted_run(tmp_path, workers):
     sources = [sine_recording(k) for k in range(3)]

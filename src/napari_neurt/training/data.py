@@ -4,7 +4,8 @@ A *source* is anything that gives a recording, loaded only when it is needed:
 
 - a path that `napari_neurt.io.read_recording` reads (suite2p folder, CaImAn .hdf5, .nwb, .npz of
   traces and centroids, a TIFF movie with ``labels=`` in `read_options`);
-- a `Recording`, or an object with a ``.recording()`` method (a simulated recording);
+- a `Recording`, an object with a ``.recording()`` method (a simulated recording) or one whose
+  ``.recording`` is a `Recording` (an animal of `simulate.cohort`);
 - a callable without arguments that returns either (for example
   ``lambda: simulate.two_photon(seed=7).recording()``), so that nothing is made before it is used;
 - tokens already built: `NeighborhoodTokens` or an array (N, T, n_features).
@@ -33,7 +34,8 @@ from ..recording import Recording
 
 log = logging.getLogger(__name__)
 
-# also accepted: any object with a .recording() method (a simulated recording)
+# also accepted: any object with a .recording() method (a simulated recording) or a
+# .recording attribute that is a Recording (an animal of a simulated cohort)
 RecordingSource = (
     str | os.PathLike | Recording | NeighborhoodTokens | np.ndarray | Callable[[], Any]
 )
@@ -50,6 +52,8 @@ def describe_source(source: RecordingSource) -> str:
         return source.source or repr(source)
     if isinstance(source, NeighborhoodTokens | np.ndarray):
         return f"tokens {tuple(np.shape(getattr(source, 'tokens', source)))}"
+    if isinstance(getattr(source, "recording", None), Recording):
+        return getattr(source, "animal", None) or describe_source(source.recording)
     return getattr(source, "source", None) or getattr(source, "__name__", None) or repr(source)
 
 
@@ -59,13 +63,15 @@ def load_recording(source: RecordingSource, read_options: dict | None = None) ->
         return read_recording(source, **(read_options or {}))
     if isinstance(source, Recording):
         return source
+    if isinstance(getattr(source, "recording", None), Recording):  # a simulated cohort's animal
+        return source.recording
     if hasattr(source, "recording") and callable(source.recording):
         return source.recording()
     if callable(source):
         return load_recording(source(), read_options)
     raise TypeError(
         f"cannot make a recording from {type(source).__name__}; give a path, a Recording, an "
-        "object with .recording() or a callable returning one"
+        "object with .recording() or a .recording attribute, or a callable returning one"
     )
 
 
