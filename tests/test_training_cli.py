@@ -72,6 +72,33 @@ def test_pretrain_command_trains_and_resumes(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_pretrain_reads_tiff_movies_with_the_labels_given(tmp_path, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((24, 24), dtype=np.uint16)
+    for k, (y, x) in enumerate([(3, 3), (3, 15), (12, 8), (18, 18), (18, 3)], start=1):
+        labels[y : y + 4, x : x + 4] = k
+    frames = np.arange(96)[:, None, None]
+    movie = 100 + 20 * np.sin(2 * np.pi * frames / 30 + labels[None] / 2.0)
+    movie = (movie + rng.normal(0, 1, (96, 24, 24))).astype(np.float32)
+    tifffile.imwrite(tmp_path / "movie.tif", movie)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    npz = str(write_recording(tmp_path / "r0.npz"))
+    common = ["--shape", json.dumps(SHAPE), "--batch-size", "4", "--device", "cpu",
+              "--steps", "2", "--frame-rate", "10"]
+    movie_path = str(tmp_path / "movie.tif")
+    assert main(["pretrain", movie_path, npz, "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(tmp_path / "run"), *common]) == 0
+    assert load_model(tmp_path / "run", device="cpu").provenance["step"] == 2
+    capsys.readouterr()
+    assert main(["pretrain", movie_path, "--out", str(tmp_path / "no"), *common]) == 2
+    assert "pass labels" in capsys.readouterr().err  # a movie without its ROIs
+    assert main(["pretrain", npz, "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(tmp_path / "no"), *common]) == 2
+    assert "none of the recordings is one" in capsys.readouterr().err
+
+
 def test_pretrain_errors_of_loading_workers_are_one_line(tmp_path, capsys):
     bad = tmp_path / "no_rate.npz"  # no frame rate, and none given: read_recording refuses it
     np.savez(bad, traces=np.zeros((4, 96)), centroids=np.zeros((4, 2)))

@@ -353,6 +353,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pixel-size", type=float, metavar="UM", help="override the files' pixel size (um)"
     )
+    p.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="ROIs of the TIFF movies among the recordings (label image or ImageJ ROIs; one for "
+        "all of them: movies of one field of view)",
+    )
     p.set_defaults(func=_run_pretrain)
 
 
@@ -365,6 +371,30 @@ def _listed(name: str, folder) -> str:
     if path.is_absolute() or not (folder / path).exists():
         return str(path)
     return str(folder / path)
+
+
+def _movies_with_labels(sources: list[str], labels: str, read_options: dict) -> list:
+    """The sources, each TIFF movie among them read with `labels` when its turn comes (the
+    other formats bring their own ROIs)."""
+    from functools import partial
+    from pathlib import Path
+
+    from .io import read_recording
+    from .io.tiff import TIFF_SUFFIXES
+
+    movies = {s for s in sources if Path(s).suffix.lower() in TIFF_SUFFIXES}
+    if not movies:
+        raise ValueError(
+            "--labels is for TIFF movies, and none of the recordings is one (.tif, .tiff); "
+            "drop --labels: the other formats bring their own ROIs"
+        )
+    labels_path = Path(labels).expanduser()
+    if not labels_path.exists():
+        raise FileNotFoundError(f"--labels {labels}: no such file")
+    return [
+        partial(read_recording, s, labels=str(labels_path), **read_options) if s in movies else s
+        for s in sources
+    ]
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
@@ -402,6 +432,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         frame_rate_hz=args.frame_rate,
     )
     read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
+    read_options = {k: v for k, v in read_options.items() if v is not None}
+    if args.labels:
+        sources = _movies_with_labels(sources, args.labels, read_options)
     main_process = os.environ.get("RANK", "0") == "0"
 
     def show(step) -> None:
@@ -420,7 +453,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             config,
             model=model,
             resume=not args.no_resume,
-            read_options={k: v for k, v in read_options.items() if v is not None},
+            read_options=read_options,
             progress=show,
             stop=stop,
         )
