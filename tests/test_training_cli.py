@@ -153,8 +153,8 @@ def test_finetune_command_defaults_are_finetune_configs():
 
     args = build_parser().parse_args(["finetune", "manifest.csv", "--out", "out"])
     config = FinetuneConfig()
-    assert (args.steps, args.lr, args.head_lr, args.bag_size) == (
-        config.steps, config.lr, config.head_lr, config.bag_size
+    assert (args.steps, args.lr, args.head_lr, args.bag_size, args.cached_recordings) == (
+        config.steps, config.lr, config.head_lr, config.bag_size, config.cached_recordings
     )
     assert (args.recording_pooling, args.activity_statistics, args.statistics_spread) == (
         config.recording_pooling, config.activity_statistics, config.statistics_spread
@@ -224,3 +224,26 @@ def test_reconstruct_with_adapt_records_the_adaptation(tmp_path, tiny_checkpoint
     with np.load(out / "rec.neurt-reconstruct.npz") as results:
         model = json.loads(str(results["model"]))
     assert model["provenance"]["adapted"]["steps"] == 3
+
+
+def test_finetune_cached_recordings_reaches_the_config(tmp_path, monkeypatch, capsys):
+    import napari_neurt.training
+
+    for k in range(4):
+        folder = tmp_path / ("calm" if k % 2 else "bursty")
+        folder.mkdir(exist_ok=True)
+        write_recording(folder / f"a{k}.npz", seed=k)
+    seen = []
+
+    def finetune(data, out, config, **options):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(napari_neurt.training, "finetune", finetune)
+    with pytest.raises(SystemExit):  # stopped at the call, before any training
+        main(["finetune", str(tmp_path), "--out", str(tmp_path / "o"), "--cached-recordings", "0"])
+    assert seen[0].cached_recordings == 0
+    monkeypatch.undo()
+    assert main(["finetune", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--cached-recordings", "-1"]) == 2
+    assert "cached_recordings must be 0" in capsys.readouterr().err

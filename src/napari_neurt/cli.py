@@ -507,6 +507,14 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bag-size", type=int, default=32, help="neurons per bag (32)")
     p.add_argument(
+        "--cached-recordings",
+        type=int,
+        default=16,
+        metavar="N",
+        help="training recordings whose model input is kept in memory (16; each takes five "
+        "times its traces: lower it for long recordings, 0 reads each one whenever it is drawn)",
+    )
+    p.add_argument(
         "--recording-pooling",
         choices=("evidence", "gated"),  # model.neurt.RECORDING_POOLINGS, without importing torch
         default="evidence",
@@ -565,6 +573,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         lr=args.lr,
         head_lr=args.head_lr,
         bag_size=args.bag_size,
+        cached_recordings=args.cached_recordings,
         activity_statistics=args.activity_statistics,
         statistics_spread=args.statistics_spread,
         whole_recording_fit=args.whole_recording_fit,

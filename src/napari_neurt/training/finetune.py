@@ -155,6 +155,11 @@ class FinetuneConfig:
                      "recordings_per_round", "bags_per_recording"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be at least 1")
+        if self.cached_recordings < 0:
+            raise ValueError(
+                "FinetuneConfig.cached_recordings must be 0 (keep none: read every recording "
+                f"each time it is drawn) or more; got {self.cached_recordings}"
+            )
         if self.bags_per_step > self.recordings_per_round * self.bags_per_recording:
             raise ValueError(
                 f"FinetuneConfig: a round cuts recordings_per_round x bags_per_recording = "
