@@ -97,6 +97,17 @@ def test_pretrain_reads_tiff_movies_with_the_labels_given(tmp_path, capsys):
     assert main(["pretrain", npz, "--labels", str(tmp_path / "labels.tif"),
                  "--out", str(tmp_path / "no"), *common]) == 2
     assert "none of the recordings is one" in capsys.readouterr().err
+    # each movie with its own ROIs: a tab after the movie in the --list file
+    listing = tmp_path / "movies.txt"
+    listing.write_text("movie.tif\tlabels.tif\nr0.npz\n")
+    assert main(["pretrain", "--list", str(listing), "--out", str(tmp_path / "run2"),
+                 *common]) == 0
+    listing.write_text("r0.npz\tlabels.tif\n")
+    assert main(["pretrain", "--list", str(listing), "--out", str(tmp_path / "no"), *common]) == 2
+    assert "only TIFF movies take them" in capsys.readouterr().err
+    listing.write_text("movie.tif\tmissing.zip\n")
+    assert main(["pretrain", "--list", str(listing), "--out", str(tmp_path / "no"), *common]) == 2
+    assert "missing.zip: no such file" in capsys.readouterr().err
 
 
 def test_pretrain_errors_of_loading_workers_are_one_line(tmp_path, capsys):

@@ -322,7 +322,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--list", metavar="TXT",
         help="a text file naming one recording per line (relative paths: from its folder, "
-        "else the current one)",
+        "else the current one); a TIFF movie's line may add its ROIs after a tab",
     )
     p.add_argument(
         "--out", required=True, metavar="DIR", help="checkpoint folder (resumed if it holds a run)"
@@ -356,8 +356,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--labels",
         metavar="PATH",
-        help="ROIs of the TIFF movies among the recordings (label image or ImageJ ROIs; one for "
-        "all of them: movies of one field of view)",
+        help="ROIs of the TIFF movies among the recordings (label image or ImageJ ROIs), for "
+        "those whose --list line names none of their own",
     )
     p.set_defaults(func=_run_pretrain)
 
@@ -373,28 +373,40 @@ def _listed(name: str, folder) -> str:
     return str(folder / path)
 
 
-def _movies_with_labels(sources: list[str], labels: str, read_options: dict) -> list:
-    """The sources, each TIFF movie among them read with `labels` when its turn comes (the
-    other formats bring their own ROIs)."""
+def _movies_with_labels(entries: list[tuple[str, str | None]], labels: str | None,
+                        read_options: dict) -> list:
+    """Sources from (path, its ROIs or None) pairs: each TIFF movie read with its own ROIs, else
+    with `labels` (--labels), when its turn comes; the other formats bring their own ROIs."""
     from functools import partial
     from pathlib import Path
 
     from .io import read_recording
     from .io.tiff import TIFF_SUFFIXES
 
-    movies = {s for s in sources if Path(s).suffix.lower() in TIFF_SUFFIXES}
-    if not movies:
+    def is_movie(path: str) -> bool:
+        return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+    if labels and not any(is_movie(path) for path, _ in entries):
         raise ValueError(
             "--labels is for TIFF movies, and none of the recordings is one (.tif, .tiff); "
             "drop --labels: the other formats bring their own ROIs"
         )
-    labels_path = Path(labels).expanduser()
-    if not labels_path.exists():
-        raise FileNotFoundError(f"--labels {labels}: no such file")
-    return [
-        partial(read_recording, s, labels=str(labels_path), **read_options) if s in movies else s
-        for s in sources
-    ]
+    sources = []
+    for path, own in entries:
+        rois = own or (labels if is_movie(path) else None)
+        if rois is None:
+            sources.append(path)
+            continue
+        if not is_movie(path):
+            raise ValueError(
+                f"{path}: ROIs are listed for it, but only TIFF movies take them (the other "
+                "formats bring their own); drop the second column of its line"
+            )
+        where = "--labels" if own is None else f"the ROIs listed for {path}"
+        if not Path(rois).expanduser().exists():
+            raise FileNotFoundError(f"{where}: {rois}: no such file")
+        sources.append(partial(read_recording, path, labels=rois, **read_options))
+    return sources
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
@@ -405,11 +417,16 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from .model import NeurtConfig
     from .training import PretrainConfig, pretrain
 
-    sources = list(args.recordings)
+    entries = [(path, None) for path in args.recordings]  # (recording, its ROIs if listed)
     if args.list:
-        lines = Path(args.list).read_text().splitlines()
-        names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        sources += [_listed(name, Path(args.list).parent) for name in names]
+        folder = Path(args.list).parent
+        for line in Path(args.list).read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            name, _, rois = line.partition("\t")  # "movie.tif<TAB>its_rois.zip"
+            rois = rois.strip()
+            entries.append((_listed(name.strip(), folder), _listed(rois, folder) if rois else None))
+    sources = [path for path, _ in entries]
     if not sources:
         raise ValueError("no recordings given (name them, or list them in a file with --list)")
     if args.model and args.shape:
@@ -433,8 +450,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     )
     read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
     read_options = {k: v for k, v in read_options.items() if v is not None}
-    if args.labels:
-        sources = _movies_with_labels(sources, args.labels, read_options)
+    if args.labels or any(rois for _, rois in entries):
+        sources = _movies_with_labels(entries, args.labels, read_options)
     main_process = os.environ.get("RANK", "0") == "0"
 
     def show(step) -> None:
