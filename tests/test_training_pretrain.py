@@ -142,6 +142,16 @@ def test_pretraining_learns_a_simple_signal(tmp_path):
     assert torch.equal(flat(model.module), flat(result.network))
 
 
+def test_a_movie_read_with_its_rois_is_named_by_its_file():
+    from functools import partial
+
+    from napari_neurt.io import read_recording
+    from napari_neurt.training.data import describe_source
+
+    movie = partial(read_recording, "session1/movie.tif", labels="session1/RoiSet.zip")
+    assert describe_source(movie) == "session1/movie.tif"  # in messages, not the partial's repr
+
+
 def test_pretraining_takes_the_animals_of_a_simulated_cohort(tmp_path):
     from napari_neurt import simulate
     from napari_neurt.training.data import describe_source, load_recording

@@ -17,6 +17,7 @@ neurons and start frames. See its docstring for sharding and reproducibility.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -54,6 +55,8 @@ def describe_source(source: RecordingSource) -> str:
         return f"tokens {tuple(np.shape(getattr(source, 'tokens', source)))}"
     if isinstance(getattr(source, "recording", None), Recording):
         return getattr(source, "animal", None) or describe_source(source.recording)
+    if isinstance(source, functools.partial) and source.args:  # a file read with options
+        return describe_source(source.args[0])
     return getattr(source, "source", None) or getattr(source, "__name__", None) or repr(source)
 
 
