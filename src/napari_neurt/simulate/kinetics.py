@@ -132,7 +132,7 @@ def calcium_kernel(
         Length of the kernel; default: until it has decayed below 0.1 % of its peak.
     """
     indicator = get_indicator(indicator)
-    _check_frame_rate(frame_rate)
+    check_frame_rate(frame_rate)
     if n_frames is None:
         _, tau_decay = indicator.time_constants
         n_frames = int(np.ceil((indicator.time_to_peak_s + 7 * tau_decay) * frame_rate)) + 1
@@ -169,7 +169,7 @@ def spikes_to_dff(
     over spikes, then saturated as described by `Indicator.saturation_spikes`.
     """
     indicator = get_indicator(indicator)
-    _check_frame_rate(frame_rate)
+    check_frame_rate(frame_rate)
     counts = np.asarray(spikes, dtype=np.float32)
     amplitude = indicator.dff_per_spike if dff_per_spike is None else np.asarray(dff_per_spike)
     amplitude = np.broadcast_to(amplitude, counts.shape[:-1])[..., None].astype(np.float32)
@@ -189,8 +189,9 @@ def spikes_to_dff(
     return dff
 
 
-def _check_frame_rate(frame_rate: float) -> None:
-    # 0 or a negative rate gave a division by zero, a kernel of zeros or a negative "ΔF/F"
+def check_frame_rate(frame_rate: float) -> None:
+    """Refuse a frame rate that is not a positive, finite number of Hz (0 or less gave a division
+    by zero, a kernel of zeros or a negative ΔF/F)."""
     if not (np.isfinite(frame_rate) and frame_rate > 0):
         raise ValueError(f"frame_rate must be a positive number of Hz; got {frame_rate}")
 

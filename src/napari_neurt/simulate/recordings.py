@@ -22,7 +22,7 @@ from .imaging import (
     smooth_texture,
     vignette,
 )
-from .kinetics import Indicator, get_indicator, spikes_to_dff
+from .kinetics import Indicator, check_frame_rate, get_indicator, spikes_to_dff
 
 # Unseen neurons (out of focus, or without a soma in the plane) whose neurites make the
 # neuropil, per imaged cell.
@@ -232,8 +232,7 @@ def generate(
         raise ValueError(
             f"need at least one cell, frame and pixel; got {n_cells}, {n_frames}, {shape}"
         )
-    if not (np.isfinite(frame_rate) and frame_rate > 0):
-        raise ValueError(f"frame_rate must be a positive number of Hz; got {frame_rate}")
+    check_frame_rate(frame_rate)
     um = imaging.pixel_size_um
     anatomy_seed, activity_seed, tissue_seed, noise_seed = np.random.SeedSequence(seed).spawn(4)
     anatomy_rng = np.random.default_rng(anatomy_seed)
