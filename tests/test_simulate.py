@@ -186,6 +186,22 @@ def test_saturation_is_mild():
     np.testing.assert_allclose(saturated / proportional, [1.0, 0.97, 0.76], atol=0.01)
 
 
+@pytest.mark.parametrize("name", ["GCaMP6s", "OGB-1"])
+def test_a_steady_start_has_no_start_up_ramp(name):
+    # A recording is a window of ongoing firing: from rest the first seconds sit well below the
+    # steady level (the simulator's recordings once started dim, and their first frames were
+    # flagged as bad); started steady they do not. Without saturation the expected level is flat.
+    linear = dataclasses.replace(simulate.INDICATORS[name], saturation_spikes=None)
+    spikes = np.random.default_rng(0).poisson(0.2, (2000, 900)).astype(np.float32)
+    from_rest = simulate.spikes_to_dff(spikes, linear, 30.0)
+    steady = simulate.spikes_to_dff(spikes, linear, 30.0, steady_start=True)
+    late = steady[:, 600:].mean()
+    assert from_rest[:, :30].mean() < 0.8 * late
+    assert steady[:, :30].mean() == pytest.approx(late, rel=0.03)
+    # the start only adds the decaying memory of the unseen past
+    np.testing.assert_allclose(steady[:, -1], from_rest[:, -1], rtol=1e-3, atol=1e-4)
+
+
 # -- activity --------------------------------------------------------------------------------------
 
 

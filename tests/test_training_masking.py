@@ -62,7 +62,7 @@ def test_published_span_lengths_are_geometric_and_bounded():
 def test_own_regime_hides_long_gaps_in_feature_0_only():
     windows, batch = masked(n_windows=200, own_fraction=1.0)
     assert batch.own.all() and not batch.random.any()
-    np.testing.assert_array_equal(batch.hidden.sum(1).numpy(), round(0.2 * 512))
+    np.testing.assert_array_equal(batch.hidden.sum(1).numpy(), round(0.25 * 512))
     assert torch.equal(batch.inputs[..., 1:], windows[..., 1:])  # neighbourhood stays visible
     assert (batch.inputs[..., 0][batch.hidden] == 0).all()
     assert torch.equal(batch.inputs[..., 0][~batch.hidden], windows[..., 0][~batch.hidden])
@@ -70,6 +70,15 @@ def test_own_regime_hides_long_gaps_in_feature_0_only():
     assert torch.equal(batch.loss_mask[..., 0], batch.hidden)
     longest = max(runs(row).max() for row in batch.hidden.numpy())
     assert longest >= 64  # gaps up to 64 steps (and more where two meet)
+
+
+def test_own_gaps_of_64_steps_occur_in_the_training_windows():
+    # Issue 4 asks for own-trace gaps of up to at least 64 steps; with 20 % hidden a 256-step
+    # window (the default weights' windows) held at most 51, as the shipped weights once trained.
+    _, batch = masked(n_windows=400, n_steps=256, own_fraction=1.0)
+    gap_lengths = np.concatenate([runs(row) for row in batch.hidden.numpy()])
+    assert gap_lengths.max() >= 64
+    assert (gap_lengths >= 52).mean() > 0.05
 
 
 def test_regimes_are_mixed_within_a_batch():

@@ -148,6 +148,7 @@ def spikes_to_dff(
     frame_rate: float,
     *,
     dff_per_spike: float | np.ndarray | None = None,
+    steady_start: bool = False,
 ) -> np.ndarray:
     """True ΔF/F of neurons given their spike counts per frame.
 
@@ -162,6 +163,11 @@ def spikes_to_dff(
     dff_per_spike
         Single-spike amplitude, a scalar or one value per trace (shape ``spikes.shape[:-1]``);
         default: the indicator's.
+    steady_start
+        Start each trace where it would be had the neuron fired at its mean rate (over these
+        frames) since long before the first frame, instead of from rest. A simulated recording
+        is a window of ongoing activity: from rest, its first seconds are too dim (about a fifth
+        of the steady level at the first half-decay), which reads as a ramp or a bad stretch.
 
     Returns
     -------
@@ -181,12 +187,24 @@ def spikes_to_dff(
     for tau, sign in ((tau_decay, 1.0), (tau_rise, -1.0)):
         decay = np.exp(-1.0 / (frame_rate * tau))
         gain = sign * frame_rate * tau * (1.0 - decay) / peak
-        dff += lfilter(np.float32([gain]), np.float32([1.0, -decay]), counts, axis=-1)
+        # The filter's state before the first frame: y[-1] = gain * mean / (1 - decay), stored as
+        # decay * y[-1] (lfilter's zi for this first-order filter).
+        state = None
+        if steady_start:
+            state = decay * gain * counts.mean(axis=-1, keepdims=True) / (1.0 - decay)
+        dff += _filter(gain, decay, counts, state)
     dff *= amplitude
     if indicator.saturation_spikes is not None:
         ceiling = indicator.saturation_spikes * amplitude
         dff = ceiling * np.tanh(dff / ceiling)
     return dff
+
+
+def _filter(gain: float, decay: float, counts: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+    b, a = np.float32([gain]), np.float32([1.0, -decay])
+    if state is None:
+        return lfilter(b, a, counts, axis=-1)
+    return lfilter(b, a, counts, axis=-1, zi=state.astype(np.float32))[0]
 
 
 def check_frame_rate(frame_rate: float) -> None:

@@ -248,7 +248,9 @@ def population(
         rate_scale=rate_scale,
     )
     amplitude = log_normal(indicator.dff_per_spike, _AMPLITUDE_SPREAD, n_neurons, rng)
-    dff = spikes_to_dff(spikes, indicator, frame_rate, dff_per_spike=amplitude)
+    dff = spikes_to_dff(
+        spikes, indicator, frame_rate, dff_per_spike=amplitude, steady_start=True
+    )
     drift = _drift(n_frames, frame_rate, imaging, rng)
 
     rng = np.random.default_rng(noise_seed)

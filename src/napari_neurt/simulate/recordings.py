@@ -264,7 +264,9 @@ def generate(
         extent_um=(shape[0] * um, shape[1] * um),
     )
     amplitude = log_normal(indicator.dff_per_spike, _AMPLITUDE_SPREAD, len(positions), activity_rng)
-    dff = spikes_to_dff(spikes, indicator, frame_rate, dff_per_spike=amplitude)
+    dff = spikes_to_dff(
+        spikes, indicator, frame_rate, dff_per_spike=amplitude, steady_start=True
+    )
     drift = drift_trace(
         n_frames,
         frame_rate,

@@ -10,8 +10,8 @@ Two regimes, mixed within every batch (each window follows one of them):
 - ``"own"``, long gaps in the neuron's own trace: only feature 0 is hidden (set to 0), in spans of
   1 to ``own_max_span = 64`` steps (uniform), ``round(own_ratio * T)`` steps per window, while
   the neighbourhood features stay visible. The loss is on feature 0 of the hidden steps. A span
-  is cut to the steps still to hide, so no gap is longer than ``round(own_ratio * T)`` (51 steps
-  in windows of 256: the 64 are reached only in windows of 320 steps or more).
+  is cut to the steps still to hide, so no gap is longer than ``round(own_ratio * T)``:
+  ``own_ratio = 0.25`` hides 64 steps of a 256-step window, so gaps of the full 64 occur.
 
 Zeroing goes through `napari_neurt.model.inference.hide_steps`, the function that
 ``NeurtModel.reconstruct(tokens, hide, channels="all" | "own")`` uses, so that training and
@@ -45,7 +45,7 @@ class MaskingConfig:
     span_p: float = 0.2
     zero_prob: float = 0.8
     own_fraction: float = 0.5  # share of each batch's windows in the "own" regime
-    own_ratio: float = 0.2
+    own_ratio: float = 0.25  # 64 of 256 steps: a whole own_max_span gap fits in a window
     own_max_span: int = 64
 
     def __post_init__(self) -> None:
