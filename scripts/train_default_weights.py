@@ -17,9 +17,9 @@ learning-rate schedule go on from the saved step, as if never stopped.
    fluorescence (``--denoised-share`` gives that share of them as denoised traces instead: the
    true ΔF/F, as CaImAn's ``C`` gives them; see docs/model_card.md for a run with 0.3). Both
    masking regimes are mixed in every batch (`MaskingConfig`): the published one (15 % of the
-   steps in geometric spans up to 10, all features hidden) and the own-trace one (20 % of the
-   steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible; a 256-step window
-   hides 51 steps, so no gap is longer than 51).
+   steps in geometric spans up to 10, all features hidden) and the own-trace one (25 % of the
+   steps of feature 0 hidden in gaps of 1-64 steps, neighbourhood visible: 64 steps of a
+   256-step window, so gaps of the full 64 occur).
 2. A demo classifier, "wild type" vs "AD-like", fine-tuned (`napari_neurt.training.finetune`) on
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
    evaluation cohorts of benchmarks/quality.py): up to 1200 steps of 4 bags of 32 neurons
