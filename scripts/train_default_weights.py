@@ -24,7 +24,7 @@ learning-rate schedule go on from the saved step, as if never stopped.
    a simulated cohort (`simulate.cohort`, seed ``COHORT_SEED + seed``, kept apart from the
    evaluation cohorts of benchmarks/quality.py): up to 1200 steps of 4 bags of 32 neurons
    (early stopping on validation animals; the recording head's attention needs more steps than
-   its decision, see docs/quality.md). The encoder is frozen (learning rate 0), only the
+   its decision, see docs/quality_history.md). The encoder is frozen (learning rate 0), only the
    window classifier (TimePool) and the recording head learn, so the reconstruction head stays
    valid and ONE checkpoint does both jobs.
 

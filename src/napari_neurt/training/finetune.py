@@ -85,7 +85,7 @@ NEURT_RESULTS = tuple(
 # L2 penalty of the whole-recording fit, on standardised inputs (chosen on tuning cohorts)
 WHOLE_RECORDING_L2 = 0.1
 # animals of each class the whole-recording fit needs by default: on tuning cohorts it helped
-# with 8 per class and cost with 4 (docs/quality.md); in between is untested
+# with 8 per class and cost with 4 (docs/quality_history.md); in between is untested
 WHOLE_RECORDING_MIN_ANIMALS = 8
 
 
