@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 import threading
@@ -14,7 +15,7 @@ import torch
 from napari_neurt import Recording, load_model
 from napari_neurt.model.neurt import Neurt, NeurtConfig
 from napari_neurt.training import PretrainConfig, WindowStream, iter_pretrain, pretrain
-from napari_neurt.training.engine import read_training_state
+from napari_neurt.training.engine import DistributedContext, read_training_state
 
 TINY = NeurtConfig(seq_len=32, n_embd=16, n_head=2, n_layer=2, n_ff=32)
 
@@ -234,6 +235,27 @@ def test_closing_the_generator_saves_a_checkpoint(tmp_path):
     assert progress[-1].done == 2 and "loss" in progress[-1].stage and progress[-1].loss > 0
     steps.close()  # what a napari worker's quit() does
     assert read_training_state(tmp_path)["step"] == 2
+
+
+def test_training_on_a_numbered_gpu_makes_it_the_current_device(tmp_path, monkeypatch):
+    # Pinned memory goes to the current device: on cuda:1 without this, GPU 0 got a context too.
+    scope = DistributedContext(torch.device("cuda", 1)).current_device()
+    assert isinstance(scope, torch.cuda.device) and scope.idx == 1
+    assert isinstance(DistributedContext(torch.device("cpu")).current_device(), contextlib.nullcontext)
+
+    inside = []
+
+    @contextlib.contextmanager
+    def recording_scope(self):
+        inside.append(True)
+        yield
+        inside.append(False)
+
+    monkeypatch.setattr(DistributedContext, "current_device", recording_scope)
+    states = []
+    pretrain([sine_recording(0)], tmp_path, config(steps=2), model=TINY,
+             progress=lambda p: states.append(list(inside)))
+    assert states == [[True], [True]] and inside == [True, False]
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

@@ -6,6 +6,7 @@ file, everything else (step, schedule, optimiser hyper-parameters, history) to J
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -94,6 +95,14 @@ class DistributedContext:
         return DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
+
+    def current_device(self) -> contextlib.AbstractContextManager:
+        """Make the training GPU the current one (a no-op elsewhere). Pinned host memory, and the
+        DataLoader's pinning thread, use the current device: training on ``cuda:1`` in one
+        process would otherwise also open a context (hundreds of MB) on GPU 0."""
+        if self.device.type == "cuda" and self.device.index is not None:
+            return torch.cuda.device(self.device)
+        return contextlib.nullcontext()
 
     def mean(self, value: float) -> float:
         """The mean of `value` over the processes (every process gets the same number)."""

@@ -268,7 +268,8 @@ def iter_pretrain(
             num_workers=config.num_workers,
             pin_memory=context.device.type == "cuda",
         )
-        stopped = yield from train_steps(trainer, loader, save, stop, "pretrain")
+        with context.current_device():
+            stopped = yield from train_steps(trainer, loader, save, stop, "pretrain")
         save()
         return TrainingResult(
             out_dir, trainer.step, config.steps, stopped, trainer.history, trainer.module.eval()
