@@ -161,6 +161,24 @@ def test_recording_head_reads_standardised_activity_statistics():
         NeurtConfig(**{**SMALL, "n_classes": 2, "neuron_stats": 3})
 
 
+def test_statistics_are_standardised_in_full_precision_under_bf16_embeddings():
+    # Under CUDA autocast the embeddings arrive in bf16; the raw statistics (here about 50, one
+    # bf16 step 0.25 = 2.5 of their s.d.) must not be rounded to bf16 before standardising.
+    network = small_network(n_classes=2, mil_hidden=8, neuron_stats=2,
+                            recording_pooling="evidence", stats_spread=True)
+    head = network.recording_head
+    with torch.no_grad():
+        head.stats_shift.fill_(50.0)
+        head.stats_scale.fill_(0.1)
+    neurons = torch.randn(6, 16)
+    statistics = 50.0 + 0.1 * torch.randn(6, 2)
+    with torch.no_grad():
+        _, exact = head.terms(neurons, statistics)
+        _, from_bf16 = head.terms(neurons.bfloat16(), statistics)
+    spread = slice(16, None)  # mean neuron's statistics, then their spread
+    torch.testing.assert_close(from_bf16[spread], exact[spread], atol=1e-5, rtol=1e-5)
+
+
 def test_evidence_head_can_read_the_spread_of_the_statistics_over_neurons():
     network = small_network(n_classes=2, mil_hidden=8, neuron_stats=2,
                             recording_pooling="evidence", stats_spread=True)

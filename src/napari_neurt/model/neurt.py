@@ -341,7 +341,9 @@ class RecordingHead(nn.Module):
                     f"this recording head reads {self.neuron_stats} activity statistics per "
                     "neuron (tokens.activity_statistics) next to the embeddings; pass them"
                 )
-            standardised = (stats.to(z.dtype) - self.stats_shift) / self.stats_scale
+            # in the buffers' precision: rounded to bf16 first (z's dtype under autocast), raw
+            # statistics far from zero lost up to a quarter of their standard deviation
+            standardised = (stats.to(self.stats_shift.dtype) - self.stats_shift) / self.stats_scale
             z = torch.cat([z, standardised], dim=-1)
         scores = self.score(torch.tanh(self.value(z)) * torch.sigmoid(self.gate(z)))
         mean = z.mean(dim=-2)
