@@ -9,7 +9,9 @@ The generative model, from spikes to pixels:
 1. Spikes (`ensemble_spikes`): private Poisson events per neuron plus the events of spatially
    clustered ensembles, each event a short burst (`Activity`).
 2. ΔF/F (`spikes_to_dff`): spikes convolved with the indicator's double-exponential response,
-   averaged over each frame, then mildly saturated (`Indicator`, `INDICATORS`).
+   averaged over each frame, then mildly saturated (`Indicator`, `INDICATORS`); a recording
+   starts in the steady state of its neurons' firing, not from rest, since it is a window of
+   ongoing activity.
 3. Cells (`place_cells`, `cell_footprints`): irregular ellipses with a dimmer nucleus, blurred by
    the point-spread function; the cell's light is ``F0 * drift(t) * (1 + ΔF/F)``.
 4. Neuropil (`population_field`): a smooth field following the local mean ΔF/F of the imaged
