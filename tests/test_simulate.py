@@ -97,6 +97,13 @@ def test_truth_is_consistent(simulation):
     np.testing.assert_allclose(drift, np.broadcast_to(drift[:1], drift.shape), rtol=1e-4)
 
 
+def test_recordings_start_in_their_steady_state(simulation):
+    # From rest the first frames held about a quarter of the mean ΔF/F (0.11-0.26 of it in the
+    # first 3 frames of these samples); started steady, close to all of it (0.89).
+    first_frames = simulation.dff[:, :3].mean() / simulation.dff.mean()
+    assert 0.6 < first_frames < 1.4
+
+
 def test_recording_view(two_photon):
     recording = two_photon.recording()
     assert isinstance(recording, Recording)
