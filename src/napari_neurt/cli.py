@@ -426,8 +426,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             name, _, rois = line.partition("\t")  # "movie.tif<TAB>its_rois.zip"
             rois = rois.strip()
             entries.append((_listed(name.strip(), folder), _listed(rois, folder) if rois else None))
-    sources = [path for path, _ in entries]
-    if not sources:
+    if not entries:
         raise ValueError("no recordings given (name them, or list them in a file with --list)")
     if args.model and args.shape:
         raise ValueError("give either --model (weights to start from) or --shape, not both")
@@ -450,8 +449,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     )
     read_options = {"frame_rate": args.frame_rate, "pixel_size_um": args.pixel_size}
     read_options = {k: v for k, v in read_options.items() if v is not None}
-    if args.labels or any(rois for _, rois in entries):
-        sources = _movies_with_labels(entries, args.labels, read_options)
+    sources = _movies_with_labels(entries, args.labels, read_options)
     main_process = os.environ.get("RANK", "0") == "0"
 
     def show(step) -> None:
