@@ -266,7 +266,6 @@ def reconstruction_table(recordings, models, adapt_steps: int, adapt_names: set[
 
 
 def format_reconstruction(rows, recordings) -> str:
-    keys = [(name, regime) for name, _ in recordings for regime in REGIMES]
     lines = []
     for name, _ in recordings:
         lines.append(f"\n**{name}**\n")
@@ -277,7 +276,6 @@ def format_reconstruction(rows, recordings) -> str:
                 continue
             cells = [f"{values[(name, g)]:.3f}" if (name, g) in values else "—" for g in REGIMES]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    del keys
     return "\n".join(lines)
 
 
