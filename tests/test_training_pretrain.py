@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from napari_neurt import Recording, load_model
 from napari_neurt.model.neurt import Neurt, NeurtConfig
@@ -104,21 +105,40 @@ def test_stream_holds_one_round_of_recordings_however_many_it_streams(live_token
     assert live_tokens.most == 3  # one round's recordings
 
 
-def test_stream_shards_recordings_across_processes():
-    sources = [sine_recording(k) for k in range(4)]
-    seen = {}
+def window_shares(streams, n_sources: int, n_batches: int) -> np.ndarray:
+    """Share of the windows from each source (whose tokens all equal its index) over streams."""
+    counts = np.zeros(n_sources)
+    for stream in streams:
+        batches = iter(stream)
+        for _ in range(n_batches):
+            windows, _ = next(batches)
+            counts += np.bincount(windows[:, 0, 0].long().numpy(), minlength=n_sources)
+    return counts / counts.sum()
+
+
+def test_every_recording_weighs_the_same_whatever_the_number_of_processes_and_workers():
+    # Each shard (rank, loader worker) streams all recordings in its own order. Splitting them
+    # among shards, as before, gave 5 recordings on 2 ranks shares of 0.16-0.26.
+    sources = [np.full((10, 64, 5), k, np.float32) for k in range(5)]
+    options = {"window_length": 32, "batch_size": 8, "windows_per_recording": 16,
+               "recordings_per_round": 2}
+    ranks = [WindowStream(sources, **options, rank=r, world_size=2) for r in (0, 1)]
+    np.testing.assert_allclose(window_shares(ranks, 5, 400), 0.2, atol=0.02)
+    workers = DataLoader(WindowStream(sources, **options, rank=0, world_size=1),
+                         batch_size=None, num_workers=2)
+    np.testing.assert_allclose(window_shares([workers], 5, 400), 0.2, atol=0.02)
+    # the ranks draw different recordings and windows
+    first = [next(iter(stream))[0] for stream in ranks]
+    assert not torch.equal(first[0], first[1])
+
+
+def test_a_process_never_runs_out_of_usable_recordings_that_another_has():
+    # one recording too short for the windows: every rank skips it and trains on the other
+    sources = [np.zeros((10, 20, 5), np.float32), np.ones((10, 64, 5), np.float32)]
     for rank in (0, 1):
-        stream = WindowStream(
-            sources,
-            window_length=32,
-            batch_size=2,
-            rank=rank,
-            world_size=2,
-            windows_per_recording=2,
-            recordings_per_round=1,
-        )
-        seen[rank] = stream._round_sources(stream.sources[rank::2], rank, 0)
-    assert seen[0][0] is not seen[1][0]
+        windows, _ = next(iter(WindowStream(sources, window_length=32, batch_size=4,
+                                            rank=rank, world_size=2)))
+        assert (windows == 1).all()
     with pytest.raises(ValueError, match="no training recordings"):
         WindowStream([], window_length=32, batch_size=2)
 

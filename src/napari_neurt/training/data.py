@@ -137,10 +137,12 @@ class WindowStream(IterableDataset):
     start frames; then the recordings are dropped. So at most one round's tokens are in memory.
 
     Sharding: each DDP rank and each DataLoader worker is a shard, ``rank * workers + worker``
-    of ``world_size * workers``, that streams every n-th source (all sources when there are
-    fewer sources than shards; the shards then still draw different windows). Every random draw
-    depends only on (seed, shard, round), never on the data, so a stream is reproducible and
-    `start_batch` (batches this rank already took) resumes it without loading what is skipped.
+    of ``world_size * workers``, that streams all the sources in an order of its own and draws
+    its own windows. (Splitting the sources among the shards, as `DistributedSampler` splits a
+    dataset, weighed a recording by the size of its shard's share, and left a shard whose share
+    was all too short with nothing to stream.) Every random draw depends only on (seed, shard,
+    round), never on the data, so a stream is reproducible and `start_batch` (batches this rank
+    already took) resumes it without loading what is skipped.
     Use it with ``DataLoader(stream, batch_size=None, collate_fn=Masker(...))``.
 
     Recordings shorter than `window_length` or without neurons are skipped with a warning.
@@ -193,29 +195,28 @@ class WindowStream(IterableDataset):
         # served the batches lane, lane + n_workers, ... below start_batch.
         lane = (worker_id + self.start_batch) % n_workers
         shard = self.rank * n_workers + lane
-        n_shards = self.world_size * n_workers
-        mine = self.sources[shard::n_shards] if len(self.sources) >= n_shards else self.sources
         skipped = max(0, (self.start_batch - lane + n_workers - 1) // n_workers)
         round_index, first_batch = divmod(skipped, self.batches_per_round)
         while True:
-            produced = yield from self._round(mine, shard, round_index, first_batch)
+            produced = yield from self._round(shard, round_index, first_batch)
             if not produced:
                 raise ValueError(
-                    f"none of the {len(mine)} training recording(s) of this process has neurons "
-                    f"and at least {self.window_length} frames"
+                    f"none of the {len(self.sources)} training recording(s) has neurons and at "
+                    f"least {self.window_length} frames"
                 )
             round_index, first_batch = round_index + 1, 0
 
-    def _round_sources(self, mine: Sequence, shard: int, round_index: int) -> list:
-        count = min(self.recordings_per_round, len(mine))
+    def _round_sources(self, shard: int, round_index: int) -> list:
+        n = len(self.sources)
+        count = min(self.recordings_per_round, n)
         chosen = []
         for position in range(round_index * count, (round_index + 1) * count):
-            epoch, index = divmod(position, len(mine))
-            order = np.random.default_rng([self.seed, shard, epoch, _ORDER]).permutation(len(mine))
-            chosen.append(mine[order[index]])
+            epoch, index = divmod(position, n)
+            order = np.random.default_rng([self.seed, shard, epoch, _ORDER]).permutation(n)
+            chosen.append(self.sources[order[index]])
         return chosen
 
-    def _round(self, mine: Sequence, shard: int, round_index: int, first_batch: int):
+    def _round(self, shard: int, round_index: int, first_batch: int):
         """Yield the batches [first_batch, batches_per_round) of a round; return how many."""
         rng = np.random.default_rng([self.seed, shard, round_index, _WINDOWS])
         n_windows = self.batches_per_round * self.batch_size
@@ -224,9 +225,9 @@ class WindowStream(IterableDataset):
         # its own draws), so every round yields all its batches: a resumed stream counts
         # batches_per_round per round it skips, without loading them. None usable over two
         # passes' worth of rounds: 0, an error.
-        count = min(self.recordings_per_round, len(mine))
-        for ahead in range(-(-2 * len(mine) // count)):
-            sources = self._round_sources(mine, shard, round_index + ahead)
+        count = min(self.recordings_per_round, len(self.sources))
+        for ahead in range(-(-2 * len(self.sources) // count)):
+            sources = self._round_sources(shard, round_index + ahead)
             tokens = [x for x in map(self._usable_tokens, sources) if x is not None]
             if tokens:
                 break

@@ -10,7 +10,8 @@ data stream and the masks are functions of (seed, step), so a resumed run ends w
 weights as an uninterrupted one (on the same device, world size and number of workers).
 
 Launched by ``torchrun`` (WORLD_SIZE > 1), every process trains a DistributedDataParallel replica
-on its own shard of the recordings (`WindowStream`); rank 0 writes the checkpoints.
+on its own stream of windows from all the recordings (`WindowStream`); rank 0 writes the
+checkpoints.
 """
 
 from __future__ import annotations
