@@ -377,6 +377,18 @@ def test_frozen_encoder_stays_put_and_heads_learn(tmp_path):
     assert tuned["recording_head.score.weight"].abs().sum() > 0
 
 
+def test_progress_reports_the_heads_learning_rate_each_step_used(tmp_path):
+    # with the encoder frozen (lr 0), the rate that moves anything is the heads'
+    from napari_neurt.training.engine import WarmupCosine
+
+    reported = []
+    settings = fast(lr=0.0, steps=10, eval_every=5)
+    finetune(toy_cohort(per_class=3), tmp_path, settings, base=TINY,
+             progress=lambda p: "loss" in p.stage and reported.append(p.lr))
+    schedule = WarmupCosine(10, 1)  # ceil(warmup 0.1 x 10 steps)
+    assert reported[:10] == pytest.approx([settings.head_lr * schedule(k) for k in range(10)])
+
+
 def penalised_logistic_regression(x, y, l2):
     """Newton's method on standardised inputs: the optimum `fit_recording_term` must reach."""
     shift, scale = x.mean(0), x.std(0)

@@ -232,6 +232,17 @@ def test_a_resumed_run_extended_to_more_steps_follows_its_own_schedule_from_its_
     assert used == pytest.approx([settings.lr * schedule(k) for k in range(10, 20)])
 
 
+def test_progress_reports_the_learning_rate_each_step_used(tmp_path):
+    from napari_neurt.training.engine import WarmupCosine
+
+    reported = []
+    settings = config(steps=10)
+    pretrain([sine_recording(0)], tmp_path, settings, model=TINY,
+             progress=lambda p: reported.append(p.lr))
+    schedule = WarmupCosine(10, 2)  # ceil(warmup 0.2 x 10 steps)
+    assert reported == pytest.approx([settings.lr * schedule(k) for k in range(10)])
+
+
 def test_stop_ends_within_a_step_with_a_loadable_checkpoint(tmp_path):
     stop = threading.Event()
     seen = []

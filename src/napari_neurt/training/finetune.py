@@ -736,11 +736,11 @@ def _fit(
                 best_state = copy.deepcopy(module.state_dict())
             else:
                 bad_validations += 1
-        top_lr = config.lr * schedule(step)  # the top block's rate now
+        heads_lr = config.head_lr * schedule(step - 1)  # the rate this step used
         text = f"{stage} loss {value:.4f}"
         if not math.isnan(held_loss):
             text += f", validation {held_loss:.4f}"
-        yield TrainingProgress(offset + step, total, text, value, top_lr, held_loss)
+        yield TrainingProgress(offset + step, total, text, value, heads_lr, held_loss)
         if bad_validations >= config.patience:
             break
     if best_state is not None:

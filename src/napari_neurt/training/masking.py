@@ -6,7 +6,10 @@ Two regimes, mixed within every batch (each window follows one of them):
   ``round(ratio * T)`` steps per window (15 %), span lengths geometric with ``span_p = 0.2``
   truncated to ``max_span = 10``. In ``zero_prob = 80 %`` of the windows the hidden steps are
   set to 0, in the others to uniform random values in [0, 1). The loss is on all features of the
-  hidden steps.
+  hidden steps. (An interpolation-residual model, `NeurtConfig.interpolate`, as the default
+  weights are, replaces every hidden entry by the interpolation across it, whatever it holds:
+  for it the random values change nothing, and `zero_prob` matters only to the published
+  architecture.)
 - ``"own"``, long gaps in the neuron's own trace: only feature 0 is hidden (set to 0), in spans of
   1 to ``own_max_span = 64`` steps (uniform), ``round(own_ratio * T)`` steps per window, while
   the neighbourhood features stay visible. The loss is on feature 0 of the hidden steps. A span

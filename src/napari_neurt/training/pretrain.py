@@ -140,6 +140,7 @@ class ReconstructionTrainer:
         schedule = WarmupCosine(config.steps, warmup_steps, config.final_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
+        self.lr = math.nan  # the learning rate of the last step taken
         self.history: list[tuple[int, float]] = []
         self.autocast = context.device.type == "cuda" and config.bf16
 
@@ -154,15 +155,12 @@ class ReconstructionTrainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self.lr = float(self.scheduler.get_last_lr()[0])  # the rate this step used
         self.scheduler.step()
         self.step += 1
         value = float(loss.detach())
         self.history.append((self.step, value))
         return value
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
 
     def save_state(self, folder: Path, weights_sha256: str | None = None) -> None:
         save_training_state(
