@@ -243,6 +243,27 @@ def test_progress_reports_the_learning_rate_each_step_used(tmp_path):
     assert reported == pytest.approx([settings.lr * schedule(k) for k in range(10)])
 
 
+def test_each_checkpoint_is_written_once(tmp_path, monkeypatch):
+    # the last periodic save is the final one when save_every divides the steps
+    import importlib
+
+    pretrain_module = importlib.import_module("napari_neurt.training.pretrain")
+
+    saved = []
+    write = pretrain_module._save
+    monkeypatch.setattr(pretrain_module, "_save",
+                        lambda folder, trainer, *rest: saved.append(trainer.step)
+                        or write(folder, trainer, *rest))
+    pretrain([sine_recording(0)], tmp_path, config(steps=4, save_every=2), model=TINY)
+    assert saved == [2, 4]
+    steps = iter_pretrain([sine_recording(0)], tmp_path / "closed", config(steps=9, save_every=3),
+                          model=TINY)
+    for _ in range(3):
+        next(steps)
+    steps.close()  # right after the save at step 3
+    assert saved == [2, 4, 3]
+
+
 def test_stop_ends_within_a_step_with_a_loadable_checkpoint(tmp_path):
     stop = threading.Event()
     seen = []

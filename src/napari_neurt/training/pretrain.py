@@ -242,10 +242,16 @@ def iter_pretrain(
             trainer.load_state(out_dir)
             log.info("resuming %s at step %d of %d", out_dir, trainer.step, config.steps)
 
-        def save() -> None:
+        saved_at = trainer.step if resuming else None
+
+        def save() -> None:  # once per step: the last periodic save may be the final one
+            nonlocal saved_at
+            if saved_at == trainer.step:
+                return
             if context.is_main:
                 _save(out_dir, trainer, tokens, frame_rate, start.provenance, start.class_names)
             context.barrier()
+            saved_at = trainer.step
 
         stream = WindowStream(
             sources,
