@@ -638,6 +638,22 @@ def test_a_duplicated_roi_layer_gets_scores_of_its_own(panel, qtbot):
 
 
 
+def test_a_chosen_layer_stays_chosen_when_renamed(panel, qtbot):
+    viewer, widget = panel
+    widget.extract()  # the sample's ROIs get traces: the picker's favourite
+    wait_idle(qtbot, widget)
+    original = viewer.layers["two-photon ROIs (simulated)"]
+    drawn = viewer.add_labels(np.where(original.data <= 5, original.data, 0), name="five cells")
+    widget.rois_box.setCurrentText(drawn.name)
+    widget.frame_rate.setValue(15.0)
+    drawn.name = "five cells, renamed"
+    assert widget.roi_layer() is drawn and widget.rois_box.currentText() == drawn.name
+    assert widget.frame_rate.value() == 15.0  # not prefilled again from another layer
+    movie = widget.movie_layer()
+    movie.name = "the movie, renamed"
+    assert widget.movie_layer() is movie and widget.movie_box.currentText() == movie.name
+
+
 def test_a_pipeline_stays_on_its_roi_layer_when_the_picker_changes(panel, qtbot):
     viewer, widget = panel
     widget.extract()

@@ -102,6 +102,16 @@ def _shown_as(box, value: float) -> bool:
     return abs(box.value() - value) <= 0.5 * 10.0 ** -box.decimals() + 1e-12
 
 
+def _index_of(box, layer) -> int:
+    """The item of a layer picker that holds `layer` (-1: none)."""
+    return next((k for k in range(box.count()) if box.itemData(k) is layer), -1)
+
+
+def _still_there(layer, viewer):
+    """`layer` if it is still in `viewer`, else None."""
+    return layer if layer is not None and layer in viewer.layers else None
+
+
 def _is_scores_layer(layer) -> bool:
     return bool(getattr(layer, "metadata", {}).get(SCORES_KEY))
 
@@ -320,53 +330,53 @@ class AnalysisWidget(QWidget):
 
         self._updating = True
         try:
-            movie, rois = self.movie_box.currentText(), self.rois_box.currentText()
+            # the pickers hold the layers themselves: a chosen layer stays chosen when renamed
+            movie, rois = self.movie_layer(), self.roi_layer()
             movies = [
-                l.name for l in reversed(self.viewer.layers)
+                l for l in reversed(self.viewer.layers)
                 if isinstance(l, Image) and l.ndim == 3 and not l.rgb and not l.multiscale
             ]
             roi_layers = [
-                l.name for l in reversed(self.viewer.layers)
+                l for l in reversed(self.viewer.layers)
                 if isinstance(l, Labels) and not _is_scores_layer(l)
             ]
             self.movie_box.clear()
-            self.movie_box.addItems(["(none)", *movies])
+            self.movie_box.addItem("(none)", None)
+            for layer in movies:
+                self.movie_box.addItem(layer.name, layer)
             self.rois_box.clear()
-            self.rois_box.addItems(roi_layers)
-            if rois in roi_layers:
-                self.rois_box.setCurrentText(rois)
-            elif roi_layers:  # prefer a layer with traces
-                with_traces = [n for n in roi_layers if recording_of(self.viewer.layers[n])]
-                self.rois_box.setCurrentText((with_traces or roi_layers)[0])
-            if movie in movies:
-                self.movie_box.setCurrentText(movie)
-            else:
-                self.movie_box.setCurrentText(self._matching_movie(movies) or "(none)")
+            for layer in roi_layers:
+                self.rois_box.addItem(layer.name, layer)
+            if rois is None and roi_layers:  # prefer a layer with traces
+                rois = ([l for l in roi_layers if recording_of(l)] or roi_layers)[0]
+            if rois is not None:
+                self.rois_box.setCurrentIndex(_index_of(self.rois_box, rois))
+            if movie is None:
+                movie = self._matching_movie(movies)
+            self.movie_box.setCurrentIndex(max(0, _index_of(self.movie_box, movie)))
         finally:
             self._updating = False
         self._inputs_changed()
 
-    def _matching_movie(self, movies: list[str]) -> str | None:
+    def _matching_movie(self, movies: list):
         roi = self.roi_layer()
         if roi is None:
             return movies[0] if movies else None
         shape = tuple(np.shape(roi.data)[-2:])
-        for name in movies:
-            if tuple(self.viewer.layers[name].data.shape[1:]) == shape:
-                return name
+        for movie in movies:
+            if tuple(movie.data.shape[1:]) == shape:
+                return movie
         if _imagej_rois(roi) is not None:  # drawn on a minimal canvas: any frame that holds them
-            for name in movies:
-                if _fits_frame(roi.data, tuple(self.viewer.layers[name].data.shape[1:])):
-                    return name
+            for movie in movies:
+                if _fits_frame(roi.data, tuple(movie.data.shape[1:])):
+                    return movie
         return None
 
     def roi_layer(self):
-        name = self.rois_box.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return _still_there(self.rois_box.currentData(), self.viewer)
 
     def movie_layer(self):
-        name = self.movie_box.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return _still_there(self.movie_box.currentData(), self.viewer)
 
     def scores_layer(self):
         roi = self.roi_layer()
