@@ -638,6 +638,33 @@ def test_a_duplicated_roi_layer_gets_scores_of_its_own(panel, qtbot):
 
 
 
+def test_rois_painted_into_a_movie_shaped_labels_layer_are_extracted(panel, qtbot):
+    # napari's "New labels layer" button over a movie makes a (T, H, W) layer
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = panel
+    movie = viewer.layers["two-photon movie (simulated)"]
+    drawn = np.zeros(movie.data.shape, np.int32)
+    drawn[10, 5:10, 5:10] = 1  # one ROI painted on frame 10, another on frames 20 and 30
+    drawn[[20, 30], 30:36, 40:44] = 2
+    layer = viewer.add_labels(drawn, name="drawn")
+    widget.rois_box.setCurrentText("drawn")
+    widget.movie_box.setCurrentText(movie.name)
+    widget.extract()
+    wait_idle(qtbot, widget)
+    recording = widget.scores_layer().metadata[RECORDING_KEY]
+    assert recording.n_neurons == 2 and recording.n_frames == movie.data.shape[0]
+    np.testing.assert_array_equal(recording.labels, drawn[10] + drawn[20])
+
+    clashing = drawn.copy()
+    clashing[40, 6, 6] = 2  # pixel (6, 6) is ROI 1 on frame 10 and ROI 2 on frame 40
+    layer.data = clashing
+    before = [l.name for l in viewer.layers]
+    widget.extract()
+    assert widget.job is None and [l.name for l in viewer.layers] == before
+    assert "pixel (6, 6) the ROIs 1 and 2" in notification_manager.records[-1].message
+
+
 def test_a_chosen_layer_stays_chosen_when_renamed(panel, qtbot):
     viewer, widget = panel
     widget.extract()  # the sample's ROIs get traces: the picker's favourite

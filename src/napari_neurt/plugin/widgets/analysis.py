@@ -650,10 +650,15 @@ class AnalysisWidget(QWidget):
                 )
             movie = movie_layer.data
             n_frames, height, width = check_movie(movie)
-            labels = np.array(roi.data, copy=True)
+            if np.ndim(roi.data) == 3 and np.shape(roi.data) == (n_frames, height, width):
+                labels = _painted_over_time(np.asarray(roi.data), roi.name)
+            else:
+                labels = np.array(roi.data, copy=True)
             if labels.ndim != 2:
                 raise ValueError(
-                    f"the ROIs must be one 2-D label image; {roi.name!r} has shape {labels.shape}"
+                    f"the ROIs must be one 2-D label image (or a layer of the movie's shape, as "
+                    f"napari's New labels layer makes, with each ROI painted once); {roi.name!r} "
+                    f"has shape {labels.shape}"
                 )
             placed = ""
             if labels.shape != (height, width) and _imagej_rois(roi) is not None:
@@ -949,6 +954,30 @@ def _fits_frame(labels, frame_shape: tuple[int, ...]) -> bool:
         return False
     height, width = frame_shape
     return not (labels[height:].any() or labels[:height, width:].any())
+
+
+def _painted_over_time(labels: np.ndarray, name: str) -> np.ndarray:
+    """ROIs painted into a Labels layer of the movie's shape (T, H, W), as napari's *New labels
+    layer* button makes one over a movie: the 2-D image of the frames painted on.
+
+    A ROI may be painted on any frame, or on several; a pixel that holds two different ROIs on
+    different frames is an error, since the ROIs are the same in every frame.
+    """
+    painted = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+    if len(painted) == 0:
+        return np.zeros(labels.shape[1:], dtype=labels.dtype)
+    frames = labels[painted]
+    highest = frames.max(axis=0)
+    lowest = np.where(frames != 0, frames, highest).min(axis=0)
+    clash = np.argwhere(lowest != highest)
+    if len(clash):
+        y, x = clash[0]
+        raise ValueError(
+            f"{name!r} gives pixel ({y}, {x}) the ROIs {lowest[y, x]} and {highest[y, x]} on "
+            f"different frames; ROIs are the same in every frame: paint each ROI once, or on "
+            f"one frame only"
+        )
+    return highest
 
 
 def _place_on_frame(labels: np.ndarray, frame_shape: tuple[int, int], name: str) -> np.ndarray:
