@@ -2,6 +2,8 @@
 attention map and the fine-tune panel, under Xvfb."""
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -410,6 +412,40 @@ def test_a_panel_of_a_closed_viewer_does_not_fail_a_fine_tune(make_napari_viewer
     assert job.error is None, job.error
     assert panel.model_box.findData(str(out)) >= 0  # offered by the living panels
     assert widget.base_box.findData(str(out)) >= 0
+
+
+def test_a_cancel_after_the_model_is_saved_says_it_was_saved(make_napari_viewer, tmp_path,
+                                                           qtbot):
+    # after the last step a fine-tune classifies the held-out animals and saves, with no step
+    # left to stop at: a cancel then cannot undo the saving, and must not say "nothing saved"
+    import threading
+    from types import SimpleNamespace
+
+    from napari_neurt.progress import Progress
+
+    viewer = make_napari_viewer()
+    panel, widget = AnalysisWidget(viewer), FineTuneWidget(viewer)
+    out, cancelled = tmp_path / "tuned", threading.Event()
+
+    def finetune_steps(items, out_dir, config, *, base, stop):
+        yield Progress(1, 1, "train")
+        cancelled.wait(10)  # the held-out animals, while the user presses Cancel
+        Path(out_dir).mkdir()
+        (Path(out_dir) / "model.safetensors").write_bytes(b"saved")
+        return SimpleNamespace(folder=out_dir, report=None)
+
+    widget.finetune_steps = finetune_steps
+    widget.items = []
+    widget.out_edit.setText(str(out))
+    job = widget.start()
+    qtbot.waitUntil(lambda: job.last_progress is not None, timeout=30_000)
+    widget.cancel()
+    cancelled.set()
+    qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)
+    assert job.cancelled and job.late and job.error is None
+    assert "saved" in widget.status.text() and "nothing was saved" not in widget.status.text()
+    assert "Cancel came after it was saved" in widget.status.text()
+    assert panel.model_box.findData(str(out)) >= 0  # offered, as after any fine-tune
 
 
 def test_two_fine_tunes_into_folders_of_one_name_are_told_apart(make_napari_viewer, tmp_path,

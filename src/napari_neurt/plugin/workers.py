@@ -10,7 +10,8 @@ napari `GeneratorWorker`, and
   a fraction of a second) and the generator is closed in the worker thread, so its ``finally``
   blocks run there; a plain call inside a step that runs steps of its own (token building)
   stops after its current step too (`napari_neurt.progress.stop_when`); nothing is returned, so
-  nothing is added;
+  nothing is added (but a job made with ``keeps_late_result``, whose result is on disk when it
+  returns, shows a result that its generator returned after the cancel came);
 - reports errors with `show_error` and a clear message (the exception's own text; its type for
   unexpected ones), never as a traceback dialog;
 - calls `on_done(result)` in the main thread only when the job ran to the end. Whatever
@@ -83,9 +84,14 @@ class _JobProgress(cancelable_progress):
 class _ClosingWorker(GeneratorWorker):
     """A GeneratorWorker that closes its generator (in its own thread) when it is aborted."""
 
+    result_after_abort = None  # what the generator returned though a cancel came first
+
     def work(self):
         try:
-            return super().work()
+            result = super().work()
+            if self.abort_requested and not isinstance(result, Exception):
+                self.result_after_abort = result  # superqt emits no `returned` after an abort
+            return result
         finally:
             if self.abort_requested:
                 try:
@@ -167,9 +173,14 @@ class Job:
         on_finished: Callable[[Job], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         notify_errors: bool = True,
+        keeps_late_result: bool = False,
         owner=None,
     ):
         self.description = description
+        # a job whose result is on disk by the time it returns (a fine-tune's model): a cancel
+        # that comes after its last step cannot undo it, so the result is shown, not dropped
+        self.keeps_late_result = keeps_late_result
+        self.late = False  # returned after a cancel, and kept
         self.on_done = on_done
         self.on_progress = on_progress
         self.on_finished = on_finished
@@ -254,6 +265,9 @@ class Job:
     def _on_returned(self, result) -> None:
         if self.cancelled:
             return
+        self._apply(result)
+
+    def _apply(self, result) -> None:
         try:
             if self.on_done is not None:
                 self.on_done(result)
@@ -273,7 +287,11 @@ class Job:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.cancelled and self.error is None:
+        late = self.worker.result_after_abort
+        if self.cancelled and self.keeps_late_result and late is not None:
+            self.late = True
+            self._apply(late)
+        if self.cancelled and self.error is None and not self.late:
             show_info(f"{self.description}: cancelled, nothing was changed")
         if self.on_finished is not None:
             self.on_finished(self)

@@ -358,7 +358,8 @@ class FineTuneWidget(QWidget):
             return (yield from run(items, out, config, base=base, stop=stop))
 
         self.job = Job(steps, description="NEuRT fine-tune", on_done=self._done,
-                       on_progress=self._on_progress, on_finished=self._finished, owner=self)
+                       on_progress=self._on_progress, on_finished=self._finished,
+                       keeps_late_result=True, owner=self)
         self._set_running(True)
         self.status.setText("fine-tuning…")
         self.progress_bar.set_later(0, 0, 0)
@@ -371,7 +372,8 @@ class FineTuneWidget(QWidget):
             self.status.setText("stopping after this step…")
 
     def cancel(self) -> None:
-        """Stop now; nothing is saved or added."""
+        """Stop now; nothing is saved or added (unless the model is being saved already: a
+        cancel after the last step cannot undo that, and the panel says it was saved)."""
         if self.job is not None:
             self.status.setText("cancelling…")
             self.job.cancel()
@@ -406,6 +408,8 @@ class FineTuneWidget(QWidget):
                                     else "")
         if getattr(result, "stopped", False):
             text += " (stopped early)"
+        if self.job is not None and self.job.cancelled:
+            text += " (Cancel came after it was saved)"
         self.status.setText(text + f"; pick it as “{choice.label}” in NEuRT analysis")
         show_info(f"NEuRT fine-tune: {text}")
 
@@ -413,8 +417,9 @@ class FineTuneWidget(QWidget):
         self.job = None
         self._set_running(False)
         self.plot.draw()
-        self.progress_bar.set_later(0, 1, 1 if job.error is None and not job.cancelled else 0, "%p%")
-        if job.cancelled:
+        saved = job.error is None and (job.late or not job.cancelled)
+        self.progress_bar.set_later(0, 1, 1 if saved else 0, "%p%")
+        if job.cancelled and not job.late:
             self.status.setText("cancelled: nothing was saved")
         elif job.error:
             self.status.setText(job.error)
