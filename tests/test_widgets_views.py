@@ -234,12 +234,17 @@ def attention_dock(make_napari_viewer, result):
     return viewer, widget, viewer.layers["cells scores"]
 
 
-def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot):
+def test_attention_map_of_the_selected_neuron(make_napari_viewer, result, qtbot, monkeypatch):
     viewer, widget, scores = attention_dock(make_napari_viewer, result)
+    asked = []
+    get_model = models.get_model
+    monkeypatch.setattr(models, "get_model",
+                        lambda source, device: asked.append(device) or get_model(source, device))
     viewer.dims.set_current_step(0, 200)
     scores.selected_label = 3
     widget.update_maps()
     qtbot.waitUntil(lambda: widget.window is not None and widget.job is None, timeout=30_000)
+    assert asked == ["cpu"]  # where the analysis ran, not "auto" (another GPU, a second copy)
     assert widget.window == (3, 168, 64)  # centred on frame 200, clipped to the recording
     assert widget.maps.shape == (1, 2, 64, 64)
     np.testing.assert_allclose(widget.maps.sum(-1), 1.0, rtol=1e-4)  # softmax rows
@@ -425,10 +430,11 @@ def test_a_cancel_after_the_model_is_saved_says_it_was_saved(make_napari_viewer,
 
     viewer = make_napari_viewer()
     panel, widget = AnalysisWidget(viewer), FineTuneWidget(viewer)
-    out, cancelled = tmp_path / "tuned", threading.Event()
+    out, past_last_step, cancelled = tmp_path / "tuned", threading.Event(), threading.Event()
 
     def finetune_steps(items, out_dir, config, *, base, stop):
         yield Progress(1, 1, "train")
+        past_last_step.set()
         cancelled.wait(10)  # the held-out animals, while the user presses Cancel
         Path(out_dir).mkdir()
         (Path(out_dir) / "model.safetensors").write_bytes(b"saved")
@@ -438,7 +444,7 @@ def test_a_cancel_after_the_model_is_saved_says_it_was_saved(make_napari_viewer,
     widget.items = []
     widget.out_edit.setText(str(out))
     job = widget.start()
-    qtbot.waitUntil(lambda: job.last_progress is not None, timeout=30_000)
+    qtbot.waitUntil(past_last_step.is_set, timeout=30_000)
     widget.cancel()
     cancelled.set()
     qtbot.waitUntil(lambda: widget.job is None, timeout=30_000)

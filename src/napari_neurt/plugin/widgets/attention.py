@@ -103,17 +103,19 @@ class AttentionMapWidget(PlotWidget):
     def _schedule(self, event=None) -> None:
         self.timer.start()
 
-    def model_source(self) -> str | None:
+    def model_used(self) -> tuple[str, str] | None:
+        """(source, device) of the model of the layer's last classification, else its last
+        reconstruction: the map is that model's attention, computed where it ran."""
         analysis = analysis_of(self.labels_layer) if self.labels_layer is not None else None
         if analysis is None:
             return None
         for part in (analysis.classification, analysis.reconstruction):
             if part is not None and part.parameters.get("model_source"):
-                return part.parameters["model_source"]
+                return part.parameters["model_source"], part.model.get("device", "auto")
         return None
 
     def request(self):
-        """(recording, row, neuron, start, width, source) of the map to show, or a reason why not."""
+        """(recording, row, neuron, (source, device)) of the map to show, or why there is none."""
         layer = self.labels_layer
         recording = recording_of(layer) if layer is not None else None
         if recording is None:
@@ -121,10 +123,10 @@ class AttentionMapWidget(PlotWidget):
         rows = np.flatnonzero(recording.neuron_ids == layer.selected_label)
         if not rows.size:
             return f"label {layer.selected_label} is not a neuron of this recording"
-        source = self.model_source()
-        if source is None:
+        used = self.model_used()
+        if used is None:
             return "run Reconstruct or Classify first: the map shows that model's attention"
-        return recording, int(rows[0]), int(layer.selected_label), source
+        return recording, int(rows[0]), int(layer.selected_label), used
 
     # -- computing ---------------------------------------------------------------------------------
     def update_maps(self) -> None:
@@ -143,14 +145,14 @@ class AttentionMapWidget(PlotWidget):
         if self.job is not None:
             self._pending = True
             return
-        recording, row, neuron, source = request
-        for_what = (id(recording), source, neuron)  # another layer may have a neuron 3 too
+        recording, row, neuron, (source, device) = request
+        for_what = _map_of(request)
         frame = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
         tokens_cache = self._tokens
 
         def steps():
             yield Progress(0, 2, "attention: loading model")
-            model = models.get_model(source, "auto")
+            model = models.get_model(source, device)
             width = min(model.config.seq_len, recording.n_frames)
             start = int(np.clip(frame - width // 2, 0, recording.n_frames - width))
             shown = self.window == (neuron, start, width) and self._shown_for == for_what
@@ -179,7 +181,7 @@ class AttentionMapWidget(PlotWidget):
             return
         request = self.request()
         maps, window, for_what = result
-        if isinstance(request, str) or for_what != (id(request[0]), request[3], request[2]):
+        if isinstance(request, str) or for_what != _map_of(request):
             return  # the selection moved on while it was computed
         self.maps, self.window, self._shown_for = maps, window, for_what
         self._shown_recording = request[0]  # keeps the id in _shown_for its own
@@ -216,3 +218,10 @@ class AttentionMapWidget(PlotWidget):
             fontsize=8,
         )
         self.canvas.draw_idle()
+
+
+def _map_of(request) -> tuple:
+    """What a map is of: the recording, the model and the neuron (another layer may have a
+    neuron 3 too)."""
+    recording, _, neuron, (source, _) = request
+    return id(recording), source, neuron
