@@ -665,6 +665,20 @@ def test_rois_painted_into_a_movie_shaped_labels_layer_are_extracted(panel, qtbo
     assert "pixel (6, 6) the ROIs 1 and 2" in notification_manager.records[-1].message
 
 
+def test_the_export_dialog_adds_the_suffix_of_the_chosen_file_type(panel, monkeypatch):
+    from napari_neurt.plugin.widgets import analysis as panel_module
+
+    _, widget = panel
+    asked = []
+    monkeypatch.setattr(widget, "export", asked.append)
+    for typed, chosen in (("results", "NWB file (*.nwb)"), ("results", "CSV tables (*.csv)"),
+                          ("results.csv", "NWB file (*.nwb)")):
+        monkeypatch.setattr(panel_module.QFileDialog, "getSaveFileName",
+                            lambda *args, typed=typed, chosen=chosen: (typed, chosen))
+        widget.export_dialog()
+    assert asked == ["results.nwb", "results.csv", "results.csv"]  # a typed suffix wins
+
+
 def test_a_chosen_layer_stays_chosen_when_renamed(panel, qtbot):
     viewer, widget = panel
     widget.extract()  # the sample's ROIs get traces: the picker's favourite
@@ -749,3 +763,11 @@ def test_the_bad_frame_threshold_describes_the_detector_it_sets(panel):
     tip = widget.threshold.toolTip()
     assert "neighbour" in tip and "darker or brighter" in tip
     assert "reference image" not in tip
+
+
+def test_errors_are_described_for_users():
+    from napari_neurt.plugin.workers import describe_error
+
+    assert describe_error(ValueError("the ROIs must be 2-D")) == "the ROIs must be 2-D"
+    assert describe_error(KeyError("iscell")) == "KeyError: 'iscell'"  # not a bare 'iscell'
+    assert describe_error(ZeroDivisionError()) == "ZeroDivisionError"  # no message: its type

@@ -42,8 +42,9 @@ from napari.utils.notifications import show_error, show_info
 
 from ..progress import Cancelled, Progress, stop_when
 
-#: Exceptions whose message is written for users; anything else also shows its type.
-EXPECTED = (ValueError, FileNotFoundError, KeyError, ImportError, OSError, TypeError)
+#: Exceptions whose message is written for users; anything else also shows its type (a KeyError,
+#: raised on purpose nowhere here, would otherwise show as a bare quoted key).
+EXPECTED = (ValueError, FileNotFoundError, ImportError, OSError, TypeError)
 UPDATE_INTERVAL_S = 0.2  # progress is shown at most this often (each showing costs a paint)
 # napari's own progress bar (in the activity dock) repaints the window synchronously on each
 # update (30 to 60 ms on the 2-core test machine): it is updated less often
@@ -63,10 +64,10 @@ def describe_error(error: BaseException) -> str:
 
     if isinstance(error, JobFailed):
         return str(error)
-    text = str(error).strip() or type(error).__name__
-    if isinstance(error, (*EXPECTED, Cancelled)):
-        return text
-    return f"{type(error).__name__}: {text}"
+    text, kind = str(error).strip(), type(error).__name__
+    if not text:
+        return kind
+    return text if isinstance(error, (*EXPECTED, Cancelled)) else f"{kind}: {text}"
 
 
 class _JobProgress(cancelable_progress):

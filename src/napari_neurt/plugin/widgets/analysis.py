@@ -102,6 +102,14 @@ def _shown_as(box, value: float) -> bool:
     return abs(box.value() - value) <= 0.5 * 10.0 ** -box.decimals() + 1e-12
 
 
+def _with_suffix_of(path: str, chosen_filter: str) -> str:
+    """`path` from a save dialog, given the suffix of the file type chosen there when it has none
+    of its own (Qt's own dialog adds none)."""
+    if Path(path).suffix or "(*." not in chosen_filter:
+        return path
+    return path + chosen_filter.split("(*", 1)[1].split(")", 1)[0]
+
+
 def _index_of(box, layer) -> int:
     """The item of a layer picker that holds `layer` (-1: none)."""
     return next((k for k in range(box.count()) if box.itemData(k) is layer), -1)
@@ -852,11 +860,11 @@ class AnalysisWidget(QWidget):
 
     # -- export ------------------------------------------------------------------------------------
     def export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
+        path, chosen = QFileDialog.getSaveFileName(
             self, "Export NEuRT results", "", "CSV tables (*.csv);;NWB file (*.nwb)"
         )
         if path:
-            self.export(path)
+            self.export(_with_suffix_of(path, chosen))
 
     def export(self, path: str | Path) -> Job | None:
         """Write traces, reconstruction and scores (with provenance) to `path` (.csv or .nwb)."""
