@@ -320,7 +320,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         pretrain([sine_recording(0)], tmp_path, config(steps=4), model=NeurtConfig(seq_len=32))
 
 
-def test_pretraining_can_start_from_a_classifier(tmp_path):
+def test_pretraining_can_start_from_a_classifier(tmp_path, caplog):
     """`neurt pretrain --model default` (or neurt-5xfad, or a fine-tuned folder): the default
     weights carry a classifier, whose class names the saved checkpoint must keep (saving failed
     with "the model has 2 classes but 0 class names", after the training steps had run)."""
@@ -334,8 +334,10 @@ def test_pretraining_can_start_from_a_classifier(tmp_path):
     base = NeurtModel(network, class_names=("wild type", "AD-like"), device="cpu")
     base.save(tmp_path / "classifier")
     out = tmp_path / "run"
-    pretrain([sine_recording(0)], out, config(steps=2), model=str(tmp_path / "classifier"))
+    with caplog.at_level("WARNING", logger="napari_neurt.training.pretrain"):
+        pretrain([sine_recording(0)], out, config(steps=2), model=str(tmp_path / "classifier"))
     assert load_model(out, device="cpu").class_names == ("wild type", "AD-like")
+    assert "fine-tune" in caplog.text and "wild type vs AD-like" in caplog.text  # heads kept
     pretrain([sine_recording(0)], out, config(steps=3))  # resumed: the names are kept too
     resumed = load_model(out, device="cpu")
     assert resumed.provenance["step"] == 3 and resumed.class_names == ("wild type", "AD-like")

@@ -241,6 +241,12 @@ def iter_pretrain(
         if resuming:
             trainer.load_state(out_dir)
             log.info("resuming %s at step %d of %d", out_dir, trainer.step, config.steps)
+        if start.class_names and context.is_main:
+            log.warning(
+                "the starting weights are a classifier (%s): its heads are kept as they are, "
+                "trained on the encoder before this pretraining; fine-tune (--base %s) before "
+                "classifying with the result", " vs ".join(start.class_names), out_dir,
+            )
 
         saved_at = trainer.step if resuming else None
 
