@@ -244,8 +244,8 @@ def iter_pretrain(
         if start.class_names and context.is_main:
             log.warning(
                 "the starting weights are a classifier (%s): its heads are kept as they are, "
-                "trained on the encoder before this pretraining; fine-tune (--base %s) before "
-                "classifying with the result", " vs ".join(start.class_names), out_dir,
+                "trained on the encoder before this pretraining; fine-tune from %s before "
+                "classifying with it", " vs ".join(start.class_names), out_dir,
             )
 
         saved_at = trainer.step if resuming else None
